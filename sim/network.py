@@ -1,0 +1,169 @@
+"""The network of one replication: queues (nodes and links) and where each stage runs.
+
+A :class:`Plan` is what both engines read: a flat list of resources (a node with its servers and
+FLOP/s, or a link with its rate process and propagation delay) and, for every source and stage,
+the resource the stage uses and its base service (seconds of compute at multiplier 1, or bits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .channels import (
+    BlockFadingRate,
+    ConstantRate,
+    GilbertElliottRate,
+    RateProcess,
+    TraceRate,
+    read_trace,
+    shannon_rate_bps,
+)
+from .scenario import (
+    ConstantChannel,
+    GilbertElliottChannel,
+    LinkSpec,
+    RayleighChannel,
+    Scenario,
+    ShannonChannel,
+    TraceChannel,
+)
+from .workload import Compute, Stage, stages_for_source
+
+__all__ = ["Plan", "Resource", "compile_plan", "make_rate_process"]
+
+
+def make_rate_process(
+    link: LinkSpec, scenario: Scenario, seed: np.random.SeedSequence
+) -> RateProcess:
+    """One realisation of a link's channel."""
+    ch = link.channel
+    if isinstance(ch, ConstantChannel):
+        return ConstantRate(ch.rate_bps)
+    if isinstance(ch, ShannonChannel):
+        return ConstantRate(shannon_rate_bps(ch.bandwidth_hz, ch.snr_linear()))
+    if isinstance(ch, RayleighChannel):
+        return BlockFadingRate(
+            bandwidth_hz=ch.bandwidth_hz,
+            snr_linear=ch.snr_linear(),
+            coherence_s=ch.coherence_s,
+            shadowing_db=ch.shadowing_db,
+            seed=seed,
+        )
+    if isinstance(ch, GilbertElliottChannel):
+        return GilbertElliottRate(
+            good_rate_bps=ch.good_rate_bps,
+            bad_rate_bps=ch.bad_rate_bps,
+            mean_good_s=ch.mean_good_s,
+            mean_bad_s=ch.mean_bad_s,
+            seed=seed,
+        )
+    if isinstance(ch, TraceChannel):
+        times, rates = read_trace(str(scenario.resolve(ch.file)))
+        return TraceRate(times, np.asarray(rates) * ch.scale)
+    raise AssertionError(f"unhandled channel {ch!r}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A FIFO queue: a node (``servers`` servers of ``flops`` FLOP/s) or a link (one sender)."""
+
+    name: str
+    kind: str  # "node" or "link"
+    servers: int
+    power_w: float
+    node_kind: str = ""
+    """Kind of the node that spends the energy: the node itself, or a link's sender."""
+    channel: RateProcess | None = None
+    propagation_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where every stage of every source's pipeline runs, for one replication.
+
+    ``resource[j, k]``: index into ``resources`` of stage k for source j.
+    ``base[j, k]``: service at multiplier 1: seconds for compute, bits for transfers.
+    ``propagation[j, k]``: delay after a transfer (0 for compute).
+    """
+
+    resources: tuple[Resource, ...]
+    stages: tuple[Stage, ...]
+    resource: NDArray[np.intp]
+    base: NDArray[np.float64]
+    propagation: NDArray[np.float64]
+    is_link: NDArray[np.bool_]
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.stages]
+
+
+def compile_plan(
+    scenario: Scenario, stages: Sequence[Stage], channel_seed: np.random.SeedSequence
+) -> Plan:
+    """Resolve a pipeline against the scenario's network for one replication.
+
+    The channel of the i-th entry of ``scenario.links`` comes from ``channel_seed.spawn``'s i-th
+    child (its reverse direction, for a duplex link, from a child of that), whatever the pipeline:
+    two pipelines simulated with the same seed see the same channel realisations.
+    """
+    graph = scenario.graph()
+    link_seeds = channel_seed.spawn(len(scenario.links))
+    duplex_seeds = {i: link_seeds[i].spawn(2) for i, link in enumerate(scenario.links)}
+    index: dict[tuple[str, ...], int] = {}
+    resources: list[Resource] = []
+
+    def node_resource(name: str) -> int:
+        key = ("node", name)
+        if key not in index:
+            spec = scenario.nodes[name]
+            index[key] = len(resources)
+            resources.append(Resource(name, "node", spec.servers, spec.power_w, spec.kind))
+        return index[key]
+
+    def link_resource(src: str, dst: str) -> int:
+        key = ("link", src, dst)
+        if key not in index:
+            if not graph.has_edge(src, dst):
+                raise ValueError(f"the pipeline sends over {src} -> {dst}, which is not a link")
+            edge = graph.edges[src, dst]
+            link: LinkSpec = edge["spec"]
+            i = edge["index"]
+            seed = duplex_seeds[i][1] if edge["reverse"] else duplex_seeds[i][0]
+            index[key] = len(resources)
+            resources.append(
+                Resource(
+                    f"{src}->{dst}",
+                    "link",
+                    1,
+                    link.tx_power_w(),
+                    scenario.nodes[src].kind,
+                    channel=make_rate_process(link, scenario, seed),
+                    propagation_s=link.propagation_s,
+                )
+            )
+        return index[key]
+
+    sources = scenario.workload.sources
+    n, k = len(sources), len(stages)
+    res = np.zeros((n, k), dtype=np.intp)
+    base = np.zeros((n, k))
+    prop = np.zeros((n, k))
+    for j, src in enumerate(sources):
+        for s, stage in enumerate(stages_for_source(stages, scenario.path[0], src)):
+            if isinstance(stage, Compute):
+                if stage.node not in scenario.nodes:
+                    raise ValueError(f"the pipeline computes on {stage.node!r}, which is not a node")
+                r = node_resource(stage.node)
+                base[j, s] = stage.work_flops / scenario.nodes[stage.node].flops
+            else:
+                r = link_resource(stage.src, stage.dst)
+                base[j, s] = stage.size_bits
+                prop[j, s] = resources[r].propagation_s
+            res[j, s] = r
+    is_link = np.array([not isinstance(s, Compute) for s in stages], dtype=bool)
+    return Plan(tuple(resources), tuple(stages), res, base, prop, is_link)
