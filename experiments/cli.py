@@ -1,0 +1,147 @@
+"""The ``jmsnas`` command line: parse, load, call the library, print.
+
+Errors a user can fix (a bad scenario, a bad argument) print one line on stderr and exit with
+status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from sim import LatencyReport, ScenarioError, load_scenario, simulate
+from sim.report import write_timeline_csv
+
+__all__ = ["example_scenarios", "main", "resolve_scenario_path"]
+
+
+def example_scenarios() -> dict[str, Path]:
+    """The scenarios shipped with the package, by name (file name without ``.yaml``)."""
+    folder = resources.files("experiments") / "scenarios"
+    return {
+        p.name.removesuffix(".yaml"): Path(str(p))
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml")
+    }
+
+
+def resolve_scenario_path(arg: str) -> Path:
+    """A scenario file path, or the name of a shipped example (``three-tier``)."""
+    path = Path(arg)
+    if path.exists():
+        return path
+    examples = example_scenarios()
+    if arg in examples:
+        return examples[arg]
+    names = ", ".join(sorted(examples))
+    raise ScenarioError(f"{arg}: no such file, nor a shipped example scenario ({names})")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _format_report(r: LatencyReport) -> str:
+    ms = 1e3
+    ci = "n/a" if r.ci95_half_width_s != r.ci95_half_width_s else f"{r.ci95_half_width_s * ms:.2f}"
+    lines = [
+        f"scenario {r.scenario}: {r.tasks} measured tasks, {r.replications} replication(s), "
+        f"seed {r.seed}, engine {r.engine}",
+        f"  completion latency  mean {r.mean_latency_s * ms:.2f} ms  (95% CI +/- {ci} ms, "
+        f"{r.ci_method})",
+        f"                      p50 {r.p50_latency_s * ms:.2f}  p95 {r.p95_latency_s * ms:.2f}  "
+        f"p99 {r.p99_latency_s * ms:.2f} ms",
+        f"  throughput          {r.throughput_hz:.3f} tasks/s",
+        f"  energy per task     {r.energy_j_per_task:.4f} J (devices {r.device_energy_j_per_task:.4f} J)",
+        "",
+        f"  {'stage':<28} {'resource':<24} {'wait ms':>9} {'service ms':>11} {'prop ms':>9}",
+    ]
+    for s in r.stages:
+        lines.append(
+            f"  {s.label:<28} {', '.join(s.resources)[:24]:<24} {s.waiting_s * ms:>9.3f} "
+            f"{s.service_s * ms:>11.3f} {s.propagation_s * ms:>9.3f}"
+        )
+    lines += ["", f"  {'resource':<24} {'kind':<6} {'servers':>7} {'util':>6} {'J/task':>9}"]
+    for q in r.resources:
+        lines.append(
+            f"  {q.name:<24} {q.kind:<6} {q.servers:>7} {q.utilisation:>6.3f} "
+            f"{q.energy_j_per_task:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(resolve_scenario_path(args.scenario))
+    result = simulate(
+        scenario,
+        seed=args.seed,
+        replications=args.replications,
+        tasks=args.tasks,
+        engine=args.engine,
+        keep_timeline=args.timeline is not None,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.timeline is not None:
+        rows = write_timeline_csv(result.records, result.plan, args.timeline)
+        print(f"wrote {rows} timeline rows to {args.timeline}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.report.to_dict(), indent=2))
+    else:
+        print(_format_report(result.report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jmsnas",
+        description="Joint model split and architecture search over mobile edge networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a scenario's pipeline: completion latency, per stage, with a 95%% CI",
+        description="Simulate the pipeline given in a scenario file. SCENARIO is a YAML file or "
+        f"the name of a shipped example ({', '.join(sorted(example_scenarios()))}).",
+    )
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--seed", type=int, default=0, help="one seed for the whole run (default 0)")
+    p.add_argument("--replications", type=_positive_int, default=1,
+                   help="independent replications; the CI is over their means (default 1)")
+    p.add_argument("--tasks", type=_positive_int, default=None,
+                   help="tasks per source per replication (default: the scenario's)")
+    p.add_argument("--engine", choices=["simpy", "fast", "auto"], default="simpy",
+                   help="simpy: discrete-event simulation (default); fast: exact recursion, "
+                   "for pipelines that use each queue once; auto: fast where it applies")
+    p.add_argument("--timeline", metavar="CSV", default=None,
+                   help="also write every task's per-stage timeline to this CSV file")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jmsnas`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ScenarioError, ValueError, OSError) as exc:
+        print(f"jmsnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jmsnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

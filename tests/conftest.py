@@ -1,0 +1,76 @@
+"""Shared fixtures: small scenarios built as dicts, so each test states what it varies."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim import Scenario, scenario_from_dict
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
+
+
+def single_queue(
+    *,
+    rate_hz: float,
+    work_flops: float = 1.0,
+    flops: float = 1.0,
+    servers: int = 1,
+    distribution: str = "exponential",
+    cv: float = 0.5,
+    tasks: int = 1000,
+    warmup: int = 0,
+) -> Scenario:
+    """One node, Poisson arrivals: an M/M/c, M/D/c or M/G/c queue."""
+    return scenario_from_dict({
+        "name": "single-queue",
+        "input_shape": [1],
+        "nodes": {"server": {"kind": "device", "flops": flops, "servers": servers}},
+        "path": ["server"],
+        "workload": {"sources": ["server"], "arrivals": {"process": "poisson", "rate_hz": rate_hz},
+                     "tasks": tasks, "warmup_tasks": warmup},
+        "pipeline": [{"compute": "server", "flops": work_flops, "distribution": distribution,
+                      "cv": cv}],
+    })
+
+
+THREE_TIER: dict[str, Any] = {
+    "name": "three-tier-test",
+    "input_shape": [3, 32, 32],
+    "nodes": {
+        "phone": {"kind": "device", "flops": 1e9, "power_w": 2.0},
+        "edge": {"kind": "edge", "flops": 1e11, "servers": 2, "power_w": 100.0},
+        "cloud": {"kind": "cloud", "flops": 1e12, "servers": 4},
+    },
+    "links": [
+        {"src": "phone", "dst": "edge", "propagation_s": 0.001,
+         "channel": {"model": "constant", "rate_bps": 10e6, "tx_power_w": 0.2}},
+        {"src": "edge", "dst": "cloud", "propagation_s": 0.01,
+         "channel": {"model": "constant", "rate_bps": 100e6}},
+    ],
+    "path": ["phone", "edge", "cloud"],
+    "workload": {"sources": ["phone"], "arrivals": {"process": "poisson", "rate_hz": 5.0},
+                 "tasks": 500, "warmup_tasks": 50},
+    "pipeline": [
+        {"compute": "phone", "flops": 2e7},
+        {"transfer": ["phone", "edge"], "bits": 2e5},
+        {"compute": "edge", "flops": 1e9},
+        {"transfer": ["edge", "cloud"], "bits": 1e5},
+        {"compute": "cloud", "flops": 1e9},
+    ],
+}
+
+
+def three_tier(**changes: Any) -> dict[str, Any]:
+    """A deep copy of THREE_TIER with top-level keys replaced."""
+    d = copy.deepcopy(THREE_TIER)
+    d.update(changes)
+    return d
+
+
+@pytest.fixture
+def three_tier_dict() -> dict[str, Any]:
+    return three_tier()

@@ -1,0 +1,158 @@
+"""The simulator against queueing theory, at utilisation <= 0.7 with ~1% confidence half-widths.
+
+The fast evaluator runs the big checks (it is exact against SimPy on the same sample paths, see
+test_engines.py); SimPy itself runs the same checks at a size that fits the default suite, and at
+full size under the ``slow`` marker.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sim import Compute, Transfer, scenario_from_dict, simulate
+from sim.channels import BlockFadingRate
+from sim.network import compile_plan
+from sim.simulate import replication_seeds
+
+from .conftest import single_queue, three_tier
+
+
+def mm1_sojourn(lam: float, mu: float) -> float:
+    """M/M/1 mean time in system, 1 / (mu - lambda)."""
+    return 1.0 / (mu - lam)
+
+
+def mg1_sojourn(lam: float, mean_s: float, second_moment_s2: float) -> float:
+    """M/G/1 mean time in system: E[S] + lambda E[S^2] / (2 (1 - rho)) (Pollaczek-Khinchine)."""
+    rho = lam * mean_s
+    return mean_s + lam * second_moment_s2 / (2.0 * (1.0 - rho))
+
+
+def mmc_sojourn(lam: float, mu: float, c: int) -> float:
+    """M/M/c mean time in system with the Erlang C probability of waiting."""
+    a = lam / mu
+    rho = a / c
+    tail = a**c / math.factorial(c) / (1.0 - rho)
+    p_wait = tail / (sum(a**k / math.factorial(k) for k in range(c)) + tail)
+    return p_wait / (c * mu - lam) + 1.0 / mu
+
+
+def assert_matches(report_mean: float, half: float, theory: float, max_rel_half: float) -> None:
+    assert half / theory < max_rel_half, f"CI too wide: {half / theory:.4f}"
+    assert abs(report_mean - theory) < 3.0 * half, (report_mean, theory, half)
+
+
+CASES = [
+    # (name, distribution, cv, rho, theory(rho))
+    ("M/M/1", "exponential", 1.0, 0.7, lambda r: mm1_sojourn(r, 1.0)),
+    ("M/M/1 low", "exponential", 1.0, 0.5, lambda r: mm1_sojourn(r, 1.0)),
+    ("M/D/1", "constant", 0.0, 0.7, lambda r: mg1_sojourn(r, 1.0, 1.0)),
+    ("M/G/1 lognormal", "lognormal", 0.5, 0.7, lambda r: mg1_sojourn(r, 1.0, 1.25)),
+]
+
+
+@pytest.mark.parametrize(("name", "dist", "cv", "rho", "theory"), CASES, ids=[c[0] for c in CASES])
+def test_single_queue_against_closed_form(name: str, dist: str, cv: float, rho: float,
+                                          theory: object) -> None:
+    s = single_queue(rate_hz=rho, distribution=dist, cv=cv if cv > 0 else 0.5, tasks=200_000,
+                     warmup=1000)
+    r = simulate(s, seed=11, replications=10, engine="fast").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, theory(rho), 0.012)  # type: ignore[operator]
+    # Utilisation is rho, up to sampling error.
+    assert r.resources[0].utilisation == pytest.approx(rho, rel=0.01)
+
+
+def test_multi_server_against_erlang_c() -> None:
+    lam, c = 2.1, 3  # rho = 0.7 at mu = 1
+    s = single_queue(rate_hz=lam, servers=c, tasks=300_000, warmup=1000)
+    r = simulate(s, seed=5, replications=10, engine="fast").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mmc_sojourn(lam, 1.0, c), 0.012)
+
+
+def test_simpy_multi_server_against_erlang_c() -> None:
+    lam, c = 1.4, 2
+    s = single_queue(rate_hz=lam, servers=c, tasks=40_000, warmup=500)
+    r = simulate(s, seed=6, replications=4, engine="simpy").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mmc_sojourn(lam, 1.0, c), 0.05)
+
+
+def tandem_scenario(lam: float, mus: list[float], tasks: int) -> object:
+    names = [f"n{i}" for i in range(len(mus))]
+    return scenario_from_dict({
+        "name": "tandem",
+        "input_shape": [1],
+        "nodes": {n: {"kind": "edge", "flops": mu} for n, mu in zip(names, mus, strict=True)},
+        "links": [{"src": a, "dst": b, "channel": {"model": "constant", "rate_bps": 1e12}}
+                  for a, b in zip(names, names[1:], strict=False)],
+        "path": names,
+        "workload": {"sources": [names[0]], "tasks": tasks, "warmup_tasks": 1000,
+                     "arrivals": {"process": "poisson", "rate_hz": lam}},
+        "pipeline": [{"compute": n, "flops": 1.0, "distribution": "exponential"} for n in names],
+    })
+
+
+def test_tandem_of_independent_exponential_stages() -> None:
+    # Independent exponential service at each stage: Jackson's theorem applies.
+    lam, mus = 0.5, [1.0, 0.8, 1.25]
+    s = tandem_scenario(lam, mus, 200_000)
+    r = simulate(s, seed=2, replications=10, engine="fast").report  # type: ignore[arg-type]
+    theory = sum(mm1_sojourn(lam, mu) for mu in mus)
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, theory, 0.012)
+    for stage, mu in zip(r.stages, mus, strict=True):
+        assert stage.waiting_s + stage.service_s == pytest.approx(mm1_sojourn(lam, mu), rel=0.03)
+
+
+def test_simpy_against_closed_forms_at_test_size() -> None:
+    s = single_queue(rate_hz=0.5, tasks=40_000, warmup=500)
+    r = simulate(s, seed=3, replications=4, engine="simpy").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mm1_sojourn(0.5, 1.0), 0.05)
+    s = single_queue(rate_hz=0.5, distribution="constant", tasks=40_000, warmup=500)
+    r = simulate(s, seed=3, replications=4, engine="simpy").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mg1_sojourn(0.5, 1.0, 1.0), 0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "dist", "cv", "rho", "theory"), CASES[:3],
+                         ids=[c[0] for c in CASES[:3]])
+def test_simpy_against_closed_form_full_size(name: str, dist: str, cv: float, rho: float,
+                                             theory: object) -> None:
+    s = single_queue(rate_hz=rho, distribution=dist, tasks=250_000, warmup=1000)
+    r = simulate(s, seed=13, replications=8, engine="simpy").report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, theory(rho), 0.015)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("engine", ["simpy", "fast"])
+def test_single_task_without_queueing_is_the_hand_sum(engine: str) -> None:
+    d = three_tier()
+    d["workload"]["tasks"], d["workload"]["warmup_tasks"] = 1, 0
+    s = scenario_from_dict(d)
+    r = simulate(s, seed=0, engine=engine).report  # type: ignore[arg-type]
+    hand = (2e7 / 1e9 + 2e5 / 10e6 + 0.001 + 1e9 / 1e11 + 1e5 / 100e6 + 0.01 + 1e9 / 1e12)
+    assert r.mean_latency_s == pytest.approx(hand, rel=1e-12)
+    # Energy: 2 W x 20 ms on the phone, 0.2 W x 20 ms sending, 100 W x 10 ms on the edge.
+    assert r.energy_j_per_task == pytest.approx(2 * 0.02 + 0.2 * 0.02 + 100 * 0.01, rel=1e-12)
+    assert r.device_energy_j_per_task == pytest.approx(2 * 0.02 + 0.2 * 0.02, rel=1e-12)
+
+
+def test_single_task_over_a_fading_link_is_the_block_sum() -> None:
+    d = three_tier()
+    d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 1e6, "tx_power_dbm": 23,
+                                "distance_m": 100, "coherence_s": 0.005}
+    d["workload"]["tasks"], d["workload"]["warmup_tasks"] = 1, 0
+    s = scenario_from_dict(d)
+    pipeline = [Compute("phone", 1e7), Transfer("phone", "edge", 2e5)]
+    result = simulate(s, pipeline, seed=4, engine="simpy")
+    arrival = float(result.records[0].arrival_s[0])
+    # Rebuild the same link realisation and add up whole blocks by hand.
+    plan = compile_plan(s, pipeline, replication_seeds(4, 0)[1])
+    ch = plan.resources[1].channel
+    assert isinstance(ch, BlockFadingRate)
+    t, left, k = arrival + 0.01, 2e5, int((arrival + 0.01) // 0.005)
+    while left > ch.block_rate(k) * ((k + 1) * 0.005 - t):
+        left -= ch.block_rate(k) * ((k + 1) * 0.005 - t)
+        k, t = k + 1, (k + 1) * 0.005
+    hand = t + left / ch.block_rate(k) + 0.001 - arrival
+    assert result.report.mean_latency_s == pytest.approx(hand, rel=1e-9)
+    assert hand > 0.01 + 0.02  # it spans several 5 ms blocks
