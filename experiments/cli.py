@@ -62,7 +62,8 @@ def _format_report(r: LatencyReport) -> str:
         f"                      p50 {r.p50_latency_s * ms:.2f}  p95 {r.p95_latency_s * ms:.2f}  "
         f"p99 {r.p99_latency_s * ms:.2f} ms",
         f"  throughput          {r.throughput_hz:.3f} tasks/s",
-        f"  energy per task     {r.energy_j_per_task:.4f} J (devices {r.device_energy_j_per_task:.4f} J)",
+        f"  energy per task     {r.energy_j_per_task:.4f} J "
+        f"(devices {r.device_energy_j_per_task:.4f} J)",
         "",
         f"  {'stage':<28} {'resource':<24} {'wait ms':>9} {'service ms':>11} {'prop ms':>9}",
     ]

@@ -5,7 +5,8 @@
 channel model) under a workload of one or more sources.
 
 >>> from sim import load_scenario, simulate
->>> result = simulate(load_scenario("experiments/scenarios/three-tier.yaml"), seed=1)  # doctest: +SKIP
+>>> scenario = load_scenario("experiments/scenarios/three-tier.yaml")  # doctest: +SKIP
+>>> result = simulate(scenario, seed=1)  # doctest: +SKIP
 >>> result.report.mean_latency_s  # doctest: +SKIP
 """
 

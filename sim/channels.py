@@ -21,9 +21,10 @@ floating-point boundaries.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -357,7 +358,7 @@ class TraceRate(RateProcess):
     closes one period; the trace then repeats.
     """
 
-    def __init__(self, times_s: Sequence[float], rates_bps: Sequence[float]) -> None:
+    def __init__(self, times_s: ArrayLike, rates_bps: ArrayLike) -> None:
         t = np.asarray(times_s, dtype=np.float64)
         r = np.asarray(rates_bps, dtype=np.float64)
         if t.ndim != 1 or t.size < 2 or t.size != r.size:
@@ -409,18 +410,24 @@ class TraceRate(RateProcess):
 
 @lru_cache(maxsize=64)
 def _read_trace_cached(path: str, mtime_ns: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    data = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
-    names = data.dtype.names or ()
-    if "time_s" not in names or "rate_bps" not in names:
-        raise ValueError(f"columns must be time_s,rate_bps (found: {', '.join(names)})")
-    data = np.atleast_1d(data)
-    if np.any(~np.isfinite(data["time_s"])) or np.any(~np.isfinite(data["rate_bps"])):
-        raise ValueError("every row needs a finite time_s and rate_bps")
-    return tuple(map(float, data["time_s"])), tuple(map(float, data["rate_bps"]))
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        names = reader.fieldnames or []
+        if "time_s" not in names or "rate_bps" not in names:
+            raise ValueError(f"columns must be time_s,rate_bps (found: {', '.join(names)})")
+        times, rates = [], []
+        for line, row in enumerate(reader, start=2):
+            try:
+                t, r = float(row["time_s"]), float(row["rate_bps"])
+            except (TypeError, ValueError):
+                raise ValueError(f"line {line}: time_s and rate_bps must be numbers") from None
+            if not (math.isfinite(t) and math.isfinite(r)):
+                raise ValueError(f"line {line}: time_s and rate_bps must be finite")
+            times.append(t)
+            rates.append(r)
+    return tuple(times), tuple(rates)
 
 
 def read_trace(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Read a rate trace CSV with header ``time_s,rate_bps``; cached per file version."""
-    import os
-
     return _read_trace_cached(path, os.stat(path).st_mtime_ns)

@@ -110,9 +110,10 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
     completion = ready
     m = tasks.measured
     service = end - start
-    busy = np.bincount(res.ravel(), weights=service.ravel(), minlength=len(plan.resources))
-    mbusy = np.bincount(
-        res[m].ravel(), weights=service[m].ravel(), minlength=len(plan.resources)
+    n_res = len(plan.resources)
+    busy = np.bincount(res.ravel(), weights=service.ravel(), minlength=n_res).astype(np.float64)
+    mbusy = np.bincount(res[m].ravel(), weights=service[m].ravel(), minlength=n_res).astype(
+        np.float64
     )
     timeline = None
     if keep_timeline:

@@ -157,7 +157,9 @@ def compile_plan(
         for s, stage in enumerate(stages_for_source(stages, scenario.path[0], src)):
             if isinstance(stage, Compute):
                 if stage.node not in scenario.nodes:
-                    raise ValueError(f"the pipeline computes on {stage.node!r}, which is not a node")
+                    raise ValueError(
+                        f"the pipeline computes on {stage.node!r}, which is not a node"
+                    )
                 r = node_resource(stage.node)
                 base[j, s] = stage.work_flops / scenario.nodes[stage.node].flops
             else:

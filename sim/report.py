@@ -79,7 +79,7 @@ class LatencyReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (NaN becomes None)."""
 
-        def clean(x: Any) -> Any:
+        def clean(x: Any) -> Any:  # NaN is not JSON
             if isinstance(x, float) and not math.isfinite(x):
                 return None
             if isinstance(x, dict):
@@ -88,7 +88,7 @@ class LatencyReport:
                 return [clean(v) for v in x]
             return x
 
-        return clean(asdict(self))  # type: ignore[no-any-return]
+        return clean(asdict(self))
 
 
 def confidence_half_width(means: Sequence[float] | NDArray[np.float64]) -> float:

@@ -291,7 +291,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _TAGS and i > 0 and loc[i - 1] in ("channel", "arrivals") or (
+        elif (part in _TAGS and i > 0 and loc[i - 1] in ("channel", "arrivals")) or (
             part in _TAGS and i > 0 and isinstance(loc[i - 1], int) and "pipeline" in loc[:i]
         ):
             continue  # the discriminator value pydantic inserts into the location
@@ -322,7 +322,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror})") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -393,7 +393,8 @@ def _check_references(s: Scenario, where: str) -> None:
         if src in s.path:
             fail(f"workload.sources[{j}]", f"{src!r} is on the path; other sources must be off it")
         if len(s.path) > 1 and (src, s.path[1]) not in seen:
-            fail(f"workload.sources[{j}]", f"no link {src} -> {s.path[1]} (needed to join the path)")
+            fail(f"workload.sources[{j}]",
+                 f"no link {src} -> {s.path[1]} (needed to join the path)")
     if w.warmup_tasks >= w.tasks:
         fail("workload.warmup_tasks", f"must be less than tasks ({w.tasks}), got {w.warmup_tasks}")
     if isinstance(w.arrivals, FileArrivals):

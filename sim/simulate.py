@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,7 +48,8 @@ def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None) -> t
     if pipeline is None:
         if scenario.pipeline is None:
             raise ScenarioError(
-                f"scenario {scenario.name!r} has no pipeline: give one in the file or as an argument"
+                f"scenario {scenario.name!r} has no pipeline: "
+                "give one in the file or as an argument"
             )
         stages = pipeline_from_specs(scenario.pipeline)
     else:
@@ -129,7 +130,7 @@ def simulate(
     return SimulationResult(report=report, records=records, plan=plan)
 
 
-def _ticker(bar: object | None) -> None | object:
+def _ticker(bar: Any | None) -> Callable[[], None] | None:
     """A cheap per-task callback that updates a tqdm bar every 1,000 tasks."""
     if bar is None:
         return None
@@ -138,7 +139,7 @@ def _ticker(bar: object | None) -> None | object:
     def tick() -> None:
         count[0] += 1
         if count[0] == 1000:
-            bar.update(1000)  # type: ignore[attr-defined]
+            bar.update(1000)
             count[0] = 0
 
     return tick

@@ -48,7 +48,9 @@ class Compute:
 
     def __post_init__(self) -> None:
         if not self.work_flops > 0 or not math.isfinite(self.work_flops):
-            raise ValueError(f"Compute.work_flops must be a finite number > 0, got {self.work_flops}")
+            raise ValueError(
+                f"Compute.work_flops must be a finite number > 0, got {self.work_flops}"
+            )
         if self.distribution not in ("constant", "exponential", "lognormal"):
             raise ValueError(
                 f"Compute.distribution must be constant, exponential or lognormal, "
@@ -72,7 +74,9 @@ class Transfer:
 
     def __post_init__(self) -> None:
         if not self.size_bits > 0 or not math.isfinite(self.size_bits):
-            raise ValueError(f"Transfer.size_bits must be a finite number > 0, got {self.size_bits}")
+            raise ValueError(
+                f"Transfer.size_bits must be a finite number > 0, got {self.size_bits}"
+            )
 
     @property
     def label(self) -> str:

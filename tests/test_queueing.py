@@ -7,6 +7,7 @@ full size under the ``slow`` marker.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -85,7 +86,7 @@ def tandem_scenario(lam: float, mus: list[float], tasks: int) -> object:
         "input_shape": [1],
         "nodes": {n: {"kind": "edge", "flops": mu} for n, mu in zip(names, mus, strict=True)},
         "links": [{"src": a, "dst": b, "channel": {"model": "constant", "rate_bps": 1e12}}
-                  for a, b in zip(names, names[1:], strict=False)],
+                  for a, b in itertools.pairwise(names)],
         "path": names,
         "workload": {"sources": [names[0]], "tasks": tasks, "warmup_tasks": 1000,
                      "arrivals": {"process": "poisson", "rate_hz": lam}},

@@ -1,0 +1,182 @@
+"""SimPy engine and fast evaluator: identical sample paths, seeds, common random numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sim import (
+    Compute,
+    FastEvaluatorError,
+    Transfer,
+    load_scenario,
+    scenario_from_dict,
+    simulate,
+)
+from sim.fast import lindley_departures
+from sim.network import compile_plan
+from sim.simulate import replication_seeds
+
+from .conftest import EXAMPLES, three_tier
+
+
+def fading(**extra: Any) -> dict[str, Any]:
+    return {"model": "rayleigh", "bandwidth_hz": 10e6, "tx_power_dbm": 23, "distance_m": 120,
+            "coherence_s": 0.01, **extra}
+
+
+def variants() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    d = three_tier()
+    d["links"][0]["channel"] = fading(shadowing_db=6)
+    d["pipeline"][2]["distribution"] = "exponential"
+    out["rayleigh uplink, two-server edge"] = d
+    d = three_tier()
+    d["links"][0]["channel"] = {"model": "gilbert_elliott", "good_rate_bps": 20e6,
+                                "bad_rate_bps": 0.0, "mean_good_s": 0.5, "mean_bad_s": 0.1}
+    d["workload"]["arrivals"] = {"process": "periodic", "rate_hz": 8}
+    d["pipeline"][0]["distribution"] = "lognormal"
+    out["gilbert-elliott with outages, periodic arrivals"] = d
+    d = three_tier()
+    d["nodes"]["edge"]["servers"] = 1
+    d["workload"]["arrivals"]["rate_hz"] = 30.0  # uplink near rho 0.6: long queues
+    out["single-server edge, heavy load"] = d
+    return out
+
+
+def assert_same_path(a: Any, b: Any) -> None:
+    ra, rb = a.records[0], b.records[0]
+    np.testing.assert_allclose(ra.completion_s, rb.completion_s, rtol=0, atol=1e-9)
+    for field in ("queued_s", "start_s", "end_s"):
+        np.testing.assert_allclose(getattr(ra.timeline, field), getattr(rb.timeline, field),
+                                   rtol=0, atol=1e-9)
+    for field in ("stage_wait_s", "stage_service_s", "stage_propagation_s", "busy_s",
+                  "measured_busy_s"):
+        np.testing.assert_allclose(getattr(ra, field), getattr(rb, field), rtol=1e-9, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", list(variants()))
+def test_fast_evaluator_equals_simpy_on_the_same_sample_path(name: str) -> None:
+    s = scenario_from_dict(variants()[name])
+    a = simulate(s, seed=8, engine="simpy", tasks=2000, keep_timeline=True)
+    b = simulate(s, seed=8, engine="fast", tasks=2000, keep_timeline=True)
+    assert a.report.mean_latency_s > 0
+    assert_same_path(a, b)
+    waits = a.records[0].timeline.waiting_s  # type: ignore[union-attr]
+    assert waits.max() > 0.0  # there is queueing to get right
+
+
+@pytest.mark.parametrize("name", ["three-tier", "shared-edge"])
+def test_fast_equals_simpy_on_shipped_examples(name: str) -> None:
+    s = load_scenario(EXAMPLES / f"{name}.yaml")
+    a = simulate(s, seed=3, engine="simpy", keep_timeline=True)
+    b = simulate(s, seed=3, engine="fast", keep_timeline=True)
+    assert_same_path(a, b)
+
+
+def test_lindley_vectorised_equals_the_loop() -> None:
+    rng = np.random.default_rng(1)
+    a = np.sort(rng.uniform(0, 100, 5000))
+    s = rng.exponential(0.015, 5000)
+    d, prev = np.empty(5000), -np.inf
+    for i in range(5000):
+        prev = max(a[i], prev) + s[i]
+        d[i] = prev
+    np.testing.assert_allclose(lindley_departures(a, s), d, rtol=1e-13)
+
+
+def test_stage_means_add_up_to_the_mean_latency() -> None:
+    s = load_scenario(EXAMPLES / "shared-edge.yaml")
+    r = simulate(s, seed=2).report
+    total = sum(st.waiting_s + st.service_s + st.propagation_s for st in r.stages)
+    assert total == pytest.approx(r.mean_latency_s, rel=1e-9)
+
+
+def test_same_seed_same_result_bit_for_bit() -> None:
+    s = load_scenario(EXAMPLES / "shared-edge.yaml")
+    a = simulate(s, seed=21, replications=2)
+    b = simulate(s, seed=21, replications=2)
+    assert a.report.to_dict() == b.report.to_dict()
+    for x, y in zip(a.records, b.records, strict=True):
+        assert np.array_equal(x.completion_s, y.completion_s)
+    c = simulate(s, seed=22, replications=2)
+    assert not np.array_equal(a.records[0].arrival_s, c.records[0].arrival_s)
+    assert c.report.mean_latency_s != a.report.mean_latency_s
+
+
+def test_replications_differ_and_do_not_depend_on_their_count() -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    two = simulate(s, seed=5, replications=2, engine="fast")
+    three = simulate(s, seed=5, replications=3, engine="fast")
+    assert not np.array_equal(two.records[0].arrival_s, two.records[1].arrival_s)
+    assert np.array_equal(two.records[1].completion_s, three.records[1].completion_s)
+
+
+def test_common_random_numbers_across_pipelines() -> None:
+    s = scenario_from_dict(variants()["rayleigh uplink, two-server edge"])
+    light = [Compute("phone", 1e6), Transfer("phone", "edge", 1e5), Compute("edge", 1e8)]
+    heavy = [Compute("phone", 5e7, "exponential"), Transfer("phone", "edge", 4e5)]
+    a = simulate(s, light, seed=9, engine="fast")
+    b = simulate(s, heavy, seed=9, engine="fast")
+    assert np.array_equal(a.records[0].arrival_s, b.records[0].arrival_s)
+    ch_a = compile_plan(s, light, replication_seeds(9, 0)[1]).resources[1].channel
+    ch_b = compile_plan(s, heavy, replication_seeds(9, 0)[1]).resources[1].channel
+    t = np.linspace(0, 100, 10_001)
+    assert ch_a is not None and ch_b is not None
+    assert np.array_equal(ch_a.rate_at(t), ch_b.rate_at(t))
+
+
+def test_warmup_tasks_are_left_out() -> None:
+    s = load_scenario(EXAMPLES / "shared-edge.yaml")
+    r = simulate(s, seed=1, tasks=300).report
+    assert r.tasks == (300 - 100) * 4  # warmup 100 of each of 4 sources
+
+
+def test_training_mode_runs_the_backward_pass() -> None:
+    s = load_scenario(EXAMPLES / "split-learning.yaml")
+    result = simulate(s, seed=1, keep_timeline=True)
+    labels = [st.label for st in result.report.stages]
+    assert labels == ["compute@phone", "transfer phone->edge", "compute@edge",
+                      "compute@edge", "transfer edge->phone", "compute@phone"]
+    services = [st.service_s for st in result.report.stages]
+    assert services[3] == pytest.approx(2 * services[2])  # backward = 2 x forward work
+    assert services[5] == pytest.approx(2 * services[0])
+    tl = result.records[0].timeline
+    assert tl is not None and np.all(np.diff(tl.start_s, axis=1) >= 0)
+    with pytest.raises(FastEvaluatorError, match="'edge' serves stages 2 and 3"):
+        simulate(s, seed=1, engine="fast")
+    assert simulate(s, seed=1, engine="auto").report.engine == "simpy"
+
+
+def test_link_is_free_during_propagation() -> None:
+    # Two back-to-back transfers over a link with a long propagation delay: the second starts
+    # sending as soon as the first has left the sender, not after it arrived.
+    d = three_tier()
+    d["links"][0]["propagation_s"] = 1.0
+    d["workload"]["arrivals"] = {"process": "file", "file": "a.csv"}
+    d["workload"]["warmup_tasks"] = 0
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "a.csv").write_text("time_s\n0.0\n0.0001\n")
+        s = scenario_from_dict(d, base_dir=tmp)
+        r = simulate(s, [Transfer("phone", "edge", 1e6)], seed=0, keep_timeline=True)
+    tl = r.records[0].timeline
+    assert tl is not None
+    assert tl.start_s[1, 0] == pytest.approx(0.1)  # 1 Mbit at 10 Mbit/s
+    assert r.records[0].completion_s.tolist() == pytest.approx([1.1, 1.2])
+
+
+def test_bad_arguments() -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    with pytest.raises(ValueError, match="replications must be >= 1"):
+        simulate(s, replications=0)
+    with pytest.raises(ValueError, match=r"tasks \(100\) must exceed workload.warmup_tasks"):
+        simulate(s, tasks=100)
+    with pytest.raises(ValueError, match="not a link"):
+        simulate(s, [Transfer("cloud", "phone", 1.0)])
+    with pytest.raises(ValueError, match="work_flops must be"):
+        Compute("phone", -1.0)
