@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from .engine import RunRecord, Timeline
 from .errors import FastEvaluatorError
-from .network import Plan
+from .network import Plan, Resource
 from .workload import TaskSet
 
 __all__ = ["check_fast_applicable", "lindley_departures", "run_fast"]
@@ -70,61 +70,83 @@ def check_fast_applicable(plan: Plan) -> None:
             used_at[r] = s
 
 
+def _solve_queue(
+    resource: Resource, a: NDArray[np.float64], work: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(start, end) of tasks arriving at ``a`` (sorted) with ``work`` (seconds, or bits on a link)."""
+    if resource.channel is not None:
+        ch = resource.channel
+        d = ch.inverse_capacity(lindley_departures(ch.capacity(a), work))
+        d = np.maximum(d, a)  # guards C^-1 rounding below the arrival
+    elif resource.servers == 1:
+        d = lindley_departures(a, work)
+    else:
+        d = _multi_server_departures(a, work, resource.servers)
+        return d - work, d
+    start = np.empty_like(a)
+    start[0] = a[0]
+    np.maximum(a[1:], d[:-1], out=start[1:])
+    return start, d
+
+
+def _is_sorted(x: NDArray[np.float64]) -> bool:
+    return bool(np.all(x[1:] >= x[:-1]))
+
+
 def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunRecord:
     """Evaluate one replication exactly, stage by stage, with the recursions above."""
     check_fast_applicable(plan)
     n, k = tasks.n, len(plan.stages)
-    res = plan.resource[tasks.source]  # (n, k)
-    base = plan.base[tasks.source]
-    prop = plan.propagation[tasks.source]
-    queued = np.empty((n, k))
-    start = np.empty((n, k))
-    end = np.empty((n, k))
-    ready = tasks.arrival_s.copy()
-    idx = np.arange(n)
-    for s in range(k):
-        queued[:, s] = ready
-        for r in np.unique(res[:, s]).tolist():
-            members = idx[res[:, s] == r]
-            members = members[np.argsort(ready[members], kind="stable")]
-            a = ready[members]
-            resource = plan.resources[r]
-            if resource.channel is not None:
-                ch = resource.channel
-                dep_cap = lindley_departures(ch.capacity(a), base[members, s])
-                d = ch.inverse_capacity(dep_cap)
-                d = np.maximum(d, a)  # guards C^-1 rounding below the arrival
-            else:
-                service = base[members, s] * tasks.multipliers[members, s]
-                if resource.servers == 1:
-                    d = lindley_departures(a, service)
-                else:
-                    d = _multi_server_departures(a, service, resource.servers)
-            if resource.servers == 1:
-                st = np.maximum(a, np.concatenate([[-np.inf], d[:-1]]))
-            else:
-                st = d - base[members, s] * tasks.multipliers[members, s]
-            start[members, s] = st
-            end[members, s] = d
-        ready = end[:, s] + prop[:, s]
-    completion = ready
     m = tasks.measured
-    service = end - start
-    n_res = len(plan.resources)
-    busy = np.bincount(res.ravel(), weights=service.ravel(), minlength=n_res).astype(np.float64)
-    mbusy = np.bincount(res[m].ravel(), weights=service[m].ravel(), minlength=n_res).astype(
-        np.float64
-    )
+    queued = np.empty((k, n))
+    start = np.empty((k, n))
+    end = np.empty((k, n))
+    busy = np.zeros(len(plan.resources))
+    mbusy = np.zeros(len(plan.resources))
+    single_source = plan.resource.shape[0] == 1
+    ready = tasks.arrival_s
+    for s in range(k):
+        queued[s] = ready
+        work = np.full(n, plan.base[0, s]) if single_source else plan.base[:, s][tasks.source]
+        if not plan.is_link[s]:
+            work *= tasks.multipliers[:, s]
+        groups = np.unique(plan.resource[:, s]).tolist()
+        if len(groups) == 1 and _is_sorted(ready):
+            # One queue, tasks already in order of arrival (always so after a FIFO single server).
+            start[s], end[s] = _solve_queue(plan.resources[groups[0]], ready, work)
+        else:
+            res_s = plan.resource[:, s][tasks.source]
+            for r in groups:
+                members = np.flatnonzero(res_s == r)
+                members = members[np.argsort(ready[members], kind="stable")]
+                start[s, members], end[s, members] = _solve_queue(
+                    plan.resources[r], ready[members], work[members]
+                )
+        service = end[s] - start[s]
+        if len(groups) == 1:
+            busy[groups[0]] += service.sum()
+            mbusy[groups[0]] += service[m].sum()
+        else:
+            res_s = plan.resource[:, s][tasks.source]
+            busy += np.bincount(res_s, weights=service, minlength=busy.size)
+            mbusy += np.bincount(res_s[m], weights=service[m], minlength=busy.size)
+        prop = plan.propagation[:, s]
+        if np.any(prop):
+            ready = end[s] + (prop[0] if single_source else prop[tasks.source])
+        else:
+            ready = end[s]
+    completion = ready
     timeline = None
     if keep_timeline:
-        timeline = Timeline(tasks.arrival_s, tasks.source, res, queued, start, end, completion)
+        timeline = Timeline(tasks.arrival_s, tasks.source, plan.resource[tasks.source],
+                            queued.T.copy(), start.T.copy(), end.T.copy(), completion)
     return RunRecord(
         arrival_s=tasks.arrival_s,
         completion_s=completion,
         measured=m,
-        stage_wait_s=(start - queued)[m].sum(axis=0),
-        stage_service_s=service[m].sum(axis=0),
-        stage_propagation_s=prop[m].sum(axis=0),
+        stage_wait_s=(start[:, m] - queued[:, m]).sum(axis=1),
+        stage_service_s=(end[:, m] - start[:, m]).sum(axis=1),
+        stage_propagation_s=plan.propagation[tasks.source[m]].sum(axis=0),
         busy_s=busy,
         measured_busy_s=mbusy,
         timeline=timeline,

@@ -74,3 +74,17 @@ def three_tier(**changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def three_tier_dict() -> dict[str, Any]:
     return three_tier()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` where CUDA is not available."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
