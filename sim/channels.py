@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
+from .seeds import children
+
 __all__ = [
     "CHUNK_BLOCKS",
     "BlockFadingRate",
@@ -257,7 +259,7 @@ class BlockFadingRate(_Segmented):
         super().__init__()
         if not coherence_s > 0.0:
             raise ValueError(f"coherence_s must be > 0, got {coherence_s}")
-        shadow_seq, block_seq = seed.spawn(2)
+        shadow_seq, block_seq = children(seed, 2)
         shadow = 10.0 ** (shadowing_db * np.random.default_rng(shadow_seq).standard_normal() / 10)
         self.bandwidth_hz = float(bandwidth_hz)
         self.snr_linear = float(snr_linear) * float(shadow)

@@ -73,7 +73,7 @@ def check_fast_applicable(plan: Plan) -> None:
 def _solve_queue(
     resource: Resource, a: NDArray[np.float64], work: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(start, end) of tasks arriving at ``a`` (sorted) with ``work`` (seconds, or bits on a link)."""
+    """(start, end) of tasks arriving at ``a`` (sorted) with ``work`` (s, or bits on a link)."""
     if resource.channel is not None:
         ch = resource.channel
         d = ch.inverse_capacity(lindley_departures(ch.capacity(a), work))

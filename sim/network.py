@@ -31,6 +31,7 @@ from .scenario import (
     ShannonChannel,
     TraceChannel,
 )
+from .seeds import children
 from .workload import Compute, Stage, stages_for_source
 
 __all__ = ["Plan", "Resource", "compile_plan", "make_rate_process"]
@@ -107,13 +108,13 @@ def compile_plan(
 ) -> Plan:
     """Resolve a pipeline against the scenario's network for one replication.
 
-    The channel of the i-th entry of ``scenario.links`` comes from ``channel_seed.spawn``'s i-th
-    child (its reverse direction, for a duplex link, from a child of that), whatever the pipeline:
+    The channel of the i-th entry of ``scenario.links`` comes from the i-th child of
+    ``channel_seed`` (its two directions from that child's children 0 and 1), whatever the pipeline:
     two pipelines simulated with the same seed see the same channel realisations.
     """
     graph = scenario.graph()
-    link_seeds = channel_seed.spawn(len(scenario.links))
-    duplex_seeds = {i: link_seeds[i].spawn(2) for i, link in enumerate(scenario.links)}
+    link_seeds = children(channel_seed, len(scenario.links))
+    duplex_seeds = {i: children(link_seeds[i], 2) for i in range(len(scenario.links))}
     index: dict[tuple[str, ...], int] = {}
     resources: list[Resource] = []
 

@@ -14,6 +14,7 @@ from .fast import check_fast_applicable, run_fast
 from .network import Plan, compile_plan
 from .report import LatencyReport, summarise
 from .scenario import Scenario
+from .seeds import child, children
 from .workload import Stage, pipeline_from_specs, sample_tasks, training_pipeline
 
 __all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
@@ -39,8 +40,8 @@ def replication_seeds(
     randomness depends only on (seed, replication index), not on the pipeline or on how many
     replications run, so designs compared with the same seed share their sample paths.
     """
-    child = np.random.SeedSequence(seed, spawn_key=(replication,))
-    arrivals, channels, service = child.spawn(3)
+    rep = child(np.random.SeedSequence(seed), replication)
+    arrivals, channels, service = children(rep, 3)
     return arrivals, channels, service
 
 

@@ -20,6 +20,7 @@ from .scenario import (
     TransferStageSpec,
     WorkloadSpec,
 )
+from .seeds import children
 
 __all__ = [
     "Compute",
@@ -233,11 +234,11 @@ def sample_tasks(
 ) -> TaskSet:
     """Draw one replication's tasks: arrivals of every source, merged, and work multipliers.
 
-    Arrivals of source j come from ``arrival_seed.spawn``'s j-th child whatever the pipeline, so
+    Arrivals of source j come from the j-th child of ``arrival_seed`` whatever the pipeline, so
     two pipelines simulated with the same seed see the same arrivals (common random numbers).
     """
     w = scenario.workload
-    per_source = _arrivals(w, scenario, tasks_per_source, arrival_seed.spawn(len(w.sources)))
+    per_source = _arrivals(w, scenario, tasks_per_source, children(arrival_seed, len(w.sources)))
     arrival = np.concatenate(per_source)
     source = np.concatenate([np.full(a.size, j, dtype=np.intp) for j, a in enumerate(per_source)])
     local = np.concatenate([np.arange(a.size) for a in per_source])
