@@ -1,0 +1,287 @@
+"""PyTorch modules from an :class:`~models.spec.ArchSpec`: one builder for every block type.
+
+``build_model(spec, in_channels, num_classes, width_scale, cuts)`` gives a :class:`ChainModel`
+whose ``blocks`` run in order. At each :class:`Cut` the activation is compressed as it would be on
+the link: an optional 1x1 bottleneck to a fraction of the channels (a 1x1 decoder restores them on
+the receiving side) and an optional 8-bit quantisation. In training the quantiser passes gradients
+straight through (Bengio et al. 2013); :mod:`models.split` quantises for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .spec import ArchSpec, BasicBlock, Block, Bottleneck, Conv, Head, InvertedResidual, Pool
+
+__all__ = [
+    "BIT_WIDTHS",
+    "BOTTLENECKS",
+    "ChainModel",
+    "Cut",
+    "CutCodec",
+    "block_out_channels",
+    "build_model",
+    "channels_before",
+    "dequantize",
+    "quantize",
+    "scale_width",
+]
+
+BOTTLENECKS: tuple[float, ...] = (1.0, 0.5, 0.25)
+"""Fractions of the channels a split point may keep (1: no bottleneck)."""
+BIT_WIDTHS: tuple[int, ...] = (32, 8)
+"""Bits per transmitted activation element."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A split point after ``position`` blocks, with its compression."""
+
+    position: int
+    bottleneck: float = 1.0
+    bits: int = 32
+
+    def __post_init__(self) -> None:
+        if self.bottleneck not in BOTTLENECKS:
+            raise ValueError(f"Cut.bottleneck must be one of {BOTTLENECKS}, got {self.bottleneck}")
+        if self.bits not in BIT_WIDTHS:
+            raise ValueError(f"Cut.bits must be one of {BIT_WIDTHS}, got {self.bits}")
+        if self.position < 0:
+            raise ValueError(f"Cut.position must be >= 0, got {self.position}")
+
+    @property
+    def compresses(self) -> bool:
+        return self.bottleneck != 1.0 or self.bits != 32
+
+
+def scale_width(channels: int, width_scale: float, multiple: int = 1) -> int:
+    """``channels`` x ``width_scale``, rounded to a multiple of ``multiple``, at least one."""
+    return max(multiple, round(channels * width_scale / multiple) * multiple)
+
+
+def _act(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU(inplace=True), "relu6": nn.ReLU6(inplace=True),
+            "none": nn.Identity()}[kind]
+
+
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int, act: str = "relu",
+                 bn: bool = True, groups: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups,
+                                         bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(_act(act))
+    return nn.Sequential(*layers)
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin: int, b: InvertedResidual, cout: int) -> None:
+        super().__init__()
+        hidden = cin * b.expansion
+        layers: list[nn.Module] = []
+        if b.expansion != 1:
+            layers.append(_conv_bn_act(cin, hidden, 1, 1, "relu6"))
+        layers.append(_conv_bn_act(hidden, hidden, b.kernel, b.stride, "relu6", groups=hidden))
+        layers.append(_conv_bn_act(hidden, cout, 1, 1, "none"))
+        self.body = nn.Sequential(*layers)
+        self.residual = b.stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class _Residual(nn.Module):
+    """Body plus shortcut, then ReLU (ResNet basic and bottleneck blocks)."""
+
+    def __init__(self, body: nn.Module, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = _conv_bn_act(cin, cout, 1, stride, "none")
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class _Head(nn.Module):
+    def __init__(self, cin: int, b: Head, num_classes: int, width_scale: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(b.pool), nn.Flatten()]
+        width = cin * b.pool * b.pool
+        for h in b.hidden:
+            h = scale_width(h, width_scale)
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            if b.dropout > 0:
+                layers.append(nn.Dropout(b.dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def block_out_channels(block: Block, cin: int, width_scale: float = 1.0) -> int:
+    """Output channels of ``block`` given its input channels (a Head's: its input's)."""
+    if isinstance(block, Pool | Head):
+        return cin
+    if isinstance(block, Conv) and block.depthwise:
+        return cin
+    if isinstance(block, Bottleneck):
+        return scale_width(block.out, width_scale, 4)
+    return scale_width(block.out, width_scale)
+
+
+def channels_before(spec: ArchSpec, in_channels: int, width_scale: float = 1.0) -> list[int]:
+    """Channels entering each block, plus (last entry) the channels the Head receives."""
+    out = [in_channels]
+    for block in spec.blocks[:-1]:
+        out.append(block_out_channels(block, out[-1], width_scale))
+    return out
+
+
+def _make_block(block: Block, cin: int, num_classes: int, width_scale: float) -> nn.Module:
+    cout = block_out_channels(block, cin, width_scale)
+    if isinstance(block, Conv):
+        return _conv_bn_act(cin, cout, block.kernel, block.stride, block.act, block.bn,
+                            groups=cin if block.depthwise else 1)
+    if isinstance(block, Pool):
+        if block.mode == "max":
+            return nn.MaxPool2d(block.kernel, block.stride, block.padding)
+        return nn.AvgPool2d(block.kernel, block.stride, block.padding)
+    if isinstance(block, InvertedResidual):
+        return _InvertedResidual(cin, block, cout)
+    if isinstance(block, BasicBlock):
+        body = nn.Sequential(_conv_bn_act(cin, cout, 3, block.stride),
+                             _conv_bn_act(cout, cout, 3, 1, "none"))
+        return _Residual(body, cin, cout, block.stride)
+    if isinstance(block, Bottleneck):
+        mid = cout // 4
+        body = nn.Sequential(_conv_bn_act(cin, mid, 1, 1), _conv_bn_act(mid, mid, 3, block.stride),
+                             _conv_bn_act(mid, cout, 1, 1, "none"))
+        return _Residual(body, cin, cout, block.stride)
+    if isinstance(block, Head):
+        return _Head(cin, block, num_classes, width_scale)
+    raise TypeError(f"unknown block {block!r}")  # pragma: no cover
+
+
+def quantize(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-tensor asymmetric min-max quantisation to unsigned ``bits``-bit integers.
+
+    Returns (q as uint8, scale, minimum); x is approximated by q * scale + minimum, with an error of
+    at most scale / 2 per element.
+    """
+    levels = 2**bits - 1
+    lo, hi = x.min(), x.max()
+    scale = (hi - lo) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round((x - lo) / scale), 0, levels).to(torch.uint8)
+    return q, scale, lo
+
+
+def dequantize(q: Tensor, scale: Tensor, lo: Tensor) -> Tensor:
+    """Inverse of :func:`quantize` (up to its rounding)."""
+    return q.to(scale.dtype) * scale + lo
+
+
+class CutCodec(nn.Module):
+    """What happens to the activation at a cut: encode (sender side), then decode (receiver side).
+
+    ``encode`` returns the transmitted payload: a float tensor at 32 bits, else (q, scale, min).
+    ``forward`` (used when the model runs whole, e.g. in training) does both, with the
+    quantisation's gradient passed straight through.
+    """
+
+    def __init__(self, channels: int, cut: Cut) -> None:
+        super().__init__()
+        self.cut = cut
+        self.channels = channels
+        self.sent_channels = channels
+        if cut.bottleneck < 1:
+            self.sent_channels = scale_width(channels, cut.bottleneck)
+        self.encoder: nn.Module = nn.Identity()
+        self.decoder: nn.Module = nn.Identity()
+        if cut.bottleneck < 1.0:
+            self.encoder = nn.Conv2d(channels, self.sent_channels, 1)
+            self.decoder = nn.Sequential(nn.Conv2d(self.sent_channels, channels, 1),
+                                         nn.ReLU(inplace=True))
+
+    def encode(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        y = self.encoder(x)
+        return quantize(y, self.cut.bits) if self.cut.bits < 32 else y
+
+    def decode(self, payload: Tensor | tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        y = dequantize(*payload) if isinstance(payload, tuple) else payload
+        return self.decoder(y)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.encoder(x)
+        if self.cut.bits < 32:
+            y_hat = dequantize(*quantize(y, self.cut.bits))
+            if torch.is_grad_enabled() and y.requires_grad:
+                y = y + (y_hat - y).detach()  # straight-through estimator
+            else:
+                y = y_hat  # bit for bit what the split segments compute
+        return self.decoder(y)
+
+
+class ChainModel(nn.Module):
+    """The whole network: ``blocks`` in order, with a :class:`CutCodec` before block p for every
+    compressing cut at position p."""
+
+    def __init__(self, spec: ArchSpec, in_channels: int, num_classes: int,
+                 width_scale: float = 1.0, cuts: Sequence[Cut] = ()) -> None:
+        super().__init__()
+        self.spec = spec
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.width_scale = width_scale
+        self.cuts = tuple(sorted(cuts, key=lambda c: c.position))
+        for a, b in zip(self.cuts, self.cuts[1:], strict=False):
+            if a.position == b.position and a != b:
+                raise ValueError(f"two cuts at position {a.position} with different compression")
+        chans = channels_before(spec, in_channels, width_scale)
+        self.blocks = nn.ModuleList(
+            _make_block(b, chans[i], num_classes, width_scale) for i, b in enumerate(spec.blocks)
+        )
+        self.codecs = nn.ModuleDict()
+        for cut in self.cuts:
+            if not 0 <= cut.position <= spec.n_blocks:
+                raise ValueError(f"Cut.position must be in 0..{spec.n_blocks}, got {cut.position}")
+            if cut.compresses:
+                if not 0 < cut.position < spec.n_blocks:
+                    raise ValueError(
+                        f"a cut at position {cut.position} cannot compress: bottlenecks and "
+                        f"quantisation apply between blocks 1..{spec.n_blocks - 1}"
+                    )
+                self.codecs[str(cut.position)] = CutCodec(chans[cut.position], cut)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            key = str(i)
+            if key in self.codecs:
+                x = self.codecs[key](x)
+            x = block(x)
+        return x
+
+
+def build_model(spec: ArchSpec, in_channels: int, num_classes: int, *, width_scale: float = 1.0,
+                cuts: Sequence[Cut] = ()) -> ChainModel:
+    """Build ``spec`` for inputs of ``in_channels`` channels and ``num_classes`` classes.
+
+    ``width_scale`` multiplies every layer's width (proxy training trains narrower copies);
+    ``cuts`` with compression insert their bottleneck and quantiser.
+    """
+    if not 0 < width_scale <= 4:
+        raise ValueError(f"width_scale must be in (0, 4], got {width_scale}")
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, "
+                         f"{num_classes}")
+    return ChainModel(spec, in_channels, num_classes, width_scale, cuts)

@@ -1,0 +1,72 @@
+"""The profiler against published multiply-add counts and parameter counts, and by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.build import Cut
+from models.profile import profile_model
+from models.reference import reference_model
+from models.space import get_space
+from models.spec import ArchSpec, Conv, Head
+
+# Published multiply-adds at 3x224x224 (the issue's figures) and parameter counts (torchvision).
+PUBLISHED = {
+    "vgg16": (15.5e9, 138.36e6),
+    "resnet50": (4.1e9, 25.56e6),
+    "mobilenet_v2": (0.30e9, 3.50e6),
+    "resnet18": (1.8e9, 11.69e6),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_reference_models_match_published_counts(name: str) -> None:
+    p = profile_model(reference_model(name), (3, 224, 224), num_classes=1000)
+    macs, params = PUBLISHED[name]
+    assert p.total_flops / 2 == pytest.approx(macs, rel=0.02)
+    assert p.total_params == pytest.approx(params, rel=0.005)
+
+
+def test_single_conv_by_hand() -> None:
+    spec = ArchSpec("one", (Conv(16, 3, 2, bn=False), Head()))
+    p = profile_model(spec, (3, 32, 32), num_classes=10)
+    conv, head = p.blocks
+    assert conv.out_shape == (16, 16, 16)
+    assert conv.flops == 2 * (3 * 9) * 16 * 16 * 16  # 2 x MACs per output element
+    assert conv.params == 3 * 9 * 16 + 16
+    assert head.flops == 2 * 16 * 10 and head.params == 16 * 10 + 10
+    assert head.out_shape == (10,)
+    # Peak: input + output activation of the convolution, plus its weights, float32.
+    assert conv.peak_memory_bytes == 4 * (3 * 32 * 32 + 16 * 16 * 16) + 4 * conv.params
+
+
+def test_sent_bits_with_and_without_compression() -> None:
+    spec = get_space("tiny").decode([0] * 9)
+    plain = profile_model(spec, (3, 224, 224))
+    assert plain.sent_bits(0, input_bits_per_element=8) == 3 * 224 * 224 * 8
+    c, h, w = plain.activation_shape(2)
+    assert plain.sent_bits(2) == c * h * w * 32
+    squeezed = profile_model(spec, (3, 224, 224), cuts=[Cut(2, 0.25, 8)])
+    assert squeezed.sent_bits(2) == math.ceil(c / 4) * h * w * 8
+    codec = squeezed.codec(2)
+    assert codec is not None
+    assert codec.encoder_flops == 2 * c * (c // 4) * h * w
+    assert codec.decoder_flops == codec.encoder_flops
+    assert squeezed.total_flops == plain.total_flops  # codec costs are reported apart
+
+
+def test_profile_refuses_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\)"):
+        profile_model(reference_model("resnet18"), (224, 224))
+    with pytest.raises(ValueError, match="cannot run on input"):
+        profile_model(reference_model("vgg16"), (3, 8, 8))
+
+
+def test_segment_memory() -> None:
+    p = profile_model(reference_model("vgg16"), (3, 224, 224), num_classes=1000)
+    whole = p.segment_memory_bytes(0, len(p.blocks))
+    assert whole > 4 * 138e6  # at least the weights
+    assert p.segment_memory_bytes(0, 3) < whole
+    assert p.segment_memory_bytes(2, 2) == 0
