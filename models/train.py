@@ -31,12 +31,12 @@ class ProxyBudget:
     width is multiplied by it. The learning rate follows a cosine schedule to 0 over all steps.
     """
 
-    epochs: int = 4
+    epochs: int = 5
     subset: int | None = None
     width_scale: float = 0.5
     batch_size: int = 64
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     momentum: float = 0.9
 

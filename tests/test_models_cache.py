@@ -1,0 +1,103 @@
+"""The SQLite accuracy cache: hits cost nothing, concurrent writers, killed writers."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from models.build import Cut
+from models.cache import AccuracyCache, cache_key
+from models.spec import ArchSpec, Conv, Head
+from models.train import ProxyBudget, TrainResult
+
+SPEC = ArchSpec("a", (Conv(8), Head()))
+BUDGET = ProxyBudget(epochs=1)
+
+
+def test_a_second_request_does_not_train(tmp_path: Path) -> None:
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    calls = []
+
+    def train() -> TrainResult:
+        calls.append(1)
+        return TrainResult(0.9, 1.5, "ok")
+
+    first, hit1 = cache.get_or_compute(SPEC, "digits", BUDGET, 0, train)
+    second, hit2 = cache.get_or_compute(SPEC, "digits", BUDGET, 0, train)
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert first == second == TrainResult(0.9, 1.5, "ok")
+    # Reopened from disk, still there.
+    assert AccuracyCache(tmp_path / "acc.sqlite").get(cache_key(SPEC, "digits", BUDGET, 0)) == first
+
+
+def test_key_covers_what_accuracy_depends_on() -> None:
+    k = cache_key(SPEC, "digits", BUDGET, 0)
+    assert k != cache_key(SPEC, "mnist5k", BUDGET, 0)
+    assert k != cache_key(SPEC, "digits", ProxyBudget(epochs=2), 0)
+    assert k != cache_key(SPEC, "digits", BUDGET, 1)
+    assert k != cache_key(ArchSpec("a", (Conv(16), Head())), "digits", BUDGET, 0)
+    assert k != cache_key(SPEC, "digits", BUDGET, 0, [Cut(1, 0.5, 8)])
+    assert k == cache_key(SPEC, "digits", BUDGET, 0, [Cut(1)])  # a plain split trains nothing new
+
+
+def test_failed_evaluations_are_stored_with_nan(tmp_path: Path) -> None:
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    key = cache_key(SPEC, "digits", BUDGET, 0)
+    cache.put(key, TrainResult(math.nan, 0.1, "diverged", "loss nan"), spec=SPEC,
+              dataset="digits", budget=BUDGET, seed=0)
+    got = cache.get(key)
+    assert got is not None and got.status == "diverged" and math.isnan(got.accuracy)
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    cache = AccuracyCache(path)
+    for i in range(n):
+        seed = worker * 1000 + i
+        cache.put(cache_key(SPEC, "digits", BUDGET, seed), TrainResult(i / n, 0.01, "ok"),
+                  spec=SPEC, dataset="digits", budget=BUDGET, seed=seed)
+
+
+def test_concurrent_writer_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "acc.sqlite")
+    AccuracyCache(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = AccuracyCache(path)
+    assert len(cache) == 160
+    for w in range(4):
+        got = cache.get(cache_key(SPEC, "digits", BUDGET, w * 1000 + 39))
+        assert got is not None and got.accuracy == pytest.approx(39 / 40)
+
+
+def test_killed_writer_leaves_a_consistent_database(tmp_path: Path) -> None:
+    path = str(tmp_path / "acc.sqlite")
+    AccuracyCache(path)
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_writer, args=(path, 7, 100_000))
+    proc.start()
+    deadline = time.time() + 60
+    while len(AccuracyCache(path)) < 50 and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = db.execute("SELECT accuracy, status FROM accuracy").fetchall()
+    assert len(rows) >= 50
+    assert all(status == "ok" and acc is not None for acc, status in rows)
+    cache = AccuracyCache(path)  # still usable
+    cache.put("k", TrainResult(0.5, 0.1, "ok"), spec=SPEC, dataset="d", budget=BUDGET, seed=0)
+    assert cache.get("k") == TrainResult(0.5, 0.1, "ok")
