@@ -88,13 +88,13 @@ def test_saved_segments_load_alone_and_give_the_same_output(tmp_path: Path) -> N
 
 
 def test_bad_cuts_and_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Cut.bottleneck must be one of"):
+    with pytest.raises(ValueError, match=r"Cut.bottleneck must be one of"):
         Cut(2, 0.3)
-    with pytest.raises(ValueError, match="Cut.bits must be one of"):
+    with pytest.raises(ValueError, match=r"Cut.bits must be one of"):
         Cut(2, 1.0, 16)
     with pytest.raises(ValueError, match="cannot compress"):
         model_with([Cut(0, 0.5)])
-    with pytest.raises(ValueError, match="Cut.position must be in 0..8"):
+    with pytest.raises(ValueError, match=r"Cut.position must be in 0..8"):
         model_with([Cut(12)])
     with pytest.raises(ValueError, match="different compression"):
         model_with([Cut(3, 0.5), Cut(3)])

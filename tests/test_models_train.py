@@ -53,9 +53,9 @@ def test_architecture_too_deep_for_the_input_is_a_failed_evaluation() -> None:
 
 
 def test_bad_budget_and_device() -> None:
-    with pytest.raises(ValueError, match="ProxyBudget.epochs must be >= 1"):
+    with pytest.raises(ValueError, match=r"ProxyBudget.epochs must be >= 1"):
         ProxyBudget(epochs=0)
-    with pytest.raises(ValueError, match="ProxyBudget.optimizer must be adam or sgd"):
+    with pytest.raises(ValueError, match=r"ProxyBudget.optimizer must be adam or sgd"):
         ProxyBudget(optimizer="lion")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device must be cpu, cuda or auto"):
         resolve_device("tpu")
