@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import cast
 
 import torch
@@ -116,10 +117,21 @@ def _count_params(module: nn.Module) -> int:
 
 def profile_model(spec: ArchSpec, input_shape: Sequence[int], num_classes: int = 10, *,
                   width_scale: float = 1.0, cuts: Sequence[Cut] = ()) -> ModelProfile:
-    """Profile ``spec`` for one input sample of shape ``input_shape`` (C, H, W)."""
+    """Profile ``spec`` for one input sample of shape ``input_shape`` (C, H, W).
+
+    Results are memoised (the profile is a pure function of the arguments): asking again for
+    the same architecture costs nothing.
+    """
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {list(shape)}")
+    ordered = tuple(sorted(cuts, key=lambda c: c.position))
+    return _profile(spec, shape, num_classes, width_scale, ordered)
+
+
+@lru_cache(maxsize=2048)
+def _profile(spec: ArchSpec, shape: tuple[int, ...], num_classes: int, width_scale: float,
+             cuts: tuple[Cut, ...]) -> ModelProfile:
     with torch.device("meta"):
         model = build_model(spec, shape[0], num_classes, width_scale=width_scale, cuts=cuts)
         x = torch.empty((1, *shape))

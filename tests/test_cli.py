@@ -70,3 +70,37 @@ def test_fast_engine_refusal_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["simulate", "split-learning", "--engine", "fast"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jmsnas: error: the fast evaluator needs") and err.count("\n") == 1
+
+
+def test_profile_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "mobilenet_v2", "--input-shape", "3", "224", "224"]) == 0
+    out = capsys.readouterr().out
+    assert "0.301 G multiply-adds" in out and "3.505 M parameters" in out
+    assert main(["profile", "tiny:0,1,0,1,0,0,0,0,0", "--input-shape", "1", "28", "28",
+                 "--classes", "10", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["arch"] == "tiny-010100000" and data["num_classes"] == 10
+    assert sum(b["flops"] for b in data["blocks"]) == data["total_flops"]
+    assert data["blocks"][-1]["out_shape"] == [10]
+
+
+def test_profile_by_name_and_file_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.resolve import resolve_architecture
+
+    spec = resolve_architecture("tiny-010100000")
+    assert spec == resolve_architecture("tiny:0,1,0,1,0,0,0,0,0")
+    f = tmp_path / "arch.json"
+    f.write_text(spec.to_json())
+    assert resolve_architecture(str(f)) == spec
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("vgg19", "is not a reference model"),
+    ("tiny:0,1", "a genome has 9 architecture genes, got 2"),
+    ("tiny:a,b", "genes must be integers"),
+])
+def test_profile_bad_model_is_one_line(model: str, message: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", model, "--input-shape", "3", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
