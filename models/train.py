@@ -34,9 +34,9 @@ class ProxyBudget:
     epochs: int = 5
     subset: int | None = None
     width_scale: float = 0.5
-    batch_size: int = 64
+    batch_size: int = 128
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-2
+    lr: float = 2e-2
     weight_decay: float = 0.0
     momentum: float = 0.9
 
