@@ -90,3 +90,12 @@ def test_accuracy_ranks_architectures_by_capacity() -> None:
     ]
     acc = [proxy_accuracy(a, data, ProxyBudget(), seed=0).accuracy for a in ladder]
     assert acc == sorted(acc) and len(set(acc)) == len(acc), acc
+
+
+@pytest.mark.gpu
+def test_proxy_training_on_cuda() -> None:
+    data = load_dataset("digits", seed=0)
+    r = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, device="cuda")
+    assert r.ok and r.accuracy > 0.3
+    again = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, device="cuda")
+    assert again.accuracy == pytest.approx(r.accuracy, abs=0.02)  # cuDNN may not be bit-exact
