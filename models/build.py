@@ -173,13 +173,17 @@ def _make_block(block: Block, cin: int, num_classes: int, width_scale: float) ->
 
 
 def quantize(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-tensor asymmetric min-max quantisation to unsigned ``bits``-bit integers.
+    """Per-sample asymmetric min-max quantisation to unsigned ``bits``-bit integers.
 
-    Returns (q as uint8, scale, minimum); x is approximated by q * scale + minimum, with an error of
-    at most scale / 2 per element.
+    Each sample (index 0 of ``x``) gets its own range, so a sample quantises the same whether it
+    is sent alone or in a batch. Returns (q as uint8, scale, minimum), the last two of shape
+    (N, 1, ..., 1); x is approximated by q * scale + minimum, with an error of at most scale / 2
+    per element.
     """
     levels = 2**bits - 1
-    lo, hi = x.min(), x.max()
+    flat = x.reshape(x.shape[0], -1)
+    keep = (x.shape[0],) + (1,) * (x.dim() - 1)
+    lo, hi = flat.min(dim=1).values.reshape(keep), flat.max(dim=1).values.reshape(keep)
     scale = (hi - lo) / levels
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round((x - lo) / scale), 0, levels).to(torch.uint8)
