@@ -123,6 +123,11 @@ def rayleigh_ergodic_rate_bps(
     return float(bandwidth_hz * total / math.sqrt(2.0 * math.pi) / math.log(2.0))
 
 
+def _snap(bits: FloatArray) -> FloatArray:
+    """Tolerance (bits) within which a capacity counts as equal to a segment boundary."""
+    return 16.0 * np.finfo(np.float64).eps * np.maximum(np.abs(bits), 1.0)
+
+
 class RateProcess(ABC):
     """One realisation of a link's rate r(t) (bit/s), piecewise constant on [0, inf)."""
 
@@ -220,7 +225,9 @@ class _Segmented(RateProcess):
             return np.zeros(c.shape)
         self._extend(bits_max=float(c.max()))
         # Largest i with cum[i] < c: the segment in which capacity reaches c (its rate is > 0).
-        i = np.searchsorted(self._cum, c, side="left") - 1
+        # Capacities within rounding of a segment end count as reaching it, so that a transfer
+        # ending where an outage begins is not charged the whole outage.
+        i = np.searchsorted(self._cum, c - _snap(c), side="left") - 1
         positive = i >= 0
         i = np.clip(i, 0, self._rates.size - 1)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -393,7 +400,7 @@ class TraceRate(RateProcess):
         at_boundary = (local == 0.0) & (c > 0.0)
         n = np.where(at_boundary, n - 1, n)
         local = np.where(at_boundary, self.period_bits, local)
-        i = np.searchsorted(self._cum, local, side="left") - 1
+        i = np.searchsorted(self._cum, local - _snap(local), side="left") - 1
         positive = i >= 0
         i = np.clip(i, 0, self._rates.size - 1)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -194,3 +194,22 @@ def test_constant_rate() -> None:
 def test_trace_rejects_bad_input(bad: tuple[list[float], list[float]]) -> None:
     with pytest.raises(ValueError):
         TraceRate(*bad)
+
+
+def test_transfer_ending_where_an_outage_starts_is_not_charged_the_outage() -> None:
+    # 2 Mbit/s on [0.05, 0.1), then nothing until 0.2. Round numbers of bits that end exactly at
+    # 0.1 must end there, although C(start) carries a rounding excess of about 1e-11 bits.
+    ch = TraceRate([0.0, 0.05, 0.1, 0.2, 0.25], [0.0, 2e6, 0.0, 5e6, 0.0])
+    for start, bits in [(0.0625, 75_000.0), (0.075, 50_000.0), (0.0875, 25_000.0),
+                        (0.3625, 75_000.0), (0.075 + 0.3, 50_000.0)]:  # one 0.3 s period later
+        boundary = 0.1 if start < 0.3 else 0.4
+        assert ch.finish_time(start, bits) == pytest.approx(boundary, abs=1e-12), start
+    ge = GilbertElliottRate(good_rate_bps=3e6, bad_rate_bps=0.0, mean_good_s=0.2,
+                            mean_bad_s=0.1, seed=np.random.SeedSequence(2))
+    ge.capacity(5.0)
+    for i in [i for i in range(1, 30) if ge._rates[i] > 0]:
+        start, end = float(ge._edges[i]), float(ge._edges[i + 1])
+        for f in (0.1, 0.3, 0.7):
+            t0 = start + f * (end - start)
+            bits = 3e6 * (end - t0)
+            assert ge.finish_time(t0, bits) == pytest.approx(end, abs=1e-9)
