@@ -16,7 +16,8 @@ Wolfowitz 1955): task i starts at max(a_i, the earliest time a server frees), in
 is a Python loop, not vectorised.
 
 Stages are solved one after the other; tasks of several sources that meet at a queue are merged
-in order of arrival there. This is exact when every queue is visited by one stage of the pipeline
+in order of arrival there. Tasks that arrive at a queue at the same instant are served in the order
+SimPy serves them: by when the event that brought them there was scheduled, then by task index. This is exact when every queue is visited by one stage of the pipeline
 (otherwise, e.g. the backward pass of training mode on the device, tasks of different stages
 interleave in one queue and the stage-by-stage order breaks: the evaluator refuses).
 """
@@ -89,8 +90,8 @@ def _solve_queue(
     return start, d
 
 
-def _is_sorted(x: NDArray[np.float64]) -> bool:
-    return bool(np.all(x[1:] >= x[:-1]))
+def _strictly_increasing(x: NDArray[np.float64]) -> bool:
+    return bool(np.all(x[1:] > x[:-1]))
 
 
 def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunRecord:
@@ -105,20 +106,23 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
     mbusy = np.zeros(len(plan.resources))
     single_source = plan.resource.shape[0] == 1
     ready = tasks.arrival_s
+    # When the event that makes each task ask for the current stage was scheduled: SimPy serves
+    # requests made at the same instant in that order (then by task index), and so do we.
+    woke = tasks.arrival_s
     for s in range(k):
         queued[s] = ready
         work = np.full(n, plan.base[0, s]) if single_source else plan.base[:, s][tasks.source]
         if not plan.is_link[s]:
             work *= tasks.multipliers[:, s]
         groups = np.unique(plan.resource[:, s]).tolist()
-        if len(groups) == 1 and _is_sorted(ready):
-            # One queue, tasks already in order of arrival (always so after a FIFO single server).
+        if len(groups) == 1 and _strictly_increasing(ready):
+            # One queue, tasks already in order of arrival (the usual case after a FIFO stage).
             start[s], end[s] = _solve_queue(plan.resources[groups[0]], ready, work)
         else:
             res_s = plan.resource[:, s][tasks.source]
             for r in groups:
                 members = np.flatnonzero(res_s == r)
-                members = members[np.argsort(ready[members], kind="stable")]
+                members = members[np.lexsort((members, woke[members], ready[members]))]
                 start[s, members], end[s, members] = _solve_queue(
                     plan.resources[r], ready[members], work[members]
                 )
@@ -132,9 +136,12 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
             mbusy += np.bincount(res_s[m], weights=service[m], minlength=busy.size)
         prop = plan.propagation[:, s]
         if np.any(prop):
-            ready = end[s] + (prop[0] if single_source else prop[tasks.source])
+            task_prop = np.full(n, prop[0]) if single_source else prop[tasks.source]
+            ready = end[s] + task_prop
+            woke = np.where(task_prop > 0, end[s], start[s])  # the propagation timeout
         else:
             ready = end[s]
+            woke = start[s]  # the service timeout
     completion = ready
     timeline = None
     if keep_timeline:

@@ -180,3 +180,28 @@ def test_bad_arguments() -> None:
         simulate(s, [Transfer("cloud", "phone", 1.0)])
     with pytest.raises(ValueError, match="work_flops must be"):
         Compute("phone", -1.0)
+
+
+def test_simultaneous_arrivals_at_a_shared_queue_are_ordered_alike(tmp_path: Any) -> None:
+    # Task 1 (source a) and task 2 (source b) both reach the edge at t = 4.0 exactly; task 2's
+    # previous stage started earlier (1.5 s against 2.0 s), so SimPy hears from it first.
+    d = three_tier()
+    d["nodes"]["a"] = {"kind": "device", "flops": 1.0}
+    d["nodes"]["b"] = {"kind": "device", "flops": 0.8}
+    d["links"] += [{"src": "a", "dst": "edge", "channel": {"model": "constant", "rate_bps": 1e9}},
+                   {"src": "b", "dst": "edge", "channel": {"model": "constant", "rate_bps": 1e9}}]
+    d["path"] = ["a", "edge"]
+    d["nodes"]["edge"]["servers"] = 1
+    d["nodes"]["edge"]["flops"] = 1.0
+    d["workload"] = {"sources": ["a", "b"], "warmup_tasks": 0,
+                     "arrivals": {"process": "file", "file": "arr.csv"}}
+    (tmp_path / "arr.csv").write_text("time_s,source\n0.0,a\n0.5,a\n1.5,b\n")
+    s = scenario_from_dict(d, base_dir=tmp_path)
+    pipeline = [Compute("a", 2.0), Compute("edge", 1.0, "exponential")]
+    a = simulate(s, pipeline, seed=1, engine="simpy", keep_timeline=True)
+    b = simulate(s, pipeline, seed=1, engine="fast", keep_timeline=True)
+    ta, tb = a.records[0].timeline, b.records[0].timeline
+    assert ta is not None and tb is not None
+    assert ta.queued_s[1, 1] == ta.queued_s[2, 1] == 4.0  # the tie is real
+    assert ta.start_s[2, 1] < ta.start_s[1, 1]  # source b's task goes first
+    assert_same_path(a, b)
