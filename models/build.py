@@ -115,13 +115,15 @@ class _Head(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(b.pool), nn.Flatten()]
         width = cin * b.pool * b.pool
-        for h in b.hidden:
-            h = scale_width(h, width_scale)
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
-            if b.dropout > 0:
+        # Dropout before every linear layer but a first hidden one: VGG's classifier with hidden
+        # layers, MobileNetV2's without.
+        for i, h in enumerate((*(scale_width(h, width_scale) for h in b.hidden), num_classes)):
+            if b.dropout > 0 and (i > 0 or not b.hidden):
                 layers.append(nn.Dropout(b.dropout))
+            layers.append(nn.Linear(width, h))
+            if i < len(b.hidden):
+                layers.append(nn.ReLU(inplace=True))
             width = h
-        layers.append(nn.Linear(width, num_classes))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

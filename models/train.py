@@ -113,10 +113,22 @@ def proxy_accuracy(
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, y_train = x_train.to(dev), y_train.to(dev)
     x_val, y_val = data.x_val.to(dev), data.y_val.to(dev)
-    with torch.random.fork_rng(devices=[]):  # weight init from our seed, global state untouched
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
+    # Weight initialisation and dropout draw from torch's global generator: seed it inside a
+    # fork, so that the run is reproducible and the caller's generator state is untouched.
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        model = build_model(spec, x_train.shape[1], data.num_classes,
-                            width_scale=budget.width_scale, cuts=cuts).to(dev)
+        return _train(spec, data.num_classes, budget, cuts, x_train, y_train, x_val, y_val,
+                      gen, start)
+
+
+def _train(spec: ArchSpec, num_classes: int, budget: ProxyBudget, cuts: Sequence[Cut],
+           x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+           y_val: torch.Tensor, gen: torch.Generator, start: float) -> TrainResult:
+    dev = x_train.device
+    model = build_model(spec, x_train.shape[1], num_classes, width_scale=budget.width_scale,
+                        cuts=cuts).to(dev)
     if budget.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(
             model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)

@@ -17,9 +17,11 @@ is a Python loop, not vectorised.
 
 Stages are solved one after the other; tasks of several sources that meet at a queue are merged
 in order of arrival there. Tasks that arrive at a queue at the same instant are served in the order
-SimPy serves them: by when the event that brought them there was scheduled, then by task index. This is exact when every queue is visited by one stage of the pipeline
-(otherwise, e.g. the backward pass of training mode on the device, tasks of different stages
-interleave in one queue and the stage-by-stage order breaks: the evaluator refuses).
+SimPy serves them: by when the event that brought them there was scheduled, then by task index
+(a tie on both, which needs a double coincidence, may still be ordered differently). This is exact
+when every queue is visited by one stage of the pipeline (otherwise, e.g. the backward pass of
+training mode on the device, tasks of different stages interleave in one queue and the
+stage-by-stage order breaks: the evaluator refuses).
 """
 
 from __future__ import annotations

@@ -99,3 +99,13 @@ def test_proxy_training_on_cuda() -> None:
     assert r.ok and r.accuracy > 0.3
     again = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, device="cuda")
     assert again.accuracy == pytest.approx(r.accuracy, abs=0.02)  # cuDNN may not be bit-exact
+
+
+def test_dropout_is_seeded_too() -> None:
+    data = load_dataset("digits", seed=0)
+    arch = ArchSpec("dropout", (Conv(8), Pool(), Head(hidden=(32,), dropout=0.5)))
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # whatever the caller's generator holds
+        results.append(proxy_accuracy(arch, data, SMALL, seed=0).accuracy)
+    assert results[0] == results[1]
