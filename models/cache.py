@@ -1,6 +1,8 @@
 """A persistent accuracy cache in SQLite, safe for concurrent worker processes.
 
-Keyed by (architecture, cuts, data set, budget, seed). Each write is one transaction in
+Keyed by (architecture blocks, compressing cuts, data set key, budget, seed): the architecture's
+name is left out (the same blocks under two names train alike) and the data set is identified by
+its ``Dataset.key`` (name and split), not its name alone. Each write is one transaction in
 write-ahead-log mode, so readers never see a half-written row, several processes can write at
 once (SQLite serialises them; a busy writer waits up to ``timeout_s``), and a process killed mid-run
 leaves the database as it was after its last committed write.
@@ -48,8 +50,12 @@ def _compressing(cuts: Sequence[Cut]) -> list[list[float]]:
 
 def cache_key(spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,
               cuts: Sequence[Cut] = ()) -> str:
-    """SHA-256 of the canonical JSON of everything the accuracy depends on."""
-    text = json.dumps([spec.to_dict(), _compressing(cuts), dataset, budget.to_dict(), seed],
+    """SHA-256 of the canonical JSON of everything the accuracy depends on.
+
+    ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split.
+    """
+    text = json.dumps([spec.to_dict()["blocks"], _compressing(cuts), dataset, budget.to_dict(),
+                       seed],
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -83,6 +83,14 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    split: str = ""
+    """How the parts were drawn (``seed=0,val_fraction=0.2`` or ``official``)."""
+
+    @property
+    def key(self) -> str:
+        """Identifies the data a model trains and validates on, for caches."""
+        return (f"{self.name}[{self.split},train={self.x_train.shape[0]},"
+                f"val={self.x_val.shape[0]}]")
 
     def __post_init__(self) -> None:
         for part in ("train", "val"):
@@ -183,13 +191,14 @@ def load_dataset(
             _raw_cifar10.cache_clear()
         x_tr, y_tr, x_va, y_va = _raw_cifar10(str(cifar_root.resolve()))  # key: absolute path
         x_train, x_val = _normalise(x_tr, x_va, scale=255.0)
-        return _make(name, x_train, y_tr, x_val, y_va)
+        return _make(name, x_train, y_tr, x_val, y_va, "official")
 
     raw_loader, scale = _RAW_LOADERS[name]
     x, y = raw_loader()
     train_idx, val_idx = _stratified_split(y, float(val_fraction), int(seed))
     x_train, x_val = _normalise(x[train_idx], x[val_idx], scale=scale)
-    return _make(name, x_train, y[train_idx], x_val, y[val_idx])
+    return _make(name, x_train, y[train_idx], x_val, y[val_idx],
+                 f"seed={int(seed)},val_fraction={float(val_fraction)}")
 
 
 # -- split and normalisation ---------------------------------------------------------------
@@ -241,6 +250,7 @@ def _make(
     y_train: IntArray,
     x_val: npt.NDArray[np.float32],
     y_val: IntArray,
+    split: str,
 ) -> Dataset:
     return Dataset(
         name=name,
@@ -249,6 +259,7 @@ def _make(
         x_val=torch.from_numpy(np.ascontiguousarray(x_val)),
         y_val=torch.from_numpy(np.array(y_val, dtype=np.int64)),
         num_classes=_NUM_CLASSES,
+        split=split,
     )
 
 

@@ -101,3 +101,15 @@ def test_killed_writer_leaves_a_consistent_database(tmp_path: Path) -> None:
     cache = AccuracyCache(path)  # still usable
     cache.put("k", TrainResult(0.5, 0.1, "ok"), spec=SPEC, dataset="d", budget=BUDGET, seed=0)
     assert cache.get("k") == TrainResult(0.5, 0.1, "ok")
+
+
+def test_key_ignores_the_name_and_sees_the_split() -> None:
+    from models.data import load_dataset
+
+    renamed = ArchSpec("another name", SPEC.blocks)
+    assert cache_key(renamed, "digits", BUDGET, 0) == cache_key(SPEC, "digits", BUDGET, 0)
+    a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=1)
+    c = load_dataset("digits", seed=0, val_fraction=0.3)
+    assert len({a.key, b.key, c.key}) == 3
+    assert a.key == load_dataset("digits", seed=0).key
+    assert cache_key(SPEC, a.key, BUDGET, 0) != cache_key(SPEC, b.key, BUDGET, 0)
