@@ -135,6 +135,33 @@ _BLOCK_TYPES: dict[str, type[Any]] = {
 }
 
 
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "out": int, "kernel": int, "stride": int, "padding": int, "pool": int, "expansion": int,
+    "act": str, "mode": str, "bn": bool, "depthwise": bool, "dropout": (int, float),
+}
+
+
+def _typed_block(block_cls: type[Any], raw: dict[str, Any], i: int) -> Block:
+    """Build a block from JSON values, refusing values of the wrong type by field name."""
+    for key, value in raw.items():
+        if key == "hidden":
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in value
+            ):
+                raise ValueError(f"blocks[{i}].hidden must be a list of integers, got {value!r}")
+            raw[key] = tuple(value)
+            continue
+        expected = _FIELD_TYPES.get(key)
+        wrong_bool = isinstance(value, bool) and expected is not bool
+        if expected is not None and (wrong_bool or not isinstance(value, expected)):
+            raise ValueError(f"blocks[{i}].{key} has the wrong type: {value!r}")
+    try:
+        block: Block = block_cls(**raw)
+        return block
+    except ValueError as exc:
+        raise ValueError(f"blocks[{i}]: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """A network: ``blocks`` run in order; the last one is the classifier :class:`Head`."""
@@ -167,7 +194,11 @@ class ArchSpec:
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         try:
             blocks = []
+            if not isinstance(data["blocks"], list):
+                raise ValueError("architecture: blocks must be a list of blocks")
             for i, raw in enumerate(data["blocks"]):
+                if not isinstance(raw, dict):
+                    raise ValueError(f"blocks[{i}] must be a mapping with a 'type' key")
                 raw = dict(raw)
                 kind = raw.pop("type")
                 if kind not in _BLOCK_TYPES:
@@ -178,12 +209,12 @@ class ArchSpec:
                 unknown = set(raw) - allowed
                 if unknown:
                     raise ValueError(f"blocks[{i}]: unknown key {sorted(unknown)[0]!r} for {kind}")
-                if "hidden" in raw:
-                    raw["hidden"] = tuple(raw["hidden"])
-                blocks.append(block_cls(**raw))
+                blocks.append(_typed_block(block_cls, raw, i))
             return cls(name=str(data["name"]), blocks=tuple(blocks))
         except KeyError as exc:
             raise ValueError(f"architecture: missing key {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ValueError(f"architecture: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ArchSpec:

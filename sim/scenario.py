@@ -402,10 +402,14 @@ def _check_references(s: Scenario, where: str) -> None:
 
         file = s.resolve(w.arrivals.file)
         try:
-            read_arrival_file(str(file), w.sources)
+            per_source = read_arrival_file(str(file), w.sources)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             fail("workload.arrivals.file", f"bad arrival file {str(file)!r}: {reason}")
+        for src, arrivals in per_source.items():
+            if arrivals.size <= w.warmup_tasks:
+                fail("workload.arrivals.file", f"{arrivals.size} arrival(s) for source {src!r}, "
+                     f"not more than workload.warmup_tasks ({w.warmup_tasks})")
     if s.pipeline is not None:
         from .workload import pipeline_from_specs, stages_for_source, training_pipeline
 

@@ -141,10 +141,14 @@ def _read_arrivals_cached(path: str, mtime_ns: int) -> tuple[tuple[str, ...], tu
         if "time_s" not in fields:
             raise ValueError(f"needs a time_s column (found: {', '.join(fields)})")
         sources, times = [], []
-        for row in reader:
-            t = float(row["time_s"])
+        for line, row in enumerate(reader, start=2):
+            try:
+                t = float(row["time_s"])
+            except (TypeError, ValueError):
+                raise ValueError(f"line {line}: time_s must be a number, "
+                                 f"got {row['time_s']!r}") from None
             if not math.isfinite(t) or t < 0:
-                raise ValueError(f"arrival times must be finite and >= 0, got {t}")
+                raise ValueError(f"line {line}: arrival times must be finite and >= 0, got {t}")
             times.append(t)
             sources.append(row.get("source") or "")
     if not times:

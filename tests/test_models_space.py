@@ -97,3 +97,16 @@ def test_decoded_models_build_and_run(space: str) -> None:
         model = build_model(spec, 1, 10, width_scale=0.25).eval()
         with torch.no_grad():
             assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("blocks", "message"), [
+    ([{"type": "Conv", "out": "16"}, {"type": "Head"}], r"blocks\[0\].out has the wrong type"),
+    ([{"type": "Head", "hidden": 5}], r"blocks\[0\].hidden must be a list of integers"),
+    ("Conv", "blocks must be a list"),
+    (["Conv"], r"blocks\[0\] must be a mapping"),
+    ([{"type": "Conv", "out": 16, "kernel": 4}, {"type": "Head"}], r"blocks\[0\]: Conv: kernel"),
+    ([{"type": "Conv", "out": 16, "bn": 1}, {"type": "Head"}], r"blocks\[0\].bn has the wrong"),
+])
+def test_badly_typed_json_is_refused_by_field(blocks: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ArchSpec.from_dict({"name": "x", "blocks": blocks})

@@ -201,3 +201,19 @@ def test_rayleigh_defaults_and_snr() -> None:
     assert isinstance(ch, RayleighChannel)
     assert ch.noise_dbm_hz == -174.0 and ch.shadowing_db == 0.0
     assert ch.snr_linear() > 1.0
+
+
+def test_arrival_file_with_a_short_row(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("source,time_s\nphone,1\nphone\n")
+    d = three_tier()
+    d["workload"]["arrivals"] = {"process": "file", "file": "a.csv"}
+    assert "line 3: time_s must be a number" in refused(tmp_path, d)
+
+
+def test_arrival_file_shorter_than_the_warmup(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("time_s\n0.1\n0.2\n0.3\n")
+    d = three_tier()
+    d["workload"]["arrivals"] = {"process": "file", "file": "a.csv"}
+    d["workload"]["warmup_tasks"] = 10
+    msg = refused(tmp_path, d)
+    assert "workload.arrivals.file: 3 arrival(s) for source 'phone'" in msg
