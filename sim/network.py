@@ -19,6 +19,7 @@ from .channels import (
     GilbertElliottRate,
     RateProcess,
     TraceRate,
+    rayleigh_ergodic_rate_bps,
     read_trace,
     shannon_rate_bps,
 )
@@ -34,7 +35,7 @@ from .scenario import (
 from .seeds import children
 from .workload import Compute, Stage, stages_for_source
 
-__all__ = ["Plan", "Resource", "compile_plan", "make_rate_process"]
+__all__ = ["Plan", "Resource", "compile_plan", "make_rate_process", "mean_rate_bps"]
 
 
 def make_rate_process(
@@ -170,3 +171,26 @@ def compile_plan(
             res[j, s] = r
     is_link = np.array([not isinstance(s, Compute) for s in stages], dtype=bool)
     return Plan(tuple(resources), tuple(stages), res, base, prop, is_link)
+
+
+def mean_rate_bps(link: LinkSpec, scenario: Scenario) -> float:
+    """The long-run mean rate of a link's channel (bit/s), for planning without simulation.
+
+    Constant and Shannon: the rate; Rayleigh: the ergodic rate (closed form, see
+    :func:`sim.channels.rayleigh_ergodic_rate_bps`); Gilbert-Elliott: the stationary mean
+    (rate_good T_good + rate_bad T_bad) / (T_good + T_bad); trace: its time average.
+    """
+    ch = link.channel
+    if isinstance(ch, ConstantChannel):
+        return ch.rate_bps
+    if isinstance(ch, ShannonChannel):
+        return shannon_rate_bps(ch.bandwidth_hz, ch.snr_linear())
+    if isinstance(ch, RayleighChannel):
+        return rayleigh_ergodic_rate_bps(ch.bandwidth_hz, ch.snr_linear(), ch.shadowing_db)
+    if isinstance(ch, GilbertElliottChannel):
+        return (ch.good_rate_bps * ch.mean_good_s + ch.bad_rate_bps * ch.mean_bad_s) / (
+            ch.mean_good_s + ch.mean_bad_s)
+    if isinstance(ch, TraceChannel):
+        times, rates = read_trace(str(scenario.resolve(ch.file)))
+        return TraceRate(times, np.asarray(rates) * ch.scale).mean_rate_bps
+    raise AssertionError(f"unhandled channel {ch!r}")  # pragma: no cover

@@ -1,0 +1,169 @@
+"""A design: an architecture, a route through the network and where the model is split on it.
+
+The genome (a flat list of integers, what the genetic algorithm evolves) is
+
+    [architecture genes] + [route] + [split position per hop] + [bottleneck, bits per hop]
+
+- the architecture genes are those of the search space (:mod:`models.space`);
+- the route picks one of the scenario's routes from the source to the path's last node (the
+  scenario's ``path`` is route 0; other simple paths in the graph follow, sorted);
+- hop h of the route carries the output of the first ``p_h`` blocks: positions are clipped to the
+  architecture's depth and sorted, so consecutive blocks run on consecutive nodes and a node may
+  run nothing (it forwards what it receives);
+- each hop's compression (bottleneck 1, 1/2, 1/4; 32 or 8 bits) applies only strictly between
+  blocks: the raw input (position 0) and the logits (the last position) are sent as they are, and
+  two hops at the same position share the first one's compression.
+
+:meth:`GenomeLayout.decode` is a pure function; :meth:`GenomeLayout.canonical` gives the one genome
+of each distinct design, so equal designs are recognised and evaluated once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import networkx as nx
+
+from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
+from models.space import SearchSpace
+from models.spec import ArchSpec
+from sim.scenario import Scenario
+
+__all__ = ["Design", "GenomeLayout", "scenario_routes"]
+
+
+def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str, ...], ...]:
+    """The scenario's path first, then every other simple path from its first node to its last
+    (fewest hops first, then by name), at most ``max_routes``."""
+    first = tuple(scenario.path)
+    if len(first) == 1:
+        return (first,)
+    graph = scenario.graph()
+    others = sorted(
+        (tuple(p) for p in nx.all_simple_paths(graph, first[0], first[-1]) if tuple(p) != first),
+        key=lambda p: (len(p), p),
+    )
+    return (first, *others)[:max_routes]
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a genome means: the architecture, the nodes it runs on, and the cuts between them."""
+
+    arch: ArchSpec
+    route: tuple[str, ...]
+    cuts: tuple[Cut, ...]
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(c.position for c in self.cuts)
+
+    @property
+    def compressing_cuts(self) -> tuple[Cut, ...]:
+        """The cuts that change the trained model (accuracy depends on them)."""
+        seen: dict[int, Cut] = {}
+        for c in self.cuts:
+            if c.compresses:
+                seen.setdefault(c.position, c)
+        return tuple(seen.values())
+
+    def describe(self) -> str:
+        parts = []
+        for node, (a, b) in zip(self.route, self.segments(), strict=True):
+            parts.append(f"{node}[{a}:{b}]")
+        comp = ",".join(f"{c.position}:{c.bottleneck:g}x{c.bits}b" for c in self.compressing_cuts)
+        return " -> ".join(parts) + (f" ({comp})" if comp else "")
+
+    def segments(self) -> list[tuple[int, int]]:
+        """Blocks [start, stop) run on each node of the route."""
+        bounds = [0, *self.positions, self.arch.n_blocks]
+        return list(zip(bounds, bounds[1:], strict=False))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "arch": self.arch.to_dict(),
+            "route": list(self.route),
+            "cuts": [[c.position, c.bottleneck, c.bits] for c in self.cuts],
+        }, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class GenomeLayout:
+    """Where each gene sits, and the genome <-> design mapping, for a space and a scenario."""
+
+    space: SearchSpace
+    routes: tuple[tuple[str, ...], ...]
+    compression: bool = True
+
+    @cached_property
+    def hops(self) -> int:
+        return max(len(r) for r in self.routes) - 1
+
+    @cached_property
+    def max_blocks(self) -> int:
+        """Blocks of the deepest architecture: the largest depth in every stage, none skipped."""
+        genes = []
+        for st in self.space.stages:
+            t = next(i for i, name in enumerate(st.types) if name != "skip")
+            genes += [t, len(st.depths) - 1, 0]
+        return self.space.decode(genes).n_blocks
+
+    @property
+    def n_arch(self) -> int:
+        return self.space.n_genes
+
+    @property
+    def n_genes(self) -> int:
+        return self.n_arch + 1 + 3 * self.hops
+
+    @cached_property
+    def bounds(self) -> tuple[int, ...]:
+        """Number of values of each gene (gene g takes 0 .. bound - 1)."""
+        comp = (len(BOTTLENECKS), len(BIT_WIDTHS)) if self.compression else (1, 1)
+        return (*self.space.gene_bounds, len(self.routes), *([self.max_blocks + 1] * self.hops),
+                *(comp * self.hops))
+
+    def validate(self, genome: Sequence[int]) -> tuple[int, ...]:
+        g = tuple(int(v) for v in genome)
+        if len(g) != self.n_genes:
+            raise ValueError(f"a genome has {self.n_genes} genes here, got {len(g)}")
+        for i, (v, b) in enumerate(zip(g, self.bounds, strict=True)):
+            if not 0 <= v < b:
+                raise ValueError(f"gene {i} must be in 0..{b - 1}, got {v}")
+        return g
+
+    def decode(self, genome: Sequence[int]) -> Design:
+        g = self.validate(genome)
+        arch = self.space.decode(g[: self.n_arch])
+        route = self.routes[g[self.n_arch]]
+        hops = len(route) - 1
+        split = g[self.n_arch + 1: self.n_arch + 1 + self.hops]
+        comp = g[self.n_arch + 1 + self.hops:]
+        positions = sorted(min(p, arch.n_blocks) for p in split[:hops])
+        cuts: list[Cut] = []
+        for h, p in enumerate(positions):
+            same = [c for c in cuts if c.position == p]
+            if same:
+                cuts.append(same[0])
+            elif 0 < p < arch.n_blocks:
+                cuts.append(Cut(p, BOTTLENECKS[comp[2 * h]], BIT_WIDTHS[comp[2 * h + 1]]))
+            else:
+                cuts.append(Cut(p))
+        return Design(arch, route, tuple(cuts))
+
+    def encode(self, design: Design) -> tuple[int, ...]:
+        """The canonical genome of a design."""
+        arch_genes = self.space.encode(design.arch)
+        route = self.routes.index(design.route)
+        split = [c.position for c in design.cuts] + [0] * (self.hops - len(design.cuts))
+        comp: list[int] = []
+        for c in list(design.cuts) + [Cut(0)] * (self.hops - len(design.cuts)):
+            comp += [BOTTLENECKS.index(c.bottleneck), BIT_WIDTHS.index(c.bits)]
+        return (*arch_genes, route, *split, *comp)
+
+    def canonical(self, genome: Sequence[int]) -> tuple[int, ...]:
+        """One genome per distinct design."""
+        return self.encode(self.decode(genome))

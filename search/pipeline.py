@@ -1,0 +1,70 @@
+"""From a design to what the simulator runs: compute and transfer stages along the route.
+
+Node j of the route runs blocks [p_j, p_{j+1}) (plus the decoder of the compressing cut it
+receives and the encoder of the one it sends); hop j carries what the split at p_{j+1} sends: the
+raw input at the scenario's bits per element for position 0, the compressed activation, or 32-bit
+floats. A node that runs no block adds no compute stage; it still forwards. With
+``return_result`` the logits (32-bit floats) travel back along the route to the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.profile import ModelProfile
+from sim.workload import Compute, Stage, Transfer
+
+from .design import Design
+
+__all__ = ["SegmentCost", "design_pipeline", "segment_costs"]
+
+
+@dataclass(frozen=True)
+class SegmentCost:
+    """One node's share of a design: FLOPs and memory, and the bits it sends on."""
+
+    node: str
+    start: int
+    stop: int
+    flops: int
+    memory_bytes: int
+    sent_bits: int  # to the next node (0 for the last)
+
+
+def segment_costs(design: Design, profile: ModelProfile,
+                  input_bits_per_element: int) -> list[SegmentCost]:
+    """Per node of the route: the blocks it runs and their cost (see the module docstring)."""
+    out = []
+    segments = design.segments()
+    for j, (node, (a, b)) in enumerate(zip(design.route, segments, strict=True)):
+        flops = sum(blk.flops for blk in profile.blocks[a:b])
+        memory = profile.segment_memory_bytes(a, b)
+        if b > a:
+            dec = profile.codec(a)
+            enc = profile.codec(b)
+            if dec is not None:
+                flops += dec.decoder_flops
+                memory += 4 * dec.decoder_params
+            if enc is not None:
+                flops += enc.encoder_flops
+                memory += 4 * enc.encoder_params
+        sent = profile.sent_bits(b, input_bits_per_element) if j < len(segments) - 1 else 0
+        out.append(SegmentCost(node, a, b, flops, memory, sent))
+    return out
+
+
+def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_element: int, *,
+                    return_result: bool = False) -> tuple[Stage, ...]:
+    """The stages one inference request goes through."""
+    stages: list[Stage] = []
+    costs = segment_costs(design, profile, input_bits_per_element)
+    for j, cost in enumerate(costs):
+        if cost.flops > 0:
+            stages.append(Compute(cost.node, float(cost.flops)))
+        if j < len(costs) - 1:
+            stages.append(Transfer(cost.node, design.route[j + 1], float(cost.sent_bits)))
+    if return_result and len(design.route) > 1:
+        logits_bits = float(profile.num_classes * 32)
+        for u, v in zip(design.route[:0:-1], design.route[-2::-1], strict=True):
+            stages.append(Transfer(u, v, logits_bits))
+    return tuple(stages)
