@@ -20,6 +20,7 @@ of each distinct design, so equal designs are recognised and evaluated once.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class Design:
     def segments(self) -> list[tuple[int, int]]:
         """Blocks [start, stop) run on each node of the route."""
         bounds = [0, *self.positions, self.arch.n_blocks]
-        return list(zip(bounds, bounds[1:], strict=False))
+        return list(itertools.pairwise(bounds))
 
     def to_json(self) -> str:
         return json.dumps({

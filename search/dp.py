@@ -42,7 +42,7 @@ def _route_rates(scenario: Scenario, route: tuple[str, ...]) -> tuple[list[float
     node_rate = [scenario.nodes[v].flops for v in route]
     memory = [scenario.nodes[v].memory_bytes or math.inf for v in route]
     link_rate, prop = [], []
-    for u, v in zip(route, route[1:], strict=False):
+    for u, v in itertools.pairwise(route):
         spec = graph.edges[u, v]["spec"]
         link_rate.append(mean_rate_bps(spec, scenario))
         prop.append(spec.propagation_s)
