@@ -1,0 +1,115 @@
+"""The search configuration: one validated, frozen object, saved next to every result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.train import ProxyBudget
+
+__all__ = ["BudgetConfig", "SearchConfig", "load_search_config"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetConfig(_Frozen):
+    """Proxy-training budget of one accuracy evaluation (see :class:`models.train.ProxyBudget`).
+
+    The defaults are a quick screening budget (about 2 s per ``tiny`` architecture on two CPU
+    cores, 89 to 93% on mnist5k); ``models.train.ProxyBudget()`` is the fuller one.
+    """
+
+    epochs: Annotated[int, Field(ge=1)] = 3
+    subset: Annotated[int, Field(ge=2)] | None = 2000
+    width_scale: Annotated[float, Field(gt=0, le=4)] = 0.5
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+
+    def to_budget(self) -> ProxyBudget:
+        return ProxyBudget(**self.model_dump())
+
+
+class SearchConfig(_Frozen):
+    """Everything a search run depends on besides the scenario.
+
+    Objectives: accuracy (maximised) and a latency statistic (minimised), optionally device
+    energy per request (minimised), or, with ``objective: scalarized``, the single objective
+    accuracy - ``lam`` x latency_s (our reading of the paper's trade-off objective).
+    """
+
+    space: Literal["tiny", "mobile"] = "tiny"
+    dataset: Literal["mnist5k", "digits", "mnist1d", "cifar10"] = "mnist5k"
+    dataset_seed: Annotated[int, Field(ge=0)] = 0
+    budget: BudgetConfig = BudgetConfig()
+    objective: Literal["pareto", "scalarized"] = "pareto"
+    lam: Annotated[float, Field(ge=0)] = 1.0
+    latency: Literal["mean", "p95"] = "mean"
+    energy_objective: bool = False
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    compression: bool = True
+    return_result: bool = False
+    population: Annotated[int, Field(ge=4)] = 12
+    generations: Annotated[int, Field(ge=1)] = 4
+    crossover_prob: Annotated[float, Field(ge=0, le=1)] = 0.9
+    mutation_prob: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Per-gene mutation probability; default 1 / number of genes."""
+    sim_tasks: Annotated[int, Field(ge=10)] = 300
+    sim_replications: Annotated[int, Field(ge=1)] = 1
+    hv_latency_ref_s: Annotated[float, Field(gt=0)] = 1.0
+    """Latency that normalises the hypervolume: the reference point is (error 1, this latency)."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    workers: Annotated[int, Field(ge=1)] = 1
+    executor: Literal["serial", "local"] = "local"
+
+    @model_validator(mode="after")
+    def _even_population(self) -> SearchConfig:
+        if self.population % 2:
+            raise ValueError(f"population must be even (offspring come in pairs), "
+                             f"got {self.population}")
+        return self
+
+    def with_changes(self, **changes: Any) -> SearchConfig:
+        """A validated copy with some fields replaced (``None`` values are ignored)."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key in BudgetConfig.model_fields:
+                data["budget"][key] = value
+            else:
+                data[key] = value
+        return validate_config(data, "arguments")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def validate_config(data: dict[str, Any], where: str) -> SearchConfig:
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ValueError(f"{where}: {loc}: {msg}") from None
+
+
+def load_search_config(path: str | Path) -> SearchConfig:
+    """Read a search configuration YAML file (any key may be left out: defaults apply)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the search configuration ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a search configuration must be a mapping")
+    return validate_config(data, str(path))

@@ -1,0 +1,221 @@
+"""Scoring designs: accuracy from the cache or by proxy training, latency by simulation.
+
+Accuracy depends on the architecture and its compressing cuts only, so each distinct one is
+trained once per run (de-duplicated before the parallel map, and then never again thanks to the
+SQLite cache). Latency and energy come from simulating the design's pipeline on the scenario with
+the run's seed: every design of the run sees the same arrivals and channel realisations (common
+random numbers), so differences come from the designs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from models.build import Cut
+from models.cache import AccuracyCache, cache_key
+from models.data import Dataset, load_dataset
+from models.profile import ModelProfile, profile_model
+from models.space import get_space
+from models.spec import ArchSpec
+from models.train import TrainResult, proxy_accuracy
+from sim import Scenario, simulate
+
+from .config import SearchConfig
+from .design import Design, GenomeLayout, scenario_routes
+from .pipeline import design_pipeline, segment_costs
+
+__all__ = ["Evaluation", "Evaluator", "MapFn", "TrainJob", "run_train_job"]
+
+NUM_CLASSES = 10  # every shipped data set has ten classes
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+INFEASIBLE_ACCURACY = -1.0
+INFEASIBLE_LATENCY_S = 1e6
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One proxy-training run, picklable for worker processes."""
+
+    arch_json: str
+    cuts: tuple[tuple[int, float, int], ...]
+    dataset: str
+    dataset_seed: int
+    budget: tuple[tuple[str, Any], ...]
+    seed: int
+    device: str
+    cache_path: str
+
+
+@lru_cache(maxsize=4)
+def _dataset(name: str, seed: int) -> Dataset:
+    return load_dataset(name, seed=seed)
+
+
+def run_train_job(job: TrainJob) -> TrainResult:
+    """Train one architecture (unless a worker already did: the cache is checked first)."""
+    from models.train import ProxyBudget
+
+    spec = ArchSpec.from_json(job.arch_json)
+    cuts = [Cut(p, b, bits) for p, b, bits in job.cuts]
+    budget = ProxyBudget(**dict(job.budget))
+    data = _dataset(job.dataset, job.dataset_seed)
+    cache = AccuracyCache(job.cache_path)
+    result, _ = cache.get_or_compute(
+        spec, data.key, budget, job.seed,
+        lambda: proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts, device=job.device),
+        cuts=cuts,
+    )
+    return result
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A scored design. ``violation`` > 0 means infeasible (memory, deadline or failed training)."""
+
+    genome: tuple[int, ...]
+    design: str
+    arch: str
+    accuracy: float
+    latency_s: float
+    mean_latency_s: float
+    p95_latency_s: float
+    device_energy_j: float
+    violation: float
+    status: str
+    message: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return self.violation == 0.0
+
+    def objectives(self, config: SearchConfig) -> tuple[float, ...]:
+        """The true objective values (accuracy first, maximised; the rest minimised)."""
+        if config.objective == "scalarized":
+            return (self.accuracy - config.lam * self.latency_s,)
+        if config.energy_objective:
+            return (self.accuracy, self.latency_s, self.device_energy_j)
+        return (self.accuracy, self.latency_s)
+
+    def fitness(self, config: SearchConfig) -> tuple[float, ...]:
+        """Values for selection: the objectives when feasible, otherwise values worse than any
+        feasible design's, worse still the larger the violation (constrained domination)."""
+        if self.feasible:
+            return self.objectives(config)
+        v = self.violation
+        if config.objective == "scalarized":
+            return (INFEASIBLE_ACCURACY - INFEASIBLE_LATENCY_S - v,)
+        worst = (INFEASIBLE_ACCURACY - v, INFEASIBLE_LATENCY_S + v)
+        return (*worst, INFEASIBLE_LATENCY_S + v) if config.energy_objective else worst
+
+
+class Evaluator:
+    """Turns genomes into :class:`Evaluation` objects for one scenario and configuration."""
+
+    def __init__(self, scenario: Scenario, config: SearchConfig, cache_path: str) -> None:
+        self.scenario = scenario
+        self.config = config
+        self.cache_path = cache_path
+        self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
+                                   compression=config.compression)
+        self._budget = config.budget.to_budget()
+        self._check_scenario()
+
+    def _check_scenario(self) -> None:
+        graph = self.scenario.graph()
+        if self.config.return_result:
+            for route in self.layout.routes:
+                for u, v in zip(route[1:], route[:-1], strict=True):
+                    if not graph.has_edge(u, v):
+                        raise ValueError(f"return_result needs a link {u} -> {v} in scenario "
+                                         f"{self.scenario.name!r} (add duplex: true)")
+
+    def profile(self, design: Design) -> ModelProfile:
+        return profile_model(design.arch, self.scenario.input_shape, NUM_CLASSES,
+                             cuts=design.compressing_cuts)
+
+    def memory_violation(self, design: Design, profile: ModelProfile) -> float:
+        total = 0.0
+        for cost in segment_costs(design, profile, self.scenario.input_bits_per_element):
+            limit = self.scenario.nodes[cost.node].memory_bytes
+            if limit is not None and cost.memory_bytes > limit:
+                total += cost.memory_bytes / limit - 1.0
+        return total
+
+    def train_job(self, design: Design) -> TrainJob:
+        return TrainJob(
+            arch_json=design.arch.to_json(),
+            cuts=tuple((c.position, c.bottleneck, c.bits) for c in design.compressing_cuts),
+            dataset=self.config.dataset,
+            dataset_seed=self.config.dataset_seed,
+            budget=tuple(sorted(self._budget.to_dict().items())),
+            seed=self.config.seed,
+            device=self.config.device,
+            cache_path=self.cache_path,
+        )
+
+    def _cached_accuracy(self, job: TrainJob) -> TrainResult | None:
+        data_key = _dataset(job.dataset, job.dataset_seed).key
+        key = cache_key(ArchSpec.from_json(job.arch_json), data_key, self._budget, job.seed,
+                        [Cut(p, b, bits) for p, b, bits in job.cuts])
+        return AccuracyCache(self.cache_path).get(key)
+
+    def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
+        """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
+        simulated here."""
+        designs = [self.layout.decode(g) for g in genomes]
+        profiles = [self.profile(d) for d in designs]
+        mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
+        jobs: dict[TrainJob, TrainResult | None] = {}
+        for d, m in zip(designs, mem, strict=True):
+            if m == 0.0:
+                jobs.setdefault(self.train_job(d), None)
+        todo = []
+        for job in jobs:
+            jobs[job] = self._cached_accuracy(job)
+            if jobs[job] is None:
+                todo.append(job)
+        for job, result in zip(todo, map_fn(run_train_job, todo), strict=True):
+            jobs[job] = result
+        out = []
+        for g, d, p, m in zip(genomes, designs, profiles, mem, strict=True):
+            out.append(self._score(tuple(g), d, p, m, jobs.get(self.train_job(d))))
+        return out
+
+    def _score(self, genome: tuple[int, ...], design: Design, profile: ModelProfile,
+               memory_violation: float, trained: TrainResult | None) -> Evaluation:
+        nan = math.nan
+        canon, desc, arch = self.layout.canonical(genome), design.describe(), design.arch.name
+        if memory_violation > 0:
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
+                              p95_latency_s=nan, device_energy_j=nan,
+                              violation=memory_violation, status="infeasible",
+                              message="a segment does not fit its node's memory_bytes")
+        assert trained is not None
+        pipeline = design_pipeline(design, profile, self.scenario.input_bits_per_element,
+                                   return_result=self.config.return_result)
+        report = simulate(self.scenario, pipeline, seed=self.config.seed,
+                          replications=self.config.sim_replications,
+                          tasks=self.config.sim_tasks, engine="auto").report
+        latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
+        violation, status, message = 0.0, "ok", ""
+        if not trained.ok:
+            violation, status, message = 10.0, "failed", trained.message
+        elif self.config.deadline_s is not None and latency > self.config.deadline_s:
+            violation = latency / self.config.deadline_s - 1.0
+            status, message = "infeasible", f"latency over the {self.config.deadline_s} s deadline"
+        return Evaluation(canon, desc, arch, accuracy=trained.accuracy, latency_s=latency,
+                          mean_latency_s=report.mean_latency_s,
+                          p95_latency_s=report.p95_latency_s,
+                          device_energy_j=report.device_energy_j_per_task,
+                          violation=violation, status=status, message=message)

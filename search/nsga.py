@@ -1,0 +1,306 @@
+"""NSGA-II over (architecture, route, split, compression) genomes, with DEAP's selection.
+
+DEAP supplies the fitness and individual classes (defined once, here, at import), the
+non-dominated sorting and crowding distance, and ``selNSGA2`` (Deb et al. 2002). The variation
+operators and the binary tournament are written here because DEAP's draw from Python's global
+``random`` module, while every random choice of a run must come from its one seeded
+``numpy.random.Generator`` (so that a resumed run ends exactly where an uninterrupted one does):
+
+- tournament: two random individuals, the lower non-domination rank wins, then the larger
+  crowding distance (Deb et al. 2002);
+- uniform crossover of the genes, with probability ``crossover_prob`` per pair;
+- mutation: each gene with probability ``mutation_prob`` is redrawn uniformly in its range, or,
+  for split positions, moved by a step of 1 to 3 blocks (half the time), so splits can creep.
+
+The initial population mixes random genomes with architectures whose plain split is the exact
+optimum of :func:`search.dp.optimal_split` (half of it). Every generation is checkpointed (the
+population, the RNG state, the history and every evaluation); ``resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from deap import base, creator, tools
+
+from models.build import Cut
+from sim import Scenario
+from sim.seeds import child
+
+from .config import SearchConfig
+from .design import Design
+from .dp import optimal_split
+from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
+from .indicators import hypervolume, nondominated, normalise
+
+__all__ = ["SearchResult", "executor_map", "run_search"]
+
+for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
+                        ("Fitness3", (1.0, -1.0, -1.0))):
+    if not hasattr(creator, f"Jmsnas{_name}"):
+        creator.create(f"Jmsnas{_name}", base.Fitness, weights=_weights)
+        creator.create(f"JmsnasIndividual{_name[-1]}", list,
+                       fitness=getattr(creator, f"Jmsnas{_name}"))
+
+CHECKPOINT = "checkpoint.pkl"
+_FORMAT = 1
+
+
+@dataclass
+class SearchResult:
+    """Every evaluation of the run, the final population and the per-generation history."""
+
+    config: SearchConfig
+    evaluations: dict[tuple[int, ...], Evaluation]
+    population: list[tuple[int, ...]]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def front(self) -> list[Evaluation]:
+        """Non-dominated feasible evaluations, by latency."""
+        feasible = [e for e in self.evaluations.values() if e.feasible]
+        if not feasible:
+            return []
+        if self.config.objective == "scalarized":
+            best = max(feasible, key=lambda e: e.objectives(self.config)[0])
+            return [best]
+        pts = normalise([e.objectives(self.config) for e in feasible],
+                        self.config.hv_latency_ref_s)
+        mask = nondominated(pts)
+        return sorted((e for e, m in zip(feasible, mask, strict=True) if m),
+                      key=lambda e: e.latency_s)
+
+    def hypervolume(self) -> float:
+        return front_hypervolume(list(self.evaluations.values()), self.config)
+
+
+def front_hypervolume(evaluations: list[Evaluation], config: SearchConfig) -> float:
+    """Normalised hypervolume of the feasible (accuracy, latency[, energy]) points."""
+    feasible = [e for e in evaluations if e.feasible]
+    if not feasible:
+        return 0.0
+    pts = [(e.accuracy, e.latency_s, e.device_energy_j)[: 3 if config.energy_objective else 2]
+           for e in feasible]
+    return hypervolume(normalise(pts, config.hv_latency_ref_s))
+
+
+@contextlib.contextmanager
+def executor_map(config: SearchConfig) -> Iterator[MapFn]:
+    """The map that proxy training runs through: serial, or a pool of spawned processes."""
+    if config.executor == "serial" or config.workers == 1:
+        yield map
+        return
+    with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        yield pool.map
+
+
+def _fingerprint(scenario: Scenario, config: SearchConfig) -> str:
+    text = scenario.model_dump_json() + config.model_dump_json(exclude={"workers", "executor"})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _individual(config: SearchConfig, genome: tuple[int, ...], ev: Evaluation) -> Any:
+    n = 1 if config.objective == "scalarized" else 3 if config.energy_objective else 2
+    ind = getattr(creator, f"JmsnasIndividual{n}")(genome)
+    ind.fitness.values = ev.fitness(config)
+    return ind
+
+
+class _Search:
+    def __init__(self, scenario: Scenario, config: SearchConfig, out: Path,
+                 map_fn: MapFn, progress: bool) -> None:
+        self.scenario, self.config, self.out = scenario, config, out
+        self.map_fn, self.progress = map_fn, progress
+        self.evaluator = Evaluator(scenario, config, str(out / "accuracy.sqlite"))
+        self.layout = self.evaluator.layout
+        self.bounds = np.array(self.layout.bounds)
+        n = self.layout.n_genes
+        self.pm = config.mutation_prob if config.mutation_prob is not None else 1.0 / n
+        self.split_genes = range(self.layout.n_arch + 1, self.layout.n_arch + 1 + self.layout.hops)
+        self.evaluations: dict[tuple[int, ...], Evaluation] = {}
+        self.history: list[dict[str, float]] = []
+        self.rng = np.random.default_rng(child(np.random.SeedSequence(config.seed), 7))
+        self.fingerprint = _fingerprint(scenario, config)
+
+    # -- genomes --------------------------------------------------------------------------
+
+    def random_genome(self) -> tuple[int, ...]:
+        return self.layout.canonical([int(self.rng.integers(b)) for b in self.bounds])
+
+    def dp_genome(self) -> tuple[int, ...]:
+        g = list(self.random_genome())
+        design = self.layout.decode(g)
+        profile = self.evaluator.profile(Design(design.arch, design.route, ()))
+        plan = optimal_split(profile, self.scenario, design.route)
+        d = Design(design.arch, design.route, tuple(Cut(p) for p in plan.positions))
+        return self.layout.encode(d)
+
+    def initial_population(self) -> list[tuple[int, ...]]:
+        pop: list[tuple[int, ...]] = []
+        tries = 0
+        while len(pop) < self.config.population and tries < 50 * self.config.population:
+            tries += 1
+            g = self.dp_genome() if len(pop) < self.config.population // 2 else \
+                self.random_genome()
+            if g not in pop:
+                pop.append(g)
+        while len(pop) < self.config.population:  # a space too small for distinct genomes
+            pop.append(self.random_genome())
+        return pop
+
+    def vary(self, parents: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        kids: list[tuple[int, ...]] = []
+        for a, b in zip(parents[::2], parents[1::2], strict=True):
+            x, y = np.array(a), np.array(b)
+            if self.rng.random() < self.config.crossover_prob:
+                swap = self.rng.random(x.size) < 0.5
+                x[swap], y[swap] = y[swap], x[swap]
+            for z in (x, y):
+                for i in np.flatnonzero(self.rng.random(z.size) < self.pm):
+                    if i in self.split_genes and self.rng.random() < 0.5:
+                        step = int(self.rng.integers(1, 4)) * (1 if self.rng.random() < 0.5 else -1)
+                        z[i] = min(max(z[i] + step, 0), self.bounds[i] - 1)
+                    else:
+                        z[i] = self.rng.integers(self.bounds[i])
+                kids.append(self.layout.canonical(z.tolist()))
+        return kids
+
+    def tournament(self, pop: list[Any]) -> list[tuple[int, ...]]:
+        fronts = tools.sortNondominated(pop, len(pop))
+        rank = {}
+        for r, front in enumerate(fronts):
+            tools.emo.assignCrowdingDist(front)
+            for ind in front:
+                rank[id(ind)] = r
+        chosen = []
+        for _ in range(len(pop)):
+            i, j = self.rng.choice(len(pop), size=2, replace=False)
+            a, b = pop[int(i)], pop[int(j)]
+            if rank[id(a)] != rank[id(b)]:
+                win = a if rank[id(a)] < rank[id(b)] else b
+            else:
+                win = a if a.fitness.crowding_dist >= b.fitness.crowding_dist else b
+            chosen.append(tuple(win))
+        return chosen
+
+    # -- evaluation and selection ---------------------------------------------------------
+
+    def evaluate(self, genomes: list[tuple[int, ...]]) -> None:
+        new = list(dict.fromkeys(g for g in genomes if g not in self.evaluations))
+        if new:
+            for ev in self.evaluator.evaluate(new, self.map_fn):
+                self.evaluations[ev.genome] = ev
+
+    def select(self, genomes: list[tuple[int, ...]]) -> list[Any]:
+        inds = [_individual(self.config, g, self.evaluations[g]) for g in genomes]
+        return list(tools.selNSGA2(inds, self.config.population))
+
+    def record(self, generation: int, started: float) -> dict[str, float]:
+        feasible = [e for e in self.evaluations.values() if e.feasible]
+        row = {
+            "generation": generation,
+            "evaluations": len(self.evaluations),
+            "feasible": len(feasible),
+            "hypervolume": front_hypervolume(list(self.evaluations.values()), self.config),
+            "best_accuracy": max((e.accuracy for e in feasible), default=float("nan")),
+            "best_latency_s": min((e.latency_s for e in feasible), default=float("nan")),
+            "elapsed_s": time.perf_counter() - started,
+        }
+        self.history.append(row)
+        return row
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save(self, generation: int, population: list[tuple[int, ...]]) -> None:
+        state = {"format": _FORMAT, "fingerprint": self.fingerprint, "generation": generation,
+                 "population": population, "rng": self.rng.bit_generator.state,
+                 "history": self.history, "evaluations": self.evaluations}
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(state, fh)
+        os.replace(tmp, self.out / CHECKPOINT)  # a kill never leaves half a checkpoint
+
+    def load(self) -> tuple[int, list[tuple[int, ...]]]:
+        path = self.out / CHECKPOINT
+        try:
+            with open(path, "rb") as fh:
+                state = pickle.load(fh)
+        except OSError as exc:
+            raise ValueError(f"cannot resume from {self.out}: no readable {CHECKPOINT} "
+                             f"({exc.strerror})") from None
+        if state.get("format") != _FORMAT:
+            raise ValueError(f"cannot resume from {self.out}: unknown checkpoint format")
+        if state["fingerprint"] != self.fingerprint:
+            raise ValueError(f"cannot resume from {self.out}: it was made with another scenario "
+                             "or configuration (compare its config.yaml)")
+        self.rng.bit_generator.state = state["rng"]
+        self.history = state["history"]
+        self.evaluations = state["evaluations"]
+        return int(state["generation"]), list(state["population"])
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> SearchResult:
+        started = time.perf_counter()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.config.generations + 1, unit="gen", desc="search",
+                       leave=False)
+        if resume:
+            generation, population = self.load()
+            if bar is not None:
+                bar.update(generation + 1)
+        else:
+            generation, population = 0, self.initial_population()
+            self.evaluate(population)
+            population = [tuple(i) for i in self.select(population)]
+            self.record(0, started)
+            self.save(0, population)
+            if bar is not None:
+                bar.update(1)
+        try:
+            while generation < self.config.generations:
+                generation += 1
+                inds = [_individual(self.config, g, self.evaluations[g]) for g in population]
+                offspring = self.vary(self.tournament(inds))
+                self.evaluate(offspring)
+                population = [tuple(i) for i in self.select(population + offspring)]
+                row = self.record(generation, started)
+                self.save(generation, population)
+                if bar is not None:
+                    bar.set_postfix(hv=f"{row['hypervolume']:.3f}",
+                                    acc=f"{row['best_accuracy']:.3f}",
+                                    lat_ms=f"{1e3 * row['best_latency_s']:.1f}")
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return SearchResult(self.config, self.evaluations, population, self.history)
+
+
+def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str], *,
+               resume: bool = False, map_fn: MapFn | None = None,
+               progress: bool = False) -> SearchResult:
+    """Run (or, with ``resume``, continue) the NSGA-II search; checkpoints go to ``out_dir``.
+
+    ``map_fn`` runs the proxy-training jobs (default: per ``config.executor`` and ``workers``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if map_fn is not None:
+        return _Search(scenario, config, out, map_fn, progress).run(resume)
+    with executor_map(config) as pool_map:
+        return _Search(scenario, config, out, pool_map, progress).run(resume)
