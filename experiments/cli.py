@@ -147,6 +147,39 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from search.config import SearchConfig, load_search_config
+    from search.nsga import run_search
+    from search.outputs import write_run
+
+    scenario_path = resolve_scenario_path(args.scenario)
+    scenario = load_scenario(scenario_path)
+    base = load_search_config(args.config) if args.config else SearchConfig()
+    config = base.with_changes(
+        dataset=args.dataset, space=args.space, population=args.population,
+        generations=args.generations, objective=args.objective, lam=args.lam,
+        workers=args.workers, executor=args.executor, seed=args.seed, epochs=args.epochs,
+        subset=args.subset, device=args.device,
+    )
+    out = Path(args.resume or args.out or f"runs/search-{scenario.name}-seed{config.seed}")
+    if args.resume is None and (out / "checkpoint.pkl").exists():
+        raise ValueError(f"{out} already holds a search: pass --resume {out} to continue it, "
+                         "or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    result = run_search(scenario, config, out, resume=args.resume is not None,
+                        progress=sys.stderr.isatty())
+    write_run(out, result, str(scenario_path))
+    front = result.front()
+    print(f"{len(result.evaluations)} designs evaluated, {len(front)} on the front, "
+          f"hypervolume {result.hypervolume():.4f}; results in {out}/")
+    print(f"  {'accuracy':>8} {'latency ms':>10} {'device J':>9}  design")
+    for e in front:
+        print(f"  {e.accuracy:>8.3f} {1e3 * e.latency_s:>10.2f} {e.device_energy_j:>9.4f}  "
+              f"{e.design}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jmsnas",
@@ -189,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bits per input element when the raw input is sent (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser(
+        "search",
+        help="jointly search an architecture and its split points (NSGA-II)",
+        description="Search architectures and split points for a scenario. Writes config.yaml, "
+        "front.csv, evaluations.csv, history.csv, front.png, hypervolume.png and a checkpoint "
+        "into --out.",
+    )
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--config", metavar="YAML", help="search configuration file (see README)")
+    p.add_argument("--dataset", choices=["mnist5k", "digits", "mnist1d", "cifar10"])
+    p.add_argument("--space", choices=["tiny", "mobile"])
+    p.add_argument("--population", type=_positive_int)
+    p.add_argument("--generations", type=_positive_int)
+    p.add_argument("--objective", choices=["pareto", "scalarized"])
+    p.add_argument("--lam", type=float, help="scalarized: accuracy - lam x latency_s")
+    p.add_argument("--epochs", type=_positive_int, help="proxy-training epochs")
+    p.add_argument("--subset", type=_positive_int, help="proxy-training images")
+    p.add_argument("--workers", type=_positive_int, help="proxy-training processes")
+    p.add_argument("--executor", choices=["serial", "local"])
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/search-NAME-seedS)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search checkpointed in DIR")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 
