@@ -58,10 +58,13 @@ class SearchConfig(_Frozen):
     return_result: bool = False
     population: Annotated[int, Field(ge=4)] = 12
     generations: Annotated[int, Field(ge=1)] = 4
+    dp_seeding: bool = True
+    """Start half the population from random architectures with their exact optimal split."""
     crossover_prob: Annotated[float, Field(ge=0, le=1)] = 0.9
     mutation_prob: Annotated[float, Field(gt=0, le=1)] | None = None
     """Per-gene mutation probability; default 1 / number of genes."""
     sim_tasks: Annotated[int, Field(ge=10)] = 300
+    """Measured tasks per source per design; the scenario's warm-up tasks run on top."""
     sim_replications: Annotated[int, Field(ge=1)] = 1
     hv_latency_ref_s: Annotated[float, Field(gt=0)] = 1.0
     """Latency that normalises the hypervolume: the reference point is (error 1, this latency)."""

@@ -206,7 +206,8 @@ class Evaluator:
                                    return_result=self.config.return_result)
         report = simulate(self.scenario, pipeline, seed=self.config.seed,
                           replications=self.config.sim_replications,
-                          tasks=self.config.sim_tasks, engine="auto").report
+                          tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
+                          engine="auto").report
         latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
         violation, status, message = 0.0, "ok", ""
         if not trained.ok:

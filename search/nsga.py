@@ -151,8 +151,8 @@ class _Search:
         tries = 0
         while len(pop) < self.config.population and tries < 50 * self.config.population:
             tries += 1
-            g = self.dp_genome() if len(pop) < self.config.population // 2 else \
-                self.random_genome()
+            seeded = self.config.dp_seeding and len(pop) < self.config.population // 2
+            g = self.dp_genome() if seeded else self.random_genome()
             if g not in pop:
                 pop.append(g)
         while len(pop) < self.config.population:  # a space too small for distinct genomes

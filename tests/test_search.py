@@ -1,0 +1,289 @@
+"""The joint search: genomes, pipelines, the exact split, evaluation, NSGA-II, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.build import Cut
+from models.profile import profile_model
+from models.space import get_space
+from search.config import SearchConfig
+from search.design import Design, GenomeLayout, scenario_routes
+from search.dp import brute_force_split, no_queue_latency, optimal_split
+from search.evaluate import Evaluator, TrainJob, run_train_job
+from search.nsga import SearchResult, run_search
+from search.pipeline import design_pipeline
+from sim import Compute, Transfer, load_scenario, scenario_from_dict
+
+from .conftest import EXAMPLES, three_tier
+
+FAST = {"epochs": 1, "subset": 300, "batch_size": 64}
+
+
+def slow_phone_scenario(memory: float | None = None) -> Any:
+    d = three_tier()
+    d["nodes"]["phone"]["flops"] = 2e8  # slow device: splitting pays
+    if memory is not None:
+        d["nodes"]["phone"]["memory_bytes"] = memory
+    d["input_shape"] = [3, 64, 64]
+    return scenario_from_dict(d)
+
+
+def layout(scenario: Any, space: str = "tiny") -> GenomeLayout:
+    return GenomeLayout(get_space(space), scenario_routes(scenario))
+
+
+def test_genome_decoding_is_canonical_and_round_trips() -> None:
+    s = slow_phone_scenario()
+    lay = layout(s)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        g = [int(rng.integers(b)) for b in lay.bounds]
+        d = lay.decode(g)
+        assert list(d.positions) == sorted(d.positions)
+        assert all(0 <= p <= d.arch.n_blocks for p in d.positions)
+        canon = lay.canonical(g)
+        assert lay.decode(canon) == d and lay.canonical(canon) == canon
+        for c in d.cuts:
+            if c.position in (0, d.arch.n_blocks):
+                assert not c.compresses  # the raw input and the logits are sent as they are
+    with pytest.raises(ValueError, match="a genome has 16 genes here, got 3"):
+        lay.decode([0, 0, 0])
+
+
+def test_same_position_shares_the_first_compression() -> None:
+    lay = layout(slow_phone_scenario())
+    d = lay.decode([0] * 9 + [0, 3, 3, 2, 1, 0, 0])
+    assert d.positions == (3, 3)
+    assert d.cuts[0] == d.cuts[1] == Cut(3, 0.25, 8)
+    assert d.compressing_cuts == (Cut(3, 0.25, 8),)
+
+
+def test_pipeline_of_a_design_by_hand() -> None:
+    s = slow_phone_scenario()
+    arch = get_space("tiny").decode([0] * 9)
+    design = Design(arch, ("phone", "edge", "cloud"), (Cut(2, 0.5, 8), Cut(2, 0.5, 8)))
+    p = profile_model(arch, s.input_shape, 10, cuts=design.compressing_cuts)
+    stages = design_pipeline(design, p, 8, return_result=False)
+    codec = p.codec(2)
+    assert codec is not None
+    n = arch.n_blocks
+    assert stages == (
+        Compute("phone", float(p.blocks[0].flops + p.blocks[1].flops + codec.encoder_flops)),
+        Transfer("phone", "edge", float(codec.sent_bits)),
+        Transfer("edge", "cloud", float(codec.sent_bits)),  # the edge runs nothing: forwards
+        Compute("cloud", float(codec.decoder_flops + sum(b.flops for b in p.blocks[2:n]))),
+    )
+    raw = Design(arch, ("phone", "edge", "cloud"), (Cut(0), Cut(n)))
+    stages = design_pipeline(raw, profile_model(arch, s.input_shape, 10), 8,
+                             return_result=True)
+    assert stages[0] == Transfer("phone", "edge", 3 * 64 * 64 * 8.0)
+    assert stages[-2:] == (Transfer("cloud", "edge", 320.0), Transfer("edge", "phone", 320.0))
+
+
+@pytest.mark.parametrize("route", [("phone", "edge", "cloud"), ("phone", "edge"), ("phone",)])
+@pytest.mark.parametrize("memory", [None, 2e5])
+def test_dp_split_equals_brute_force(route: tuple[str, ...], memory: float | None) -> None:
+    s = slow_phone_scenario(memory)
+    sp = get_space("tiny")
+    for g in list(sp.enumerate())[::37]:
+        arch = sp.decode(g)
+        p = profile_model(arch, s.input_shape, 10)
+        dp = optimal_split(p, s, route)
+        bf = brute_force_split(p, s, route, Design(arch, route, ()))
+        assert dp.latency_s == pytest.approx(bf.latency_s, rel=1e-12)
+        if math.isfinite(dp.latency_s):
+            d = Design(arch, route, tuple(Cut(q) for q in dp.positions))
+            assert no_queue_latency(d, p, s) == pytest.approx(dp.latency_s, rel=1e-12)
+
+
+def test_dp_split_moves_with_the_uplink() -> None:
+    d = three_tier()
+    d["nodes"]["phone"]["flops"] = 2e8
+    d["input_shape"] = [3, 64, 64]
+    arch = get_space("tiny").decode([1, 1, 1, 1, 1, 1, 1, 0, 1])
+    share = []
+    for rate in (1e5, 1e9):
+        d["links"][0]["channel"]["rate_bps"] = rate
+        s = scenario_from_dict(copy.deepcopy(d))
+        p = profile_model(arch, s.input_shape, 10)
+        plan = optimal_split(p, s, ("phone", "edge", "cloud"))
+        share.append(sum(b.flops for b in p.blocks[: plan.positions[0]]) / p.total_flops)
+    assert share[0] > share[1]  # a slow uplink keeps work on the device
+
+
+def counting_map(calls: list[int]) -> Any:
+    def run(fn: Any, jobs: Any) -> Any:
+        jobs = list(jobs)
+        calls.append(len(jobs))
+        return map(fn, jobs)
+    return run
+
+
+def test_evaluator_trains_each_architecture_once(tmp_path: Path) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100)  # type: ignore[arg-type]
+    ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
+    arch = [0] * 9
+    genomes = [arch + [0, 2, 5, 0, 0, 0, 0], arch + [0, 3, 6, 0, 0, 0, 0],  # same arch, plain
+               arch + [0, 3, 6, 1, 1, 0, 0],                                # compressed cut
+               [1] * 6 + [0, 0, 0] + [0, 3, 6, 0, 0, 0, 0]]
+    calls: list[int] = []
+    out = ev.evaluate(genomes, counting_map(calls))
+    assert calls == [3]  # three distinct (architecture, compression) pairs
+    assert out[0].accuracy == out[1].accuracy
+    assert all(e.status == "ok" and 0 < e.accuracy <= 1 for e in out)
+    assert out[0].latency_s != out[1].latency_s
+    calls.clear()
+    again = ev.evaluate(genomes, counting_map(calls))
+    assert calls == [0] and again == out  # all from the cache, same results
+
+
+def test_memory_limits_make_designs_infeasible(tmp_path: Path) -> None:
+    s = slow_phone_scenario(memory=1e5)
+    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100)  # type: ignore[arg-type]
+    ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
+    all_on_phone, offloaded = [0] * 9 + [0, 8, 8, 0, 0, 0, 0], [0] * 9 + [0, 0, 0, 0, 0, 0, 0]
+    bad, good = ev.evaluate([all_on_phone, offloaded])
+    assert bad.status == "infeasible" and bad.violation > 0 and not bad.feasible
+    assert good.feasible
+    assert all(b < 0 for b in bad.fitness(cfg)[:1])
+    assert bad.fitness(cfg)[1] > good.fitness(cfg)[1]
+
+
+def small_config(**changes: Any) -> SearchConfig:
+    base = {"population": 6, "generations": 3, "executor": "serial", "sim_tasks": 100,
+            "budget": FAST}
+    base.update(changes)
+    return SearchConfig(**base)
+
+
+def test_search_is_deterministic_and_improves(tmp_path: Path) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    a = run_search(s, small_config(), tmp_path / "a")
+    b = run_search(s, small_config(), tmp_path / "b")
+    assert a.evaluations == b.evaluations and a.population == b.population
+    hv = [row["hypervolume"] for row in a.history]
+    assert hv == sorted(hv) and hv[-1] > 0  # an archive's hypervolume never drops
+    assert len(a.front()) >= 1
+    c = run_search(s, small_config(seed=1), tmp_path / "c")
+    assert c.evaluations.keys() != a.evaluations.keys()
+
+
+def _run_child(out: str) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    run_search(s, small_config(generations=6), out)
+
+
+def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    whole = run_search(s, small_config(generations=6), tmp_path / "whole")
+    killed = tmp_path / "killed"
+    proc = mp.get_context("spawn").Process(target=_run_child, args=(str(killed),))
+    proc.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it after its second checkpoint
+        ckpt = killed / "checkpoint.pkl"
+        if ckpt.exists():
+            with open(ckpt, "rb") as fh:
+                if pickle.load(fh)["generation"] >= 2:
+                    break
+        time.sleep(0.05)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with open(killed / "checkpoint.pkl", "rb") as fh:
+        assert pickle.load(fh)["generation"] < 6  # it really was interrupted
+    resumed = run_search(s, small_config(generations=6), killed, resume=True)
+    assert resumed.population == whole.population
+    assert resumed.evaluations == whole.evaluations
+    assert resumed.history[-1]["hypervolume"] == whole.history[-1]["hypervolume"]
+
+
+def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    run_search(s, small_config(generations=1), tmp_path)
+    with pytest.raises(ValueError, match="made with another scenario or configuration"):
+        run_search(s, small_config(generations=1, seed=5), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="no readable checkpoint.pkl"):
+        run_search(s, small_config(), tmp_path / "empty", resume=True)
+
+
+def test_train_jobs_and_individuals_pickle_and_run_in_a_spawned_pool(tmp_path: Path) -> None:
+    from deap import creator
+
+    from search import nsga
+
+    ind = creator.JmsnasIndividual2([1, 2, 3])
+    ind.fitness.values = (0.5, 0.1)
+    back = pickle.loads(pickle.dumps(ind))
+    assert back == ind and back.fitness.values == (0.5, 0.1)
+    assert nsga  # the module that defines the classes
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    cfg = small_config()
+    ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
+    jobs = [ev.train_job(ev.layout.decode(ev.layout.canonical([g] * 7 + [0, g] + [0] * 7)))
+            for g in (0, 1)]
+    assert all(isinstance(j, TrainJob) for j in jobs)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        remote = list(pool.map(run_train_job, jobs))
+    local = [run_train_job(j) for j in jobs]  # now from the cache the workers filled
+    assert [r.accuracy for r in remote] == [r.accuracy for r in local]
+    assert all(r.ok for r in remote)
+
+
+def test_bad_configurations_are_refused() -> None:
+    with pytest.raises(ValueError, match="population must be even"):
+        SearchConfig(population=7)
+    with pytest.raises(ValueError):
+        SearchConfig(population=2)
+    from search.config import validate_config
+
+    with pytest.raises(ValueError, match="arguments: popsize: unknown key"):
+        validate_config({"popsize": 3}, "arguments")
+
+
+def test_search_command_writes_the_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.cli", "search", "three-tier", "--population", "4",
+           "--generations", "1", "--epochs", "1", "--subset", "300", "--executor", "serial",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "on the front" in proc.stdout
+    for name in ("config.yaml", "front.csv", "evaluations.csv", "history.csv", "front.png",
+                 "hypervolume.png", "checkpoint.pkl"):
+        assert (out / name).stat().st_size > 0, name
+    header = (out / "front.csv").read_text().splitlines()[0].split(",")
+    assert header[:8] == ["accuracy", "latency_s", "mean_latency_s", "p95_latency_s",
+                          "energy_j", "splits", "arch", "genome"]
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert again.returncode == 2 and "already holds a search" in again.stderr
+    resumed = subprocess.run(cmd[:-2] + ["--resume", str(out)], capture_output=True, text=True,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_result_front_is_nondominated(tmp_path: Path) -> None:
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    r: SearchResult = run_search(s, small_config(generations=1), tmp_path)
+    front = r.front()
+    for a in front:
+        for b in r.evaluations.values():
+            if b.feasible:
+                assert not (b.accuracy >= a.accuracy and b.latency_s <= a.latency_s
+                            and (b.accuracy > a.accuracy or b.latency_s < a.latency_s))
