@@ -139,8 +139,8 @@ def test_evaluator_trains_each_architecture_once(tmp_path: Path) -> None:
     cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100)  # type: ignore[arg-type]
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
     arch = [0] * 9
-    genomes = [arch + [0, 2, 5, 0, 0, 0, 0], arch + [0, 3, 6, 0, 0, 0, 0],  # same arch, plain
-               arch + [0, 3, 6, 1, 1, 0, 0],                                # compressed cut
+    genomes = [[*arch, 0, 2, 5, 0, 0, 0, 0], [*arch, 0, 3, 6, 0, 0, 0, 0],  # same arch, plain
+               [*arch, 0, 3, 6, 1, 1, 0, 0],                                # compressed cut
                [1] * 6 + [0, 0, 0] + [0, 3, 6, 0, 0, 0, 0]]
     calls: list[int] = []
     out = ev.evaluate(genomes, counting_map(calls))
@@ -219,7 +219,7 @@ def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
     run_search(s, small_config(generations=1), tmp_path)
     with pytest.raises(ValueError, match="made with another scenario or configuration"):
         run_search(s, small_config(generations=1, seed=5), tmp_path, resume=True)
-    with pytest.raises(ValueError, match="no readable checkpoint.pkl"):
+    with pytest.raises(ValueError, match=r"no readable checkpoint\.pkl"):
         run_search(s, small_config(), tmp_path / "empty", resume=True)
 
 
@@ -273,7 +273,7 @@ def test_search_command_writes_the_run_folder(tmp_path: Path) -> None:
                           "energy_j", "splits", "arch", "genome"]
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "already holds a search" in again.stderr
-    resumed = subprocess.run(cmd[:-2] + ["--resume", str(out)], capture_output=True, text=True,
+    resumed = subprocess.run([*cmd[:-2], "--resume", str(out)], capture_output=True, text=True,
                              check=False)
     assert resumed.returncode == 0, resumed.stderr
 
