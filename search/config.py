@@ -69,6 +69,10 @@ class SearchConfig(_Frozen):
     hv_latency_ref_s: Annotated[float, Field(gt=0)] = 1.0
     """Latency that normalises the hypervolume: the reference point is (error 1, this latency)."""
     seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the genetic algorithm (initial population, variation, selection)."""
+    eval_seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of proxy training and of the simulation: the same for every design (common random
+    numbers) and independent of ``seed``, so that runs with different seeds score designs alike."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     workers: Annotated[int, Field(ge=1)] = 1
     executor: Literal["serial", "local"] = "local"

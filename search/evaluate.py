@@ -3,8 +3,9 @@
 Accuracy depends on the architecture and its compressing cuts only, so each distinct one is
 trained once per run (de-duplicated before the parallel map, and then never again thanks to the
 SQLite cache). Latency and energy come from simulating the design's pipeline on the scenario with
-the run's seed: every design of the run sees the same arrivals and channel realisations (common
-random numbers), so differences come from the designs.
+the configuration's ``eval_seed``: every design sees the same arrivals and channel realisations
+(common random numbers), so differences come from the designs, in this run and in runs with other
+GA seeds.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Evaluator:
             dataset=self.config.dataset,
             dataset_seed=self.config.dataset_seed,
             budget=tuple(sorted(self._budget.to_dict().items())),
-            seed=self.config.seed,
+            seed=self.config.eval_seed,
             device=self.config.device,
             cache_path=self.cache_path,
         )
@@ -204,7 +205,7 @@ class Evaluator:
         assert trained is not None
         pipeline = design_pipeline(design, profile, self.scenario.input_bits_per_element,
                                    return_result=self.config.return_result)
-        report = simulate(self.scenario, pipeline, seed=self.config.seed,
+        report = simulate(self.scenario, pipeline, seed=self.config.eval_seed,
                           replications=self.config.sim_replications,
                           tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
                           engine="auto").report

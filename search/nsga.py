@@ -119,10 +119,11 @@ def _individual(config: SearchConfig, genome: tuple[int, ...], ev: Evaluation) -
 
 class _Search:
     def __init__(self, scenario: Scenario, config: SearchConfig, out: Path,
-                 map_fn: MapFn, progress: bool) -> None:
+                 map_fn: MapFn, progress: bool, cache_path: str | None = None) -> None:
         self.scenario, self.config, self.out = scenario, config, out
         self.map_fn, self.progress = map_fn, progress
-        self.evaluator = Evaluator(scenario, config, str(out / "accuracy.sqlite"))
+        self.evaluator = Evaluator(scenario, config,
+                                   cache_path or str(out / "accuracy.sqlite"))
         self.layout = self.evaluator.layout
         self.bounds = np.array(self.layout.bounds)
         n = self.layout.n_genes
@@ -292,15 +293,16 @@ class _Search:
 
 
 def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str], *,
-               resume: bool = False, map_fn: MapFn | None = None,
-               progress: bool = False) -> SearchResult:
+               resume: bool = False, map_fn: MapFn | None = None, progress: bool = False,
+               cache_path: str | None = None) -> SearchResult:
     """Run (or, with ``resume``, continue) the NSGA-II search; checkpoints go to ``out_dir``.
 
     ``map_fn`` runs the proxy-training jobs (default: per ``config.executor`` and ``workers``).
+    ``cache_path``: the accuracy cache (default ``out_dir/accuracy.sqlite``); runs may share one.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if map_fn is not None:
-        return _Search(scenario, config, out, map_fn, progress).run(resume)
+        return _Search(scenario, config, out, map_fn, progress, cache_path).run(resume)
     with executor_map(config) as pool_map:
-        return _Search(scenario, config, out, pool_map, progress).run(resume)
+        return _Search(scenario, config, out, pool_map, progress, cache_path).run(resume)
