@@ -1,0 +1,1 @@
+"""The ``jmsnas`` command line and the shipped example scenarios (``experiments/scenarios``)."""

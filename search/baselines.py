@@ -22,7 +22,7 @@ from sim.seeds import child
 from .config import SearchConfig
 from .design import Design, GenomeLayout
 from .evaluate import Evaluation, Evaluator
-from .nsga import SearchResult, executor_map, front_hypervolume
+from .nsga import SearchResult, executor_map, history_row
 
 __all__ = ["all_designs", "exhaustive_search", "random_search"]
 
@@ -36,16 +36,7 @@ def _evaluate_in_batches(evaluator: Evaluator, genomes: list[tuple[int, ...]], b
         for i in range(0, len(genomes), batch):
             for ev in evaluator.evaluate(genomes[i:i + batch], map_fn):
                 evaluations[ev.genome] = ev
-            feasible = [e for e in evaluations.values() if e.feasible]
-            history.append({
-                "generation": i // batch,
-                "evaluations": len(evaluations),
-                "feasible": len(feasible),
-                "hypervolume": front_hypervolume(list(evaluations.values()), config),
-                "best_accuracy": max((e.accuracy for e in feasible), default=float("nan")),
-                "best_latency_s": min((e.latency_s for e in feasible), default=float("nan")),
-                "elapsed_s": time.perf_counter() - started,
-            })
+            history.append(history_row(i // batch, list(evaluations.values()), config, started))
     return SearchResult(config, evaluations, list(evaluations)[-config.population:], history)
 
 

@@ -44,7 +44,7 @@ from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 
-__all__ = ["SearchResult", "executor_map", "run_search"]
+__all__ = ["SearchResult", "executor_map", "front_hypervolume", "history_row", "run_search"]
 
 for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                         ("Fitness3", (1.0, -1.0, -1.0))):
@@ -92,6 +92,21 @@ def front_hypervolume(evaluations: list[Evaluation], config: SearchConfig) -> fl
     pts = [(e.accuracy, e.latency_s, e.device_energy_j)[: 3 if config.energy_objective else 2]
            for e in feasible]
     return hypervolume(normalise(pts, config.hv_latency_ref_s))
+
+
+def history_row(generation: int, evaluations: list[Evaluation], config: SearchConfig,
+                started: float) -> dict[str, float]:
+    """One row of ``history.csv``: the archive's state after a generation (or batch)."""
+    feasible = [e for e in evaluations if e.feasible]
+    return {
+        "generation": generation,
+        "evaluations": len(evaluations),
+        "feasible": len(feasible),
+        "hypervolume": front_hypervolume(evaluations, config),
+        "best_accuracy": max((e.accuracy for e in feasible), default=float("nan")),
+        "best_latency_s": min((e.latency_s for e in feasible), default=float("nan")),
+        "elapsed_s": time.perf_counter() - started,
+    }
 
 
 @contextlib.contextmanager
@@ -208,16 +223,7 @@ class _Search:
         return list(tools.selNSGA2(inds, self.config.population))
 
     def record(self, generation: int, started: float) -> dict[str, float]:
-        feasible = [e for e in self.evaluations.values() if e.feasible]
-        row = {
-            "generation": generation,
-            "evaluations": len(self.evaluations),
-            "feasible": len(feasible),
-            "hypervolume": front_hypervolume(list(self.evaluations.values()), self.config),
-            "best_accuracy": max((e.accuracy for e in feasible), default=float("nan")),
-            "best_latency_s": min((e.latency_s for e in feasible), default=float("nan")),
-            "elapsed_s": time.perf_counter() - started,
-        }
+        row = history_row(generation, list(self.evaluations.values()), self.config, started)
         self.history.append(row)
         return row
 

@@ -334,3 +334,21 @@ def test_nsga2_reaches_95_percent_of_the_true_front(tmp_path: Path) -> None:
         rs = random_search(s, c, len(r.evaluations), tmp_path / f"rs{seed}", cache_path=cache)
         assert len(rs.evaluations) == len(r.evaluations)
         assert rs.hypervolume() <= true_hv
+
+
+def test_route_gene_picks_among_the_scenario_paths() -> None:
+    d = three_tier()
+    d["links"].append({"src": "phone", "dst": "cloud", "propagation_s": 0.03,
+                       "channel": {"model": "constant", "rate_bps": 5e6}})
+    s = scenario_from_dict(d)
+    routes = scenario_routes(s)
+    assert routes == (("phone", "edge", "cloud"), ("phone", "cloud"))
+    lay = layout(s)
+    assert lay.hops == 2 and lay.bounds[lay.n_arch] == 2
+    direct = lay.decode([0] * 9 + [1, 3, 5, 0, 0, 0, 0])
+    assert direct.route == ("phone", "cloud") and direct.positions == (3,)
+    p = profile_model(direct.arch, s.input_shape, 10)
+    stages = design_pipeline(direct, p, 8)
+    assert [type(x).__name__ for x in stages] == ["Compute", "Transfer", "Compute"]
+    assert stages[1] == Transfer("phone", "cloud", float(p.sent_bits(3)))
+    assert lay.canonical([0] * 9 + [1, 3, 5, 0, 0, 0, 0]) == (*[0] * 9, 1, 3, 0, 0, 0, 0, 0)
