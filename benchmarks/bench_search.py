@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +58,7 @@ def main() -> None:
     times = {}
     for name, c in (("serial", full), ("pool of 2", full.with_changes(executor="local",
                                                                           workers=2))):
-        fresh = [type(j)(**{**j.__dict__, "cache_path": str(tmp / f"{name}.sqlite")})
-                 for j in jobs]
+        fresh = [dataclasses.replace(j, cache_path=str(tmp / f"{name}.sqlite")) for j in jobs]
         start = time.perf_counter()
         with executor_map(c) as map_fn:
             list(map_fn(run_train_job, fresh))

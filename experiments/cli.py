@@ -166,6 +166,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a search: pass --resume {out} to continue it, "
                          "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    # Written first so that even a killed run's folder says what it was; write_run adds more.
     (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     result = run_search(scenario, config, out, resume=args.resume is not None,
                         progress=sys.stderr.isatty())

@@ -226,13 +226,12 @@ def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
 def test_train_jobs_and_individuals_pickle_and_run_in_a_spawned_pool(tmp_path: Path) -> None:
     from deap import creator
 
-    from search import nsga
+    import search.nsga  # noqa: F401  (defines the creator classes, as workers must too)
 
     ind = creator.JmsnasIndividual2([1, 2, 3])
     ind.fitness.values = (0.5, 0.1)
     back = pickle.loads(pickle.dumps(ind))
     assert back == ind and back.fitness.values == (0.5, 0.1)
-    assert nsga  # the module that defines the classes
     s = load_scenario(EXAMPLES / "three-tier.yaml")
     cfg = small_config()
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
