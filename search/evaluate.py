@@ -140,6 +140,31 @@ class Evaluator:
                     if not graph.has_edge(u, v):
                         raise ValueError(f"return_result needs a link {u} -> {v} in scenario "
                                          f"{self.scenario.name!r} (add duplex: true)")
+        self._check_some_design_fits()
+
+    def _check_some_design_fits(self) -> None:
+        """Refuse, before any work, a scenario where not even the smallest architecture of the
+        space fits the nodes' memory, on any route, split anywhere (the exact DP decides)."""
+        from .dp import optimal_split
+
+        nodes = self.scenario.nodes
+        if any(nodes[v].memory_bytes is None for route in self.layout.routes for v in route):
+            return  # a node without a limit can take every block (the others just forward)
+        space = self.layout.space
+        genes: list[int] = []
+        for st in space.stages:  # the smallest choice of every stage, skipped where allowed
+            genes += [st.types.index("skip") if "skip" in st.types else 0, 0, 0]
+        arch = space.decode(genes)
+        for route in self.layout.routes:
+            profile = self.profile(Design(arch, route, ()))
+            if math.isfinite(optimal_split(profile, self.scenario, route).latency_s):
+                return
+        need = profile_model(arch, self.scenario.input_shape, NUM_CLASSES)
+        raise ValueError(
+            f"no design fits the memory limits of scenario {self.scenario.name!r}: even "
+            f"{arch.name} ({need.total_params * 4 / 2**20:.2f} MiB of weights) cannot be split "
+            f"so that every node's segment fits its memory_bytes"
+        )
 
     def profile(self, design: Design) -> ModelProfile:
         return profile_model(design.arch, self.scenario.input_shape, NUM_CLASSES,

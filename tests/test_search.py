@@ -351,3 +351,16 @@ def test_route_gene_picks_among_the_scenario_paths() -> None:
     assert [type(x).__name__ for x in stages] == ["Compute", "Transfer", "Compute"]
     assert stages[1] == Transfer("phone", "cloud", float(p.sent_bits(3)))
     assert lay.canonical([0] * 9 + [1, 3, 5, 0, 0, 0, 0]) == (*[0] * 9, 1, 3, 0, 0, 0, 0, 0)
+
+
+def test_a_scenario_where_nothing_fits_is_refused_before_any_work(tmp_path: Path) -> None:
+    d = three_tier()
+    for node in d["nodes"].values():
+        node["memory_bytes"] = 1e4  # 10 kB per node: not even one block of the smallest network
+    s = scenario_from_dict(d)
+    calls: list[int] = []
+    with pytest.raises(ValueError, match="no design fits the memory limits"):
+        run_search(s, small_config(), tmp_path, map_fn=counting_map(calls))
+    assert calls == []
+    d["nodes"]["cloud"]["memory_bytes"] = 1e9  # the cloud can hold the whole network
+    Evaluator(scenario_from_dict(d), small_config(), str(tmp_path / "acc.sqlite"))
