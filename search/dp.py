@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from models.build import Cut
 from models.profile import ModelProfile
+from models.spec import ArchSpec
 from sim.network import mean_rate_bps
 from sim.scenario import Scenario
 
@@ -105,12 +106,12 @@ def optimal_split(profile: ModelProfile, scenario: Scenario, route: tuple[str, .
 
 
 def brute_force_split(profile: ModelProfile, scenario: Scenario, route: tuple[str, ...],
-                      arch: Design) -> SplitPlan:
+                      arch: ArchSpec) -> SplitPlan:
     """The same optimum by trying every split vector (for tests: C(n + H, H) designs)."""
-    n, hops = arch.arch.n_blocks, len(route) - 1
+    n, hops = arch.n_blocks, len(route) - 1
     best = SplitPlan((), math.inf)
     for positions in itertools.combinations_with_replacement(range(n + 1), hops):
-        design = Design(arch.arch, route, tuple(Cut(p) for p in positions))
+        design = Design(arch, route, tuple(Cut(p) for p in positions))
         latency = no_queue_latency(design, profile, scenario)
         if latency < best.latency_s:
             best = SplitPlan(positions, latency)

@@ -130,6 +130,7 @@ class Evaluator:
         self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
                                    compression=config.compression)
         self._budget = config.budget.to_budget()
+        self._cache = AccuracyCache(cache_path)
         self._check_scenario()
 
     def _check_scenario(self) -> None:
@@ -194,7 +195,7 @@ class Evaluator:
         data_key = _dataset(job.dataset, job.dataset_seed).key
         key = cache_key(ArchSpec.from_json(job.arch_json), data_key, self._budget, job.seed,
                         [Cut(p, b, bits) for p, b, bits in job.cuts])
-        return AccuracyCache(self.cache_path).get(key)
+        return self._cache.get(key)
 
     def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
         """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
@@ -202,10 +203,12 @@ class Evaluator:
         designs = [self.layout.decode(g) for g in genomes]
         profiles = [self.profile(d) for d in designs]
         mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
+        design_jobs = [self.train_job(d) if m == 0.0 else None
+                       for d, m in zip(designs, mem, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}
-        for d, m in zip(designs, mem, strict=True):
-            if m == 0.0:
-                jobs.setdefault(self.train_job(d), None)
+        for job in design_jobs:
+            if job is not None:
+                jobs.setdefault(job, None)
         todo = []
         for job in jobs:
             jobs[job] = self._cached_accuracy(job)
@@ -214,14 +217,14 @@ class Evaluator:
         for job, result in zip(todo, map_fn(run_train_job, todo), strict=True):
             jobs[job] = result
         out = []
-        for g, d, p, m in zip(genomes, designs, profiles, mem, strict=True):
-            out.append(self._score(tuple(g), d, p, m, jobs.get(self.train_job(d))))
+        for d, p, m, job in zip(designs, profiles, mem, design_jobs, strict=True):
+            out.append(self._score(d, p, m, None if job is None else jobs[job]))
         return out
 
-    def _score(self, genome: tuple[int, ...], design: Design, profile: ModelProfile,
-               memory_violation: float, trained: TrainResult | None) -> Evaluation:
+    def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
+               trained: TrainResult | None) -> Evaluation:
         nan = math.nan
-        canon, desc, arch = self.layout.canonical(genome), design.describe(), design.arch.name
+        canon, desc, arch = self.layout.encode(design), design.describe(), design.arch.name
         if memory_violation > 0:
             return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
                               p95_latency_s=nan, device_energy_j=nan,

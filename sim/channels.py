@@ -131,9 +131,11 @@ def _snap(bits: FloatArray) -> FloatArray:
 class RateProcess(ABC):
     """One realisation of a link's rate r(t) (bit/s), piecewise constant on [0, inf)."""
 
-    @abstractmethod
     def finish_time(self, start_s: float, size_bits: float) -> float:
-        """End of a transfer of ``size_bits`` that starts sending at ``start_s``."""
+        """End of a transfer of ``size_bits`` that starts sending at ``start_s``:
+        C^-1(C(start) + bits). Subclasses may walk their segments instead."""
+        target = float(self.capacity(start_s)) + size_bits
+        return max(start_s, float(self.inverse_capacity(target)))
 
     @abstractmethod
     def capacity(self, t_s: ArrayLike) -> FloatArray:
@@ -233,10 +235,6 @@ class _Segmented(RateProcess):
         with np.errstate(divide="ignore", invalid="ignore"):
             t = self._edges[i] + (c - self._cum[i]) / self._rates[i]
         return np.where(positive, t, 0.0)
-
-    def finish_time(self, start_s: float, size_bits: float) -> float:
-        target = float(self.capacity(start_s)) + size_bits
-        return max(start_s, float(self.inverse_capacity(target)))
 
     def rate_at(self, t_s: ArrayLike) -> FloatArray:
         t = np.asarray(t_s, dtype=np.float64)
@@ -406,10 +404,6 @@ class TraceRate(RateProcess):
         with np.errstate(divide="ignore", invalid="ignore"):
             t_local = self._edges[i] + (local - self._cum[i]) / self._rates[i]
         return np.where(positive, n * self.period_s + t_local, n * self.period_s)
-
-    def finish_time(self, start_s: float, size_bits: float) -> float:
-        target = float(self.capacity(start_s)) + size_bits
-        return max(start_s, float(self.inverse_capacity(target)))
 
     def rate_at(self, t_s: ArrayLike) -> FloatArray:
         local = np.mod(np.asarray(t_s, dtype=np.float64), self.period_s)

@@ -104,7 +104,7 @@ def test_dp_split_equals_brute_force(route: tuple[str, ...], memory: float | Non
         arch = sp.decode(g)
         p = profile_model(arch, s.input_shape, 10)
         dp = optimal_split(p, s, route)
-        bf = brute_force_split(p, s, route, Design(arch, route, ()))
+        bf = brute_force_split(p, s, route, arch)
         assert dp.latency_s == pytest.approx(bf.latency_s, rel=1e-12)
         if math.isfinite(dp.latency_s):
             d = Design(arch, route, tuple(Cut(q) for q in dp.positions))
