@@ -159,7 +159,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         dataset=args.dataset, space=args.space, population=args.population,
         generations=args.generations, objective=args.objective, lam=args.lam,
         workers=args.workers, executor=args.executor, seed=args.seed, epochs=args.epochs,
-        subset=args.subset, device=args.device,
+        subset=args.subset, device=args.device, architecture=args.architecture,
+        scheduler=args.scheduler,
     )
     out = Path(args.resume or args.out or f"runs/search-{scenario.name}-seed{config.seed}")
     if args.resume is None and (out / "checkpoint.pkl").exists():
@@ -235,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="YAML", help="search configuration file (see README)")
     p.add_argument("--dataset", choices=["mnist5k", "digits", "mnist1d", "cifar10"])
     p.add_argument("--space", choices=["tiny", "mobile"])
+    p.add_argument("--architecture", metavar="MODEL_OR_GENOME",
+                   help="fix the architecture (a reference model, SPACE:G,G,..., a name such as "
+                   "tiny-010100000, or a JSON file) and search only its route and splits")
     p.add_argument("--population", type=_positive_int)
     p.add_argument("--generations", type=_positive_int)
     p.add_argument("--objective", choices=["pareto", "scalarized"])
@@ -242,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="proxy-training epochs")
     p.add_argument("--subset", type=_positive_int, help="proxy-training images")
     p.add_argument("--workers", type=_positive_int, help="proxy-training processes")
-    p.add_argument("--executor", choices=["serial", "local"])
+    p.add_argument("--executor", choices=["serial", "local", "dask"],
+                   help="where proxy training runs (default local: a process pool)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"])
     p.add_argument("--seed", type=int)
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/search-NAME-seedS)")

@@ -5,7 +5,9 @@
 - :mod:`search.dp`: the exact optimal split of a fixed architecture (dynamic programming).
 - :mod:`search.evaluate`: accuracy (cached proxy training) and simulated latency of designs.
 - :mod:`search.nsga`: NSGA-II with checkpoints and resume (:func:`run_search`).
-- :mod:`search.baselines`: random and exhaustive search through the same evaluation.
+- :mod:`search.baselines`: random and exhaustive search, fixed placements, Neurosurgeon-style
+  fixed models and the two-stage search-then-split, through the same evaluation.
+- :mod:`search.sweep`: the scalarised objective swept over lambda (trade-off curves).
 - :mod:`search.indicators`, :mod:`search.outputs`: hypervolume and IGD; the run folder.
 """
 

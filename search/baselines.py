@@ -1,30 +1,69 @@
-"""Searches to compare against, through the very same evaluation.
+"""Searches and fixed designs to compare against, through the very same evaluation.
 
 - :func:`random_search`: distinct random genomes, as many evaluations as the GA used;
 - :func:`exhaustive_search`: every design of a small space (all architectures, routes, split
-  vectors and, if enabled, compressions): the true Pareto front.
+  vectors and, if enabled, compressions): the true Pareto front;
+- :func:`placement_baseline`: given architectures run whole on one node of the path (device
+  only, edge only, cloud only);
+- :func:`neurosurgeon_baseline`: fixed reference models, each with its lowest-latency single
+  split (the model's head on the device, its tail on one other node of the path), in the manner
+  of Neurosurgeon (Kang et al. 2017);
+- :func:`two_stage_baseline`: architectures searched for accuracy and FLOPs alone (NSGA-II, no
+  network), then each front architecture split optimally (:func:`search.dp.optimal_split`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
+from models.profile import ModelProfile
+from models.spec import ArchSpec
+from models.train import TrainResult
 from sim import Scenario
 from sim.seeds import child
 
 from .config import SearchConfig
 from .design import Design, GenomeLayout
-from .evaluate import Evaluation, Evaluator
-from .nsga import SearchResult, executor_map, history_row
+from .dp import optimal_split
+from .evaluate import Evaluation, Evaluator, MapFn
+from .nsga import (
+    SearchResult,
+    executor_map,
+    front_hypervolume,
+    history_row,
+    pareto_front,
+    run_search,
+)
 
-__all__ = ["all_designs", "exhaustive_search", "random_search"]
+__all__ = ["BaselineResult", "all_designs", "exhaustive_search", "neurosurgeon_baseline",
+           "placement_baseline", "random_search", "two_stage_baseline"]
+
+NEUROSURGEON_MODELS = ("mobilenet_v2", "resnet18")
+
+
+@dataclass
+class BaselineResult:
+    """What a baseline evaluated, and the designs it hands its user (``offered``)."""
+
+    name: str
+    config: SearchConfig
+    evaluations: list[Evaluation]
+    offered: list[Evaluation]
+
+    def front(self) -> list[Evaluation]:
+        return pareto_front(self.offered, self.config)
+
+    def hypervolume(self) -> float:
+        return front_hypervolume(self.offered, self.config)
 
 
 def _evaluate_in_batches(evaluator: Evaluator, genomes: list[tuple[int, ...]], batch: int,
@@ -60,8 +99,7 @@ def random_search(scenario: Scenario, config: SearchConfig, evaluations: int,
 
 def all_designs(layout: GenomeLayout) -> Iterator[tuple[int, ...]]:
     """The canonical genome of every design of the layout, once each."""
-    for arch_genes in layout.space.enumerate():
-        arch = layout.space.decode(arch_genes)
+    for arch in layout.architectures():
         for route in layout.routes:
             hops = len(route) - 1
             for positions in itertools.combinations_with_replacement(range(arch.n_blocks + 1),
@@ -90,3 +128,129 @@ def exhaustive_search(scenario: Scenario, config: SearchConfig,
             raise ValueError(f"more than {limit} designs: exhaustive search is for small spaces "
                              "(space: tiny, compression: false)")
     return _evaluate_in_batches(evaluator, genomes, 512, config)
+
+
+def _placed(arch: ArchSpec, route: tuple[str, ...], node: int, head: int = 0) -> Design:
+    """Blocks [0, head) on the route's first node, the rest on node ``node`` (nodes in between
+    forward)."""
+    hops, n = len(route) - 1, arch.n_blocks
+    positions = [head] * node + [n] * (hops - node)
+    return Design(arch, route, tuple(Cut(p) for p in positions))
+
+
+def _path_index(scenario: Scenario, node: str) -> int:
+    if node not in scenario.path:
+        raise ValueError(f"node {node!r} is not on the path of scenario {scenario.name!r} "
+                         f"(allowed: {', '.join(scenario.path)})")
+    return scenario.path.index(node)
+
+
+def placement_baseline(scenario: Scenario, config: SearchConfig, node: str,
+                       archs: Sequence[ArchSpec], out_dir: str | os.PathLike[str], *,
+                       cache_path: str | None = None, map_fn: MapFn | None = None
+                       ) -> BaselineResult:
+    """Each architecture whole on ``node`` of the scenario's path (the raw input travels there;
+    nodes before it forward). ``archs`` are usually those the joint search trained, so this
+    costs simulations only and shows what splitting buys."""
+    evaluator = _evaluator(scenario, config, out_dir, cache_path)
+    k = _path_index(scenario, node)
+    route = tuple(scenario.path)
+    designs = [_placed(a, route, k) for a in dict.fromkeys(archs)]
+    evaluations = _evaluate(evaluator, designs, config, map_fn)
+    return BaselineResult(f"{node} only", config, evaluations, evaluations)
+
+
+def neurosurgeon_baseline(scenario: Scenario, config: SearchConfig,
+                          out_dir: str | os.PathLike[str], *,
+                          models: Sequence[str] = NEUROSURGEON_MODELS,
+                          cache_path: str | None = None, map_fn: MapFn | None = None
+                          ) -> BaselineResult:
+    """Each fixed model with the single split of lowest simulated latency: blocks [0, p) on the
+    device, the rest on one later node of the path, every p and every such node tried."""
+    evaluations: list[Evaluation] = []
+    offered: list[Evaluation] = []
+    route = tuple(scenario.path)
+    for name in models:
+        cfg = config.with_changes(architecture=name, compression=False)
+        evaluator = _evaluator(scenario, cfg, out_dir, cache_path)
+        arch = cfg.fixed_architecture()
+        assert arch is not None
+        designs = list(dict.fromkeys(_placed(arch, route, k, head)
+                                     for k in range(1, len(route))
+                                     for head in range(arch.n_blocks + 1)))
+        scored = _evaluate(evaluator, designs, cfg, map_fn)
+        evaluations += scored
+        feasible = [e for e in scored if e.feasible]
+        if feasible:
+            offered.append(min(feasible, key=lambda e: e.latency_s))
+    return BaselineResult("neurosurgeon", config, evaluations, offered)
+
+
+class ArchitectureEvaluator(Evaluator):
+    """Stage one of the two-stage baseline: accuracy and compute alone, no network. The
+    "latency" of an architecture is its FLOPs at the device's FLOP/s (FLOPs, in seconds, so the
+    hypervolume's normalisation still applies); memory limits wait for the split."""
+
+    def __init__(self, scenario: Scenario, config: SearchConfig, cache_path: str) -> None:
+        super().__init__(scenario, config, cache_path)
+        source = (scenario.path[0],)
+        self.layout = GenomeLayout(self.layout.space, (source,), compression=False,
+                                   fixed_arch=self.layout.fixed_arch)
+        self._device_flops = scenario.nodes[source[0]].flops
+
+    def memory_violation(self, design: Design, profile: ModelProfile) -> float:
+        return 0.0
+
+    def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
+               trained: TrainResult | None) -> Evaluation:
+        assert trained is not None
+        t = profile.total_flops / self._device_flops
+        failed = not trained.ok
+        return Evaluation(self.layout.encode(design), design.describe(), design.arch.name,
+                          accuracy=trained.accuracy, latency_s=t, mean_latency_s=t,
+                          p95_latency_s=t, device_energy_j=math.nan,
+                          violation=10.0 if failed else 0.0,
+                          status="failed" if failed else "ok", message=trained.message)
+
+
+def two_stage_baseline(scenario: Scenario, config: SearchConfig,
+                       out_dir: str | os.PathLike[str], *, cache_path: str | None = None,
+                       map_fn: MapFn | None = None) -> BaselineResult:
+    """NSGA-II over architectures for (accuracy, FLOPs) with the config's population and
+    generations, then every architecture of that front split optimally on its best route and
+    evaluated like any design."""
+    out = Path(out_dir)
+    stage1_cfg = config.with_changes(compression=False, dp_seeding=False,
+                                     energy_objective=False, objective="pareto")
+    cache = cache_path or str(out / "accuracy.sqlite")
+    stage1 = run_search(scenario, stage1_cfg, out / "stage1", cache_path=cache, map_fn=map_fn,
+                        evaluator=ArchitectureEvaluator(scenario, stage1_cfg, cache))
+    evaluator = _evaluator(scenario, config, out, cache)
+    designs = []
+    for e in stage1.front():
+        arch = evaluator.layout.decode_arch(e.genome[: evaluator.layout.n_arch])
+        best: tuple[float, Design] | None = None
+        for route in evaluator.layout.routes:
+            plan = optimal_split(evaluator.profile(Design(arch, route, ())), scenario, route)
+            if best is None or plan.latency_s < best[0]:
+                best = (plan.latency_s, Design(arch, route, tuple(Cut(p) for p in plan.positions)))
+        assert best is not None
+        designs.append(best[1])
+    offered = _evaluate(evaluator, designs, config, map_fn)
+    return BaselineResult("two-stage", config, list(stage1.evaluations.values()) + offered,
+                          offered)
+
+
+def _evaluator(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str],
+               cache_path: str | None) -> Evaluator:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return Evaluator(scenario, config, cache_path or str(out / "accuracy.sqlite"))
+
+
+def _evaluate(evaluator: Evaluator, designs: list[Design], config: SearchConfig,
+              map_fn: MapFn | None) -> list[Evaluation]:
+    if map_fn is not None:
+        return evaluator.evaluate_designs(designs, map_fn)
+    with executor_map(config) as pool_map:
+        return evaluator.evaluate_designs(designs, pool_map)

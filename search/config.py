@@ -6,8 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from models.spec import ArchSpec
 from models.train import ProxyBudget
 
 __all__ = ["BudgetConfig", "SearchConfig", "load_search_config"]
@@ -46,6 +54,10 @@ class SearchConfig(_Frozen):
     """
 
     space: Literal["tiny", "mobile"] = "tiny"
+    architecture: str | None = None
+    """Fix the architecture and search only its route, split and compression: a reference model
+    (``resnet18``), ``SPACE:G,G,...``, an architecture name such as ``tiny-010100000``, or an
+    architecture JSON file (see :func:`models.resolve.resolve_architecture`)."""
     dataset: Literal["mnist5k", "digits", "mnist1d", "cifar10"] = "mnist5k"
     dataset_seed: Annotated[int, Field(ge=0)] = 0
     budget: BudgetConfig = BudgetConfig()
@@ -75,14 +87,38 @@ class SearchConfig(_Frozen):
     numbers) and independent of ``seed``, so that runs with different seeds score designs alike."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     workers: Annotated[int, Field(ge=1)] = 1
-    executor: Literal["serial", "local"] = "local"
+    executor: Literal["serial", "local", "dask"] = "local"
+    """Where proxy training runs: in this process, a local pool of ``workers`` processes, or
+    the Dask cluster whose scheduler listens at ``scheduler``."""
+    scheduler: str | None = None
+    """Address of a Dask scheduler (``tcp://host:8786``), for ``executor: dask``."""
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str | None) -> str | None:
+        if value is not None:
+            from models.resolve import resolve_architecture
+
+            resolve_architecture(value)  # a ValueError says which forms are allowed
+        return value
 
     @model_validator(mode="after")
     def _even_population(self) -> SearchConfig:
         if self.population % 2:
             raise ValueError(f"population must be even (offspring come in pairs), "
                              f"got {self.population}")
+        if self.executor == "dask" and not self.scheduler:
+            raise ValueError("executor dask needs scheduler: the address of a running Dask "
+                             "scheduler, such as tcp://10.0.0.5:8786")
         return self
+
+    def fixed_architecture(self) -> ArchSpec | None:
+        """The architecture named by ``architecture``, or None when it is searched."""
+        if self.architecture is None:
+            return None
+        from models.resolve import resolve_architecture
+
+        return resolve_architecture(self.architecture)
 
     def with_changes(self, **changes: Any) -> SearchConfig:
         """A validated copy with some fields replaced (``None`` values are ignored)."""
@@ -107,6 +143,7 @@ def validate_config(data: dict[str, Any], where: str) -> SearchConfig:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        msg = msg.removeprefix("Value error, ")
         raise ValueError(f"{where}: {loc}: {msg}") from None
 
 

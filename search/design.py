@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -98,6 +98,9 @@ class GenomeLayout:
     space: SearchSpace
     routes: tuple[tuple[str, ...], ...]
     compression: bool = True
+    fixed_arch: ArchSpec | None = None
+    """If given, the genome has no architecture genes: only this architecture's route, split
+    and compression are searched."""
 
     @cached_property
     def hops(self) -> int:
@@ -106,6 +109,8 @@ class GenomeLayout:
     @cached_property
     def max_blocks(self) -> int:
         """Blocks of the deepest architecture: the largest depth in every stage, none skipped."""
+        if self.fixed_arch is not None:
+            return self.fixed_arch.n_blocks
         genes = []
         for st in self.space.stages:
             t = next(i for i, name in enumerate(st.types) if name != "skip")
@@ -114,7 +119,26 @@ class GenomeLayout:
 
     @property
     def n_arch(self) -> int:
-        return self.space.n_genes
+        return 0 if self.fixed_arch is not None else self.space.n_genes
+
+    def architectures(self) -> Iterator[ArchSpec]:
+        """Every architecture the layout can express, once each."""
+        if self.fixed_arch is not None:
+            yield self.fixed_arch
+            return
+        for genes in self.space.enumerate():
+            yield self.space.decode(genes)
+
+    def decode_arch(self, arch_genes: Sequence[int]) -> ArchSpec:
+        return self.fixed_arch if self.fixed_arch is not None else self.space.decode(arch_genes)
+
+    def encode_arch(self, arch: ArchSpec) -> tuple[int, ...]:
+        if self.fixed_arch is None:
+            return self.space.encode(arch)
+        if arch != self.fixed_arch:
+            raise ValueError(f"{arch.name!r} is not the fixed architecture "
+                             f"{self.fixed_arch.name!r}")
+        return ()
 
     @property
     def n_genes(self) -> int:
@@ -124,7 +148,8 @@ class GenomeLayout:
     def bounds(self) -> tuple[int, ...]:
         """Number of values of each gene (gene g takes 0 .. bound - 1)."""
         comp = (len(BOTTLENECKS), len(BIT_WIDTHS)) if self.compression else (1, 1)
-        return (*self.space.gene_bounds, len(self.routes), *([self.max_blocks + 1] * self.hops),
+        arch_bounds = () if self.fixed_arch is not None else self.space.gene_bounds
+        return (*arch_bounds, len(self.routes), *([self.max_blocks + 1] * self.hops),
                 *(comp * self.hops))
 
     def validate(self, genome: Sequence[int]) -> tuple[int, ...]:
@@ -138,7 +163,7 @@ class GenomeLayout:
 
     def decode(self, genome: Sequence[int]) -> Design:
         g = self.validate(genome)
-        arch = self.space.decode(g[: self.n_arch])
+        arch = self.decode_arch(g[: self.n_arch])
         route = self.routes[g[self.n_arch]]
         hops = len(route) - 1
         split = g[self.n_arch + 1: self.n_arch + 1 + self.hops]
@@ -157,7 +182,7 @@ class GenomeLayout:
 
     def encode(self, design: Design) -> tuple[int, ...]:
         """The canonical genome of a design."""
-        arch_genes = self.space.encode(design.arch)
+        arch_genes = self.encode_arch(design.arch)
         route = self.routes.index(design.route)
         split = [c.position for c in design.cuts] + [0] * (self.hops - len(design.cuts))
         comp: list[int] = []

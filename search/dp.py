@@ -2,11 +2,13 @@
 
 Latency model (no queueing, our choice for planning): a node runs its blocks at its per-server
 FLOP/s; a hop sends its bits at the link's long-run mean rate (:func:`sim.network.mean_rate_bps`)
-and adds its propagation delay. With positions 0 <= p_1 <= ... <= p_H <= n (H hops, n blocks),
+and adds its propagation delay; the request is done at the node that runs the last block (see
+:mod:`search.pipeline`). With positions 0 <= p_1 <= ... <= p_H <= n (H hops, n blocks),
 
-    f_1(p)     = C_0(0, p) + T_0(p)
-    f_j(p)     = min_{q <= p} f_{j-1}(q) + C_{j-1}(q, p) + T_{j-1}(p)
-    best       = min_q f_H(q) + C_H(q, n)
+    A_0(q)     = 0 if q = 0, else infinity       (node j holds blocks [0, q) at time A_j(q))
+    D_j(p)     = min_{q <= p} A_j(q) + C_j(q, p)
+    A_{j+1}(p) = D_j(p) + T_j(p)
+    best       = min_j D_j(n)
 
 where C_j(a, b) is node j's time for blocks [a, b) and T_j(p) hop j's time for what a split at p
 sends: O(H n^2) instead of the C(n + H, H) split vectors. A node whose segment does not fit its
@@ -54,11 +56,12 @@ def no_queue_latency(design: Design, profile: ModelProfile, scenario: Scenario) 
     """Latency of one request alone on the network, under the planning model above."""
     node_rate, memory, link_rate, prop = _route_rates(scenario, design.route)
     total = 0.0
-    for j, cost in enumerate(segment_costs(design, profile, scenario.input_bits_per_element)):
+    costs = segment_costs(design, profile, scenario.input_bits_per_element)
+    for j, cost in enumerate(costs):
         if cost.memory_bytes > memory[j]:
             return math.inf
         total += cost.flops / node_rate[j]
-        if j < len(link_rate):
+        if j < len(costs) - 1:  # the request is done at the last node that computes
             total += cost.sent_bits / link_rate[j] + prop[j]
     return total
 
@@ -79,30 +82,30 @@ def optimal_split(profile: ModelProfile, scenario: Scenario, route: tuple[str, .
             return math.inf
         return (prefix[b] - prefix[a]) / node_rate[j]
 
-    if hops == 0:
-        return SplitPlan((), compute(0, 0, n))
-    f = [compute(0, 0, p) + bits[p] / link_rate[0] + prop[0] for p in range(n + 1)]
-    back: list[list[int]] = [list(range(n + 1))]
-    for j in range(1, hops):
-        g, arg = [], []
+    # arrive[q]: the lowest time at which node j holds the output of blocks [0, q)
+    arrive = [0.0] + [math.inf] * n
+    back: list[list[int]] = []
+    best, end = math.inf, 0
+    for j in range(hops + 1):
+        done, arg = [], []  # done[p]: node j has run blocks [q, p) for the best q
         for p in range(n + 1):
-            best, where = math.inf, 0
+            cost, where = math.inf, 0
             for q in range(p + 1):
-                c = f[q] + compute(j, q, p)
-                if c < best:
-                    best, where = c, q
-            g.append(best + bits[p] / link_rate[j] + prop[j])
+                c = arrive[q] + compute(j, q, p)
+                if c < cost:
+                    cost, where = c, q
+            done.append(cost)
             arg.append(where)
-        f = g
         back.append(arg)
-    last = [f[q] + compute(hops, q, n) for q in range(n + 1)]
-    q = min(range(n + 1), key=lambda i: last[i])
-    latency = last[q]
-    positions = [q]
-    for j in range(hops - 1, 0, -1):
-        q = back[j][q]
-        positions.append(q)
-    return SplitPlan(tuple(reversed(positions)), latency)
+        if done[n] < best:  # the request may end at node j (later nodes receive nothing)
+            best, end = done[n], j
+        if j < hops:
+            arrive = [done[p] + bits[p] / link_rate[j] + prop[j] for p in range(n + 1)]
+    starts, p = [], n
+    for j in range(end, 0, -1):
+        p = back[j][p]  # node j ran blocks [p, ...): hop j - 1 carries position p
+        starts.append(p)
+    return SplitPlan((*reversed(starts), *[n] * (hops - end)), best)
 
 
 def brute_force_split(profile: ModelProfile, scenario: Scenario, route: tuple[str, ...],

@@ -128,7 +128,8 @@ class Evaluator:
         self.config = config
         self.cache_path = cache_path
         self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
-                                   compression=config.compression)
+                                   compression=config.compression,
+                                   fixed_arch=config.fixed_architecture())
         self._budget = config.budget.to_budget()
         self._cache = AccuracyCache(cache_path)
         self._check_scenario()
@@ -151,11 +152,13 @@ class Evaluator:
         nodes = self.scenario.nodes
         if any(nodes[v].memory_bytes is None for route in self.layout.routes for v in route):
             return  # a node without a limit can take every block (the others just forward)
-        space = self.layout.space
-        genes: list[int] = []
-        for st in space.stages:  # the smallest choice of every stage, skipped where allowed
-            genes += [st.types.index("skip") if "skip" in st.types else 0, 0, 0]
-        arch = space.decode(genes)
+        arch = self.layout.fixed_arch
+        if arch is None:
+            space = self.layout.space
+            genes: list[int] = []
+            for st in space.stages:  # the smallest choice of every stage, skipped where allowed
+                genes += [st.types.index("skip") if "skip" in st.types else 0, 0, 0]
+            arch = space.decode(genes)
         for route in self.layout.routes:
             profile = self.profile(Design(arch, route, ()))
             if math.isfinite(optimal_split(profile, self.scenario, route).latency_s):
@@ -200,7 +203,12 @@ class Evaluator:
     def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
         """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
         simulated here."""
-        designs = [self.layout.decode(g) for g in genomes]
+        return self.evaluate_designs([self.layout.decode(g) for g in genomes], map_fn)
+
+    def evaluate_designs(self, designs: Sequence[Design], map_fn: MapFn = map
+                         ) -> list[Evaluation]:
+        """Score designs, also ones the genome cannot express (a reference model, for the
+        baselines; their :attr:`Evaluation.genome` is empty)."""
         profiles = [self.profile(d) for d in designs]
         mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
         design_jobs = [self.train_job(d) if m == 0.0 else None
@@ -224,7 +232,11 @@ class Evaluator:
     def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
                trained: TrainResult | None) -> Evaluation:
         nan = math.nan
-        canon, desc, arch = self.layout.encode(design), design.describe(), design.arch.name
+        try:
+            canon = self.layout.encode(design)
+        except ValueError:  # not in the layout's space (a baseline's reference model)
+            canon = ()
+        desc, arch = design.describe(), design.arch.name
         if memory_violation > 0:
             return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
                               p95_latency_s=nan, device_energy_j=nan,

@@ -9,8 +9,10 @@ operators and the binary tournament are written here because DEAP's draw from Py
 - tournament: two random individuals, the lower non-domination rank wins, then the larger
   crowding distance (Deb et al. 2002);
 - uniform crossover of the genes, with probability ``crossover_prob`` per pair;
-- mutation: each gene with probability ``mutation_prob`` is redrawn uniformly in its range, or,
-  for split positions, moved by a step of 1 to 3 blocks (half the time), so splits can creep.
+- mutation: each gene with probability ``mutation_prob`` is redrawn uniformly in its range; a
+  split position is instead, a third of the time each, moved by 1 to 3 blocks (splits creep) or
+  snapped to an end of its range (the hop carries the raw input, or the request ends before the
+  hop: moves that drop a node, which creeping reaches only through worse designs).
 
 The initial population mixes random genomes with architectures whose plain split is the exact
 optimum of :func:`search.dp.optimal_split` (half of it). Every generation is checkpointed (the
@@ -44,7 +46,8 @@ from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 
-__all__ = ["SearchResult", "executor_map", "front_hypervolume", "history_row", "run_search"]
+__all__ = ["SearchResult", "executor_map", "front_hypervolume", "history_row", "pareto_front",
+           "run_search"]
 
 for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                         ("Fitness3", (1.0, -1.0, -1.0))):
@@ -67,21 +70,25 @@ class SearchResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def front(self) -> list[Evaluation]:
-        """Non-dominated feasible evaluations, by latency."""
-        feasible = [e for e in self.evaluations.values() if e.feasible]
-        if not feasible:
-            return []
-        if self.config.objective == "scalarized":
-            best = max(feasible, key=lambda e: e.objectives(self.config)[0])
-            return [best]
-        pts = normalise([e.objectives(self.config) for e in feasible],
-                        self.config.hv_latency_ref_s)
-        mask = nondominated(pts)
-        return sorted((e for e, m in zip(feasible, mask, strict=True) if m),
-                      key=lambda e: e.latency_s)
+        """Non-dominated feasible evaluations, by latency (the best one if scalarized)."""
+        return pareto_front(list(self.evaluations.values()), self.config)
 
     def hypervolume(self) -> float:
         return front_hypervolume(list(self.evaluations.values()), self.config)
+
+
+def pareto_front(evaluations: list[Evaluation], config: SearchConfig) -> list[Evaluation]:
+    """The non-dominated feasible evaluations, by latency; with ``objective: scalarized``, the
+    one with the best scalar objective."""
+    feasible = [e for e in evaluations if e.feasible]
+    if not feasible:
+        return []
+    if config.objective == "scalarized":
+        return [max(feasible, key=lambda e: e.objectives(config)[0])]
+    pts = normalise([e.objectives(config) for e in feasible], config.hv_latency_ref_s)
+    mask = nondominated(pts)
+    return sorted((e for e, m in zip(feasible, mask, strict=True) if m),
+                  key=lambda e: e.latency_s)
 
 
 def front_hypervolume(evaluations: list[Evaluation], config: SearchConfig) -> float:
@@ -111,7 +118,12 @@ def history_row(generation: int, evaluations: list[Evaluation], config: SearchCo
 
 @contextlib.contextmanager
 def executor_map(config: SearchConfig) -> Iterator[MapFn]:
-    """The map that proxy training runs through: serial, or a pool of spawned processes."""
+    """The map that proxy training runs through: serial, a pool of spawned processes, or the
+    workers of a Dask cluster."""
+    if config.executor == "dask":
+        with _dask_map(str(config.scheduler)) as dask_map:
+            yield dask_map
+        return
     if config.executor == "serial" or config.workers == 1:
         yield map
         return
@@ -120,8 +132,29 @@ def executor_map(config: SearchConfig) -> Iterator[MapFn]:
         yield pool.map
 
 
+@contextlib.contextmanager
+def _dask_map(address: str) -> Iterator[MapFn]:
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ValueError("executor dask needs the dask extra: pip install -e '.[dask]'") from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address!r} ({exc})") from None
+    with client:
+        client.run(_init_worker)  # one torch thread per worker process
+
+        def dask_map(fn: Any, jobs: Any) -> Iterator[Any]:
+            futures = client.map(fn, list(jobs), pure=False)
+            return iter(client.gather(futures))
+
+        yield dask_map
+
+
 def _fingerprint(scenario: Scenario, config: SearchConfig) -> str:
-    text = scenario.model_dump_json() + config.model_dump_json(exclude={"workers", "executor"})
+    where = {"workers", "executor", "scheduler"}  # where training runs does not change results
+    text = scenario.model_dump_json() + config.model_dump_json(exclude=where)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -134,11 +167,12 @@ def _individual(config: SearchConfig, genome: tuple[int, ...], ev: Evaluation) -
 
 class _Search:
     def __init__(self, scenario: Scenario, config: SearchConfig, out: Path,
-                 map_fn: MapFn, progress: bool, cache_path: str | None = None) -> None:
+                 map_fn: MapFn, progress: bool, cache_path: str | None = None,
+                 evaluator: Evaluator | None = None) -> None:
         self.scenario, self.config, self.out = scenario, config, out
         self.map_fn, self.progress = map_fn, progress
-        self.evaluator = Evaluator(scenario, config,
-                                   cache_path or str(out / "accuracy.sqlite"))
+        self.evaluator = evaluator or Evaluator(scenario, config,
+                                                cache_path or str(out / "accuracy.sqlite"))
         self.layout = self.evaluator.layout
         self.bounds = np.array(self.layout.bounds)
         n = self.layout.n_genes
@@ -184,9 +218,13 @@ class _Search:
                 x[swap], y[swap] = y[swap], x[swap]
             for z in (x, y):
                 for i in np.flatnonzero(self.rng.random(z.size) < self.pm):
-                    if i in self.split_genes and self.rng.random() < 0.5:
+                    move = self.rng.random() if i in self.split_genes else 1.0
+                    if move < 1 / 3:  # creep
                         step = int(self.rng.integers(1, 4)) * (1 if self.rng.random() < 0.5 else -1)
                         z[i] = min(max(z[i] + step, 0), self.bounds[i] - 1)
+                    elif move < 2 / 3:  # snap to an end: the hop carries the raw input, or the
+                        # request is done before it (decoding clips to the depth)
+                        z[i] = 0 if self.rng.random() < 0.5 else self.bounds[i] - 1
                     else:
                         z[i] = self.rng.integers(self.bounds[i])
                 kids.append(self.layout.canonical(z.tolist()))
@@ -300,15 +338,18 @@ class _Search:
 
 def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str], *,
                resume: bool = False, map_fn: MapFn | None = None, progress: bool = False,
-               cache_path: str | None = None) -> SearchResult:
+               cache_path: str | None = None, evaluator: Evaluator | None = None
+               ) -> SearchResult:
     """Run (or, with ``resume``, continue) the NSGA-II search; checkpoints go to ``out_dir``.
 
     ``map_fn`` runs the proxy-training jobs (default: per ``config.executor`` and ``workers``).
     ``cache_path``: the accuracy cache (default ``out_dir/accuracy.sqlite``); runs may share one.
+    ``evaluator``: score genomes another way (the two-stage baseline's first stage does).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if map_fn is not None:
-        return _Search(scenario, config, out, map_fn, progress, cache_path).run(resume)
+        return _Search(scenario, config, out, map_fn, progress, cache_path, evaluator).run(resume)
     with executor_map(config) as pool_map:
-        return _Search(scenario, config, out, pool_map, progress, cache_path).run(resume)
+        return _Search(scenario, config, out, pool_map, progress, cache_path,
+                       evaluator).run(resume)

@@ -3,8 +3,10 @@
 Node j of the route runs blocks [p_j, p_{j+1}) (plus the decoder of the compressing cut it
 receives and the encoder of the one it sends); hop j carries what the split at p_{j+1} sends: the
 raw input at the scenario's bits per element for position 0, the compressed activation, or 32-bit
-floats. A node that runs no block adds no compute stage; it still forwards. With
-``return_result`` the logits (32-bit floats) travel back along the route to the device.
+floats. A node that runs no block adds no compute stage; it still forwards. A request is done
+where its last block runs: the nodes after it on the route receive nothing (so "all on the
+device" sends nothing at all). With ``return_result`` the logits (32-bit floats) then travel back
+along the route to the device.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ class SegmentCost:
 
 def segment_costs(design: Design, profile: ModelProfile,
                   input_bits_per_element: int) -> list[SegmentCost]:
-    """Per node of the route: the blocks it runs and their cost (see the module docstring)."""
+    """Per node of the route up to the one that runs the last block: the blocks it runs and
+    their cost (see the module docstring)."""
     out = []
     segments = design.segments()
-    for j, (node, (a, b)) in enumerate(zip(design.route, segments, strict=True)):
+    last = max(j for j, (a, b) in enumerate(segments) if b > a)
+    segments = segments[: last + 1]
+    for j, (node, (a, b)) in enumerate(zip(design.route[: last + 1], segments, strict=True)):
         flops = sum(blk.flops for blk in profile.blocks[a:b])
         memory = profile.segment_memory_bytes(a, b)
         if b > a:
@@ -63,8 +68,9 @@ def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_elemen
             stages.append(Compute(cost.node, float(cost.flops)))
         if j < len(costs) - 1:
             stages.append(Transfer(cost.node, design.route[j + 1], float(cost.sent_bits)))
-    if return_result and len(design.route) > 1:
+    used = design.route[: len(costs)]
+    if return_result and len(used) > 1:
         logits_bits = float(profile.num_classes * 32)
-        for u, v in zip(design.route[:0:-1], design.route[-2::-1], strict=True):
+        for u, v in zip(used[:0:-1], used[-2::-1], strict=True):
             stages.append(Transfer(u, v, logits_bits))
     return tuple(stages)

@@ -88,11 +88,21 @@ def test_pipeline_of_a_design_by_hand() -> None:
         Transfer("edge", "cloud", float(codec.sent_bits)),  # the edge runs nothing: forwards
         Compute("cloud", float(codec.decoder_flops + sum(b.flops for b in p.blocks[2:n]))),
     )
-    raw = Design(arch, ("phone", "edge", "cloud"), (Cut(0), Cut(n)))
-    stages = design_pipeline(raw, profile_model(arch, s.input_shape, 10), 8,
-                             return_result=True)
+    plain = profile_model(arch, s.input_shape, 10)
+    raw = Design(arch, ("phone", "edge", "cloud"), (Cut(0), Cut(0)))
+    stages = design_pipeline(raw, plain, 8, return_result=True)
     assert stages[0] == Transfer("phone", "edge", 3 * 64 * 64 * 8.0)
     assert stages[-2:] == (Transfer("cloud", "edge", 320.0), Transfer("edge", "phone", 320.0))
+    # done at the edge: the cloud receives nothing, the result returns from the edge
+    edge_only = Design(arch, ("phone", "edge", "cloud"), (Cut(0), Cut(n)))
+    assert design_pipeline(edge_only, plain, 8, return_result=True) == (
+        Transfer("phone", "edge", 3 * 64 * 64 * 8.0),
+        Compute("edge", float(plain.total_flops)),
+        Transfer("edge", "phone", 320.0),
+    )
+    device_only = Design(arch, ("phone", "edge", "cloud"), (Cut(n), Cut(n)))
+    assert design_pipeline(device_only, plain, 8, return_result=True) == (
+        Compute("phone", float(plain.total_flops)),)
 
 
 @pytest.mark.parametrize("route", [("phone", "edge", "cloud"), ("phone", "edge"), ("phone",)])
@@ -313,26 +323,55 @@ def test_all_designs_are_distinct_and_complete() -> None:
         assert lay.canonical([int(rng.integers(b)) for b in lay.bounds]) in set(genomes)
 
 
-@pytest.mark.slow
-def test_nsga2_reaches_95_percent_of_the_true_front(tmp_path: Path) -> None:
-    from search.baselines import exhaustive_search, random_search
+def contested_three_tier() -> Any:
+    """Three tiers where compute and the fading uplink both matter: the true front trades 11 to
+    15 ms of latency for accuracy, and most split vectors of an architecture are far off it."""
+    d = three_tier()
+    d["input_shape"] = [3, 64, 64]
+    d["nodes"]["phone"]["flops"] = 3e8
+    d["nodes"]["edge"]["flops"] = 2e9
+    d["nodes"]["cloud"]["flops"] = 2e10
+    d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 10e6, "tx_power_dbm": 23,
+                                "distance_m": 100, "coherence_s": 0.02}
+    d["links"][1]["channel"]["rate_bps"] = 50e6
+    d["workload"]["warmup_tasks"] = 20
+    return scenario_from_dict(d)
 
-    s = two_tier()
+
+@pytest.mark.slow
+def test_nsga2_reaches_the_true_front_and_beats_random_search(tmp_path: Path) -> None:
+    from search.baselines import exhaustive_search, random_search
+    from search.indicators import igd, normalise
+
+    s = contested_three_tier()
     cache = str(tmp_path / "shared.sqlite")  # each architecture is trained once for all runs
-    budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}  # 70-83% on mnist5k
+    budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}  # 52-90% on mnist5k
     cfg = SearchConfig(budget=budget, executor="serial", sim_tasks=60,  # type: ignore[arg-type]
-                       compression=False, population=12, generations=10, hv_latency_ref_s=0.5)
-    truth = exhaustive_search(s, cfg, tmp_path / "all", cache_path=cache)
+                       compression=False, population=12, generations=10, hv_latency_ref_s=0.1)
+    truth = exhaustive_search(s, cfg, tmp_path / "all", cache_path=cache)  # 11,088 designs
     true_hv = truth.hypervolume()
+    true_front = normalise([e.objectives(cfg) for e in truth.front()], 0.1)
+
+    def quality(result: Any) -> tuple[float, float]:
+        pts = normalise([e.objectives(cfg) for e in result.front()], 0.1)
+        return result.hypervolume() / true_hv, igd(pts, true_front)
+
+    ga, rs = [], []
     for seed in range(3):
         c = cfg.with_changes(seed=seed)
         r = run_search(s, c, tmp_path / f"ga{seed}", cache_path=cache)
         assert set(r.evaluations) <= set(truth.evaluations)
         assert all(truth.evaluations[g] == e for g, e in r.evaluations.items())  # same scores
-        assert r.hypervolume() >= 0.95 * true_hv, (seed, r.hypervolume(), true_hv)
-        rs = random_search(s, c, len(r.evaluations), tmp_path / f"rs{seed}", cache_path=cache)
-        assert len(rs.evaluations) == len(r.evaluations)
-        assert rs.hypervolume() <= true_hv
+        ga.append(quality(r))
+        assert ga[-1][0] >= 0.95, (seed, ga[-1])
+        baseline = random_search(s, c, len(r.evaluations), tmp_path / f"rs{seed}",
+                                 cache_path=cache)
+        assert len(baseline.evaluations) == len(r.evaluations)
+        rs.append(quality(baseline))
+        assert rs[-1][0] <= 1.0
+    # same evaluations, averaged over the seeds: a larger hypervolume and a smaller IGD
+    assert np.mean([q[0] for q in ga]) > np.mean([q[0] for q in rs]), (ga, rs)
+    assert np.mean([q[1] for q in ga]) < np.mean([q[1] for q in rs]), (ga, rs)
 
 
 def test_route_gene_picks_among_the_scenario_paths() -> None:
