@@ -139,7 +139,7 @@ def _dask_map(address: str) -> Iterator[MapFn]:
     except ImportError:
         raise ValueError("executor dask needs the dask extra: pip install -e '.[dask]'") from None
     try:
-        client = Client(address, timeout=30)
+        client = Client(address, timeout=10)
     except OSError as exc:
         raise ValueError(f"cannot reach the Dask scheduler at {address!r} ({exc})") from None
     with client:
