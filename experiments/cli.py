@@ -182,6 +182,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .runner import run_all, run_named
+
+    out = Path(args.out)
+    progress = sys.stderr.isatty()
+    if args.name == "all":
+        report = run_all(out, args.quick, progress)
+        print(f"all experiments done; report: {report}")
+        return 0
+    output, seconds = run_named(args.name, out, args.quick, progress)
+    print(f"{args.name} done in {seconds:.0f} s: {output.text}")
+    print("files: " + ", ".join(str(out / args.name / f)
+                                for f in output.figures + output.tables))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jmsnas",
@@ -255,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/search-NAME-seedS)")
     p.add_argument("--resume", metavar="DIR", help="continue the search checkpointed in DIR")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "experiment",
+        help="run an experiment (tradeoff, pareto, channel, load, hops, convergence, validate) "
+        "or all of them with a report",
+        description="Run an experiment of experiments/configs/NAME.yaml. Writes CSV and PNG files "
+        "and the resolved config into OUT/NAME; 'all' also writes OUT/report.md. Rerunning with "
+        "the same --out resumes finished searches.",
+    )
+    p.add_argument("name", metavar="NAME", help="validate, tradeoff, pareto, channel, load, hops, "
+                   "convergence, or all")
+    p.add_argument("--quick", action="store_true",
+                   help="the small size: a few minutes on two cores")
+    p.add_argument("--out", default="runs/experiments", help="output folder "
+                   "(default runs/experiments)")
+    p.set_defaults(func=_cmd_experiment)
     return parser
 
 

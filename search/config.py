@@ -17,6 +17,7 @@ from pydantic import (
 
 from models.spec import ArchSpec
 from models.train import ProxyBudget
+from sim.scenario import load_yaml
 
 __all__ = ["BudgetConfig", "SearchConfig", "load_search_config"]
 
@@ -151,7 +152,7 @@ def load_search_config(path: str | Path) -> SearchConfig:
     """Read a search configuration YAML file (any key may be left out: defaults apply)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: cannot read the search configuration ({exc})") from None
     if not isinstance(data, dict):

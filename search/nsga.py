@@ -46,8 +46,8 @@ from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 
-__all__ = ["SearchResult", "executor_map", "front_hypervolume", "history_row", "pareto_front",
-           "run_search"]
+__all__ = ["SearchResult", "executor_map", "fingerprint", "front_hypervolume", "history_row",
+           "pareto_front", "run_search"]
 
 for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                         ("Fitness3", (1.0, -1.0, -1.0))):
@@ -152,7 +152,9 @@ def _dask_map(address: str) -> Iterator[MapFn]:
         yield dask_map
 
 
-def _fingerprint(scenario: Scenario, config: SearchConfig) -> str:
+def fingerprint(scenario: Scenario, config: SearchConfig) -> str:
+    """What a checkpoint must match to be resumed: the scenario and every setting that changes
+    results."""
     where = {"workers", "executor", "scheduler"}  # where training runs does not change results
     text = scenario.model_dump_json() + config.model_dump_json(exclude=where)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -181,7 +183,7 @@ class _Search:
         self.evaluations: dict[tuple[int, ...], Evaluation] = {}
         self.history: list[dict[str, float]] = []
         self.rng = np.random.default_rng(child(np.random.SeedSequence(config.seed), 7))
-        self.fingerprint = _fingerprint(scenario, config)
+        self.fingerprint = fingerprint(scenario, config)
 
     # -- genomes --------------------------------------------------------------------------
 

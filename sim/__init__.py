@@ -12,7 +12,7 @@ channel model) under a workload of one or more sources.
 
 from .errors import FastEvaluatorError, ScenarioError
 from .report import LatencyReport, ResourceStats, StageStats
-from .scenario import Scenario, load_scenario, scenario_from_dict
+from .scenario import Scenario, load_scenario, read_scenario_dict, scenario_from_dict
 from .simulate import SimulationResult, simulate
 from .workload import Compute, Pipeline, Stage, Transfer, training_pipeline
 
@@ -29,6 +29,7 @@ __all__ = [
     "StageStats",
     "Transfer",
     "load_scenario",
+    "read_scenario_dict",
     "scenario_from_dict",
     "simulate",
     "training_pipeline",

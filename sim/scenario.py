@@ -45,6 +45,8 @@ __all__ = [
     "TransferStageSpec",
     "WorkloadSpec",
     "load_scenario",
+    "load_yaml",
+    "read_scenario_dict",
     "scenario_from_dict",
 ]
 
@@ -314,22 +316,35 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return f"{where}: {_loc(tuple(first['loc']))}: {msg}{got}{tail}"
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read, validate and cross-check a scenario YAML file."""
+def load_yaml(text: str) -> Any:
+    """Parse YAML with the YAML 1.2 rule for floats (``20e6`` is a number), as scenario files
+    are; raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_scenario_dict(path: str | Path) -> dict[str, Any]:
+    """A scenario file's YAML as a plain dict, not yet validated (to vary it before
+    :func:`scenario_from_dict`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror})") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ScenarioError(f"{path}: not valid YAML{at}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario must be a mapping of keys to values")
-    return scenario_from_dict(data, base_dir=path.parent, where=str(path))
+    return data
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, validate and cross-check a scenario YAML file."""
+    path = Path(path)
+    return scenario_from_dict(read_scenario_dict(path), base_dir=path.parent, where=str(path))
 
 
 def scenario_from_dict(

@@ -1,0 +1,212 @@
+"""What every experiment shares: configs, scenario variants, searches that resume, CSV, figures.
+
+An experiment is a module of this package with ``TITLE``, ``run(ctx) -> Output`` and ``main``;
+its config is ``experiments/configs/NAME.yaml`` with a ``full`` mapping and a ``quick`` mapping of
+changes to it (``--quick``). Every experiment writes into ``OUT/NAME/``: ``config.yaml`` (the
+resolved config and the package version), CSV files and a PNG beside each. Searches keep their
+checkpoints in the experiment's folder and share one accuracy cache (``OUT/accuracy.sqlite``), so
+a killed experiment resumes where it stopped and no architecture is trained twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import yaml
+from matplotlib.figure import Figure
+
+from search.config import SearchConfig, validate_config
+from search.evaluate import Evaluation, Evaluator
+from search.nsga import CHECKPOINT, SearchResult, fingerprint, run_search
+from search.pipeline import segment_costs
+from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
+from sim.scenario import load_yaml
+
+from .cli import resolve_scenario_path
+
+__all__ = ["Context", "Output", "device_share", "experiment_main", "load_experiment_config",
+           "scenario_variant", "search", "variant_dict", "write_csv"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_experiment_config(name: str, quick: bool) -> dict[str, Any]:
+    """``configs/NAME.yaml``: its ``full`` mapping, with ``quick`` merged over it if asked."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    data = load_yaml(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("full"), dict):
+        raise ValueError(f"{path}: an experiment config needs a 'full' mapping")
+    return _merge(data["full"], data.get("quick") or {}) if quick else data["full"]
+
+
+def variant_dict(name: str, overrides: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], Path]:
+    """A shipped (or file) scenario's dict with dotted-path values replaced, e.g.
+    ``{"nodes.phone.flops": 1e9, "links.0.channel.distance_m": 200}`` (a value ``None`` deletes
+    the key), and the folder its relative paths start from. Not validated yet."""
+    path = resolve_scenario_path(name)
+    data = read_scenario_dict(path)
+    for dotted, value in (overrides or {}).items():
+        target: Any = data
+        parts = dotted.split(".")
+        try:
+            for part in parts[:-1]:
+                target = target[int(part)] if isinstance(target, list) else target[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"override {dotted!r}: no such place in scenario {name!r}") from None
+        last: Any = int(parts[-1]) if isinstance(target, list) else parts[-1]
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = copy.deepcopy(value)
+    return data, path.parent
+
+
+def scenario_variant(name: str, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """:func:`variant_dict`, validated like a scenario file."""
+    data, base_dir = variant_dict(name, overrides)
+    return scenario_from_dict(data, base_dir=base_dir, where=f"{name} with {dict(overrides or {})}")
+
+
+@dataclass
+class Output:
+    """What an experiment made, for the report."""
+
+    name: str
+    title: str
+    text: str
+    """Markdown: what the figure shows, with the numbers behind it."""
+    figures: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Where an experiment writes, at what size, with which shared cache."""
+
+    name: str
+    out: Path
+    quick: bool
+    progress: bool
+    config: dict[str, Any]
+
+    @property
+    def cache(self) -> str:
+        return str(self.out.parent / "accuracy.sqlite")
+
+    def search_config(self, **changes: Any) -> SearchConfig:
+        """The experiment's ``search`` mapping as a validated :class:`SearchConfig`."""
+        data = _merge(self.config.get("search", {}), {})
+        cfg = validate_config(data, f"{self.name} config: search")
+        return cfg.with_changes(**changes) if changes else cfg
+
+    def write_config(self) -> None:
+        try:
+            version = metadata.version("jmsnas")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        record = {"experiment": self.name, "quick": self.quick, "jmsnas_version": version,
+                  "command": " ".join(sys.argv), "config": self.config}
+        (self.out / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False),
+                                              encoding="utf-8")
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+
+def search(ctx: Context, scenario: Scenario, config: SearchConfig, label: str) -> SearchResult:
+    """A search in ``ctx.out/searches/LABEL-HASH`` (the hash of its scenario and config):
+    resumed if a checkpoint is there (a finished one just loads); a changed config starts anew
+    in its own folder."""
+    folder = ctx.out / "searches" / f"{label}-{fingerprint(scenario, config)[:10]}"
+    resume = (folder / CHECKPOINT).exists()
+    return run_search(scenario, config, folder, resume=resume, cache_path=ctx.cache,
+                      progress=ctx.progress)
+
+
+def device_share(evaluator: Evaluator, ev: Evaluation) -> list[float]:
+    """Share of the design's FLOPs run by each node of its route (0 for nodes after the end)."""
+    design = evaluator.layout.decode(ev.genome)
+    costs = segment_costs(design, evaluator.profile(design),
+                          evaluator.scenario.input_bits_per_element)
+    total = sum(c.flops for c in costs) or 1
+    shares = [c.flops / total for c in costs]
+    return shares + [0.0] * (len(design.route) - len(shares))
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Rows with exactly ``columns`` (a missing or extra key is a bug, so it raises)."""
+    rows = list(rows)
+    for row in rows:
+        if set(row) != set(columns):
+            raise KeyError(f"{path.name}: row keys {sorted(row)} are not {sorted(columns)}")
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def experiment_main(name: str, run: Callable[[Context], Output],
+                    argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.NAME [--quick] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}")
+    parser.add_argument("--quick", action="store_true", help="the small size (minutes)")
+    parser.add_argument("--out", default="runs/experiments", help="output folder")
+    args = parser.parse_args(argv)
+    try:
+        output = run_experiment(name, run, Path(args.out), args.quick, sys.stderr.isatty())
+    except (ScenarioError, ValueError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"experiment": output.name, "figures": output.figures,
+                      "tables": output.tables}))
+    return 0
+
+
+def run_experiment(name: str, run: Callable[[Context], Output], out: Path, quick: bool,
+                   progress: bool) -> Output:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = Context(name, folder, quick, progress, load_experiment_config(name, quick))
+    ctx.write_config()
+    return run(ctx)

@@ -1,0 +1,94 @@
+"""tradeoff: accuracy against completion latency as lambda sweeps, and where the model is split.
+
+One scalarised search per lambda (:func:`search.sweep.lambda_sweep`, one accuracy cache); for each
+lambda the best design among everything the sweep evaluated, with the share of its FLOPs that each
+node of its route runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib import pyplot as plt
+
+from search.evaluate import Evaluator
+from search.sweep import lambda_sweep
+
+from .common import (
+    Context,
+    Output,
+    device_share,
+    experiment_main,
+    save,
+    scenario_variant,
+    write_csv,
+)
+
+TITLE = "Accuracy against latency as lambda sweeps"
+
+
+def run(ctx: Context) -> Output:
+    c = ctx.config
+    scenario = scenario_variant(c["scenario"], c.get("overrides"))
+    cfg = ctx.search_config()
+    sweep = lambda_sweep(scenario, cfg, [float(x) for x in c["lams"]], ctx.out / "searches",
+                         cache_path=ctx.cache, progress=ctx.progress)
+    evaluator = Evaluator(scenario, cfg, ctx.cache)
+    path = list(scenario.path)
+    columns = ["lam", "accuracy", "latency_s", "p95_latency_s", "device_energy_j", "arch",
+               "design", *[f"share_{n}" for n in path]]
+    rows: list[dict[str, Any]] = []
+    for lam, ev in zip(sweep.lams, sweep.choices(), strict=True):
+        shares = device_share(evaluator, ev)
+        route = evaluator.layout.decode(ev.genome).route
+        by_node = dict.fromkeys(path, 0.0) | dict(zip(route, shares, strict=True))
+        rows.append({"lam": lam, "accuracy": ev.accuracy, "latency_s": ev.latency_s,
+                     "p95_latency_s": ev.p95_latency_s, "device_energy_j": ev.device_energy_j,
+                     "arch": ev.arch, "design": ev.design,
+                     **{f"share_{n}": by_node.get(n, 0.0) for n in path}})
+    write_csv(ctx.path("tradeoff.csv"), rows, columns)
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    pool = sweep.pool()
+    ax.scatter([1e3 * e.latency_s for e in pool], [100 * e.accuracy for e in pool], s=10,
+               color="0.75", label=f"evaluated ({len(pool)})")
+    ax.plot([1e3 * r["latency_s"] for r in rows], [100 * r["accuracy"] for r in rows], "o-",
+            color="tab:red", label="best for lambda")
+    for r in rows:
+        ax.annotate(f"{r['lam']:g}", (1e3 * r["latency_s"], 100 * r["accuracy"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean completion latency (ms, log scale)")
+    ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
+    ax.set_title("trade-off curve (labels: lambda, 1/s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for n in path:
+        share = np.array([r[f"share_{n}"] for r in rows])
+        bx.bar(x, 100 * share, bottom=100 * bottom, label=n)
+        bottom += share
+    bx.set_xticks(x, [f"{r['lam']:g}" for r in rows])
+    bx.set_xlabel("lambda (1/s)")
+    bx.set_ylabel("share of the model's FLOPs (%)")
+    bx.set_title("where the chosen design runs")
+    bx.legend()
+    save(fig, ctx.path("tradeoff.png"))
+    first, last = rows[0], rows[-1]
+    text = (f"On {scenario.name} (overrides {c.get('overrides') or 'none'}), lambda from "
+            f"{first['lam']:g} to {last['lam']:g} per second moves the chosen design from "
+            f"{100 * first['accuracy']:.1f}% at {1e3 * first['latency_s']:.1f} ms to "
+            f"{100 * last['accuracy']:.1f}% at {1e3 * last['latency_s']:.1f} ms; the phone runs "
+            f"{100 * first[f'share_{path[0]}']:.0f}% then {100 * last[f'share_{path[0]}']:.0f}% "
+            f"of the FLOPs. {len(pool)} designs were evaluated over {len(rows)} searches.")
+    return Output("tradeoff", TITLE, text, ["tradeoff.png"], ["tradeoff.csv"])
+
+
+def main() -> int:
+    return experiment_main("tradeoff", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
