@@ -26,6 +26,8 @@ from .common import (
 )
 
 TITLE = "Accuracy against latency as lambda sweeps"
+COLUMNS = ["lam", "accuracy", "latency_s", "p95_latency_s", "device_energy_j", "device_share",
+           "shares", "arch", "design"]
 
 
 def run(ctx: Context) -> Output:
@@ -36,18 +38,19 @@ def run(ctx: Context) -> Output:
                          cache_path=ctx.cache, progress=ctx.progress)
     evaluator = Evaluator(scenario, cfg, ctx.cache)
     path = list(scenario.path)
-    columns = ["lam", "accuracy", "latency_s", "p95_latency_s", "device_energy_j", "arch",
-               "design", *[f"share_{n}" for n in path]]
     rows: list[dict[str, Any]] = []
+    by_lam: list[dict[str, float]] = []
     for lam, ev in zip(sweep.lams, sweep.choices(), strict=True):
         shares = device_share(evaluator, ev)
         route = evaluator.layout.decode(ev.genome).route
         by_node = dict.fromkeys(path, 0.0) | dict(zip(route, shares, strict=True))
+        by_lam.append(by_node)
         rows.append({"lam": lam, "accuracy": ev.accuracy, "latency_s": ev.latency_s,
                      "p95_latency_s": ev.p95_latency_s, "device_energy_j": ev.device_energy_j,
-                     "arch": ev.arch, "design": ev.design,
-                     **{f"share_{n}": by_node.get(n, 0.0) for n in path}})
-    write_csv(ctx.path("tradeoff.csv"), rows, columns)
+                     "device_share": shares[0],
+                     "shares": ";".join(f"{n}={v:.4g}" for n, v in by_node.items()),
+                     "arch": ev.arch, "design": ev.design})
+    write_csv(ctx.path("tradeoff.csv"), rows, COLUMNS)
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     pool = sweep.pool()
@@ -66,8 +69,8 @@ def run(ctx: Context) -> Output:
     ax.legend()
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
-    for n in path:
-        share = np.array([r[f"share_{n}"] for r in rows])
+    for n in by_lam[0]:
+        share = np.array([b.get(n, 0.0) for b in by_lam])
         bx.bar(x, 100 * share, bottom=100 * bottom, label=n)
         bottom += share
     bx.set_xticks(x, [f"{r['lam']:g}" for r in rows])
@@ -80,8 +83,8 @@ def run(ctx: Context) -> Output:
     text = (f"On {scenario.name} (overrides {c.get('overrides') or 'none'}), lambda from "
             f"{first['lam']:g} to {last['lam']:g} per second moves the chosen design from "
             f"{100 * first['accuracy']:.1f}% at {1e3 * first['latency_s']:.1f} ms to "
-            f"{100 * last['accuracy']:.1f}% at {1e3 * last['latency_s']:.1f} ms; the phone runs "
-            f"{100 * first[f'share_{path[0]}']:.0f}% then {100 * last[f'share_{path[0]}']:.0f}% "
+            f"{100 * last['accuracy']:.1f}% at {1e3 * last['latency_s']:.1f} ms; the device runs "
+            f"{100 * first['device_share']:.0f}% then {100 * last['device_share']:.0f}% "
             f"of the FLOPs. {len(pool)} designs were evaluated over {len(rows)} searches.")
     return Output("tradeoff", TITLE, text, ["tradeoff.png"], ["tradeoff.csv"])
 

@@ -1,0 +1,130 @@
+"""`jmsnas experiment all --quick` end to end, and the model properties its numbers must show."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.cli import main
+from experiments.common import scenario_variant
+from experiments.runner import EXPERIMENTS
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("experiments")
+    assert main(["experiment", "all", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def read(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def documented_columns() -> dict[str, list[str]]:
+    """Each experiment module's CSV columns, by file name."""
+    out = {}
+    for name in EXPERIMENTS:
+        module = importlib.import_module(f"experiments.{name}")
+        for attr in dir(module):
+            if attr.endswith("COLUMNS"):
+                prefix = attr.removesuffix("COLUMNS").rstrip("_").lower()
+                out[(name, prefix)] = getattr(module, attr)
+    return out  # type: ignore[return-value]
+
+
+EXPECTED = {
+    "validate": {"validate.csv": "", "validate.png": None},
+    "tradeoff": {"tradeoff.csv": "", "tradeoff.png": None},
+    "pareto": {"pareto_points.csv": "point", "pareto_hypervolume.csv": "hv", "pareto.png": None},
+    "channel": {"channel.csv": "", "channel_robustness.csv": "matrix", "channel.png": None},
+    "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
+    "hops": {"hops.csv": "", "hops_fronts.csv": "point", "hops.png": None},
+    "convergence": {"convergence.csv": "", "convergence.png": None},
+}
+
+
+def test_every_file_exists_with_its_documented_columns(quick_run: Path) -> None:
+    readme = README.read_text(encoding="utf-8")
+    columns = documented_columns()
+    assert set(EXPECTED) == set(EXPERIMENTS)
+    for name, files in EXPECTED.items():
+        assert (quick_run / name / "config.yaml").stat().st_size > 0
+        for fname, kind in files.items():
+            path = quick_run / name / fname
+            assert path.stat().st_size > 0, path
+            if kind is None:
+                assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                continue
+            header, rows = read(path)
+            assert header == list(columns[(name, kind)]), path
+            assert rows, path
+            assert f"`{fname}`" in readme, f"README does not document {fname}"
+            for col in header:
+                assert f"`{col}`" in readme, f"README does not document column {col} of {fname}"
+    report = (quick_run / "report.md").read_text(encoding="utf-8")
+    for name, files in EXPECTED.items():
+        for fname, kind in files.items():
+            if kind is None:
+                assert f"({name}/{fname})" in report
+
+
+def test_validate_agrees_with_the_closed_forms(quick_run: Path) -> None:
+    _, rows = read(quick_run / "validate" / "validate.csv")
+    for r in rows:
+        sim, half, closed = float(r["simulated"]), float(r["ci95_half_width"]), \
+            float(r["closed_form"])
+        assert abs(sim - closed) <= 3 * half, r
+
+
+def test_latency_of_a_fixed_design_does_not_fall_when_the_channel_rate_drops(
+        quick_run: Path) -> None:
+    _, rows = read(quick_run / "channel" / "channel_robustness.csv")
+    checked = 0
+    for design in {r["designed_for"] for r in rows}:
+        for family in ("distance", "extreme"):  # same fading draws within a family
+            sel = sorted((r for r in rows if r["designed_for"] == design
+                          and r["family"] == family), key=lambda r: -float(r["mean_rate_bps"]))
+            lat = [float(r["latency_s"]) for r in sel]
+            assert len(lat) == 2 and lat[0] < lat[1] * (1 + 1e-12), (design, family, lat)
+            checked += 1
+    assert checked == 8
+
+
+def test_a_slow_uplink_keeps_more_flops_on_the_device(quick_run: Path) -> None:
+    _, rows = read(quick_run / "channel" / "channel.csv")
+    by = {r["condition"]: r for r in rows}
+    slow, fast = by["0.5 Mbit/s"], by["500 Mbit/s"]
+    assert float(slow["fastest_device_share"]) > float(fast["fastest_device_share"])
+
+
+def test_p95_latency_of_a_fixed_design_grows_with_the_request_rate(quick_run: Path) -> None:
+    _, rows = read(quick_run / "load" / "load_rate.csv")
+    for label in {r["label"] for r in rows}:
+        sel = sorted((r for r in rows if r["label"] == label), key=lambda r: float(r["rate_hz"]))
+        p95 = [float(r["p95_latency_s"]) for r in sel]
+        assert p95 == sorted(p95) and p95[-1] > p95[0], (label, p95)
+
+
+def test_rerun_resumes_the_finished_searches(quick_run: Path) -> None:
+    folders = sorted(p.name for p in (quick_run / "hops" / "searches").iterdir())
+    before = (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8")
+    assert main(["experiment", "hops", "--quick", "--out", str(quick_run)]) == 0
+    assert sorted(p.name for p in (quick_run / "hops" / "searches").iterdir()) == folders
+    assert (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8") == before
+
+
+def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "nosuch", "--quick", "--out", "/tmp/unused"]) == 2
+    assert "unknown experiment 'nosuch'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="override 'nodes.moon.flops': no such place"):
+        scenario_variant("three-tier", {"nodes.moon.flops": 1.0})
