@@ -22,6 +22,7 @@ from .common import (
     Output,
     device_share,
     experiment_main,
+    front_of,
     save,
     scenario_variant,
     search,
@@ -59,7 +60,7 @@ def run(ctx: Context) -> Output:
         scenario = scenario_variant(c["scenario"], overrides)
         ev = Evaluator(scenario, cfg, ctx.cache)
         result = search(ctx, scenario, cfg, label.replace(" ", "_").replace("/", "per"))
-        front = result.front()
+        front = front_of(result, f"channel condition {label!r}")
         pick, fastest = choose(front, float(c["accuracy_slack"])), front[0]
         chosen[label] = ev.layout.decode(pick.genome)
         evaluators[label] = ev

@@ -39,8 +39,8 @@ from sim.scenario import load_yaml
 
 from .cli import resolve_scenario_path
 
-__all__ = ["Context", "Output", "device_share", "experiment_main", "load_experiment_config",
-           "scenario_variant", "search", "variant_dict", "write_csv"]
+__all__ = ["Context", "Output", "device_share", "experiment_main", "front_of", "latency_label",
+           "load_experiment_config", "scenario_variant", "search", "variant_dict", "write_csv"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -77,13 +77,21 @@ def variant_dict(name: str, overrides: Mapping[str, Any] | None = None
         try:
             for part in parts[:-1]:
                 target = target[int(part)] if isinstance(target, list) else target[part]
+            if isinstance(target, list):
+                index = int(parts[-1])
+                if value is None:
+                    del target[index]
+                else:
+                    target[index] = copy.deepcopy(value)
+            elif isinstance(target, dict):
+                if value is None:
+                    target.pop(parts[-1], None)
+                else:
+                    target[parts[-1]] = copy.deepcopy(value)
+            else:
+                raise TypeError
         except (KeyError, IndexError, ValueError, TypeError):
             raise ValueError(f"override {dotted!r}: no such place in scenario {name!r}") from None
-        last: Any = int(parts[-1]) if isinstance(target, list) else parts[-1]
-        if value is None:
-            target.pop(last, None)
-        else:
-            target[last] = copy.deepcopy(value)
     return data, path.parent
 
 
@@ -147,6 +155,20 @@ def search(ctx: Context, scenario: Scenario, config: SearchConfig, label: str) -
     resume = (folder / CHECKPOINT).exists()
     return run_search(scenario, config, folder, resume=resume, cache_path=ctx.cache,
                       progress=ctx.progress)
+
+
+def front_of(result: SearchResult, what: str) -> list[Evaluation]:
+    """The result's front, or a clear error when no design was feasible."""
+    front = result.front()
+    if not front:
+        raise ValueError(f"{what}: no feasible design was found (memory limits or deadline too "
+                         "tight, or every training failed); see its evaluations")
+    return front
+
+
+def latency_label(config: SearchConfig) -> str:
+    """Axis label of the latency objective."""
+    return f"{config.latency} completion latency (ms, log scale)"
 
 
 def device_share(evaluator: Evaluator, ev: Evaluation) -> list[float]:

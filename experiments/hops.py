@@ -12,7 +12,17 @@ from matplotlib import pyplot as plt
 
 from search.nsga import front_hypervolume
 
-from .common import Context, Output, experiment_main, save, scenario_variant, search, write_csv
+from .common import (
+    Context,
+    Output,
+    experiment_main,
+    front_of,
+    latency_label,
+    save,
+    scenario_variant,
+    search,
+    write_csv,
+)
 
 TITLE = "Two, three and four tiers"
 COLUMNS = ["topology", "split_points", "hypervolume", "front_size", "evaluations",
@@ -47,7 +57,7 @@ def run(ctx: Context) -> Output:
     fronts = {}
     for label, (splits, scenario) in topologies(c).items():
         result = search(ctx, scenario, cfg, label.replace(" ", "-"))
-        front = result.front()
+        front = front_of(result, label)
         fronts[label] = front
         evs = list(result.evaluations.values())
         rows.append({"topology": label, "split_points": splits,
@@ -63,7 +73,7 @@ def run(ctx: Context) -> Output:
         ax.step([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front], "o-",
                 where="post", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("mean completion latency (ms, log scale)")
+    ax.set_xlabel(latency_label(cfg))
     ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
     ax.set_title("Pareto fronts by number of tiers")
     ax.grid(alpha=0.3)

@@ -22,6 +22,7 @@ from .common import (
     Output,
     device_share,
     experiment_main,
+    front_of,
     save,
     scenario_variant,
     search,
@@ -59,7 +60,7 @@ def run(ctx: Context) -> Output:
     cfg = ctx.search_config()
     overrides = dict(c.get("overrides") or {})
     scenario = scenario_variant(c["scenario"], overrides)
-    front = search(ctx, scenario, cfg, "base").front()
+    front = front_of(search(ctx, scenario, cfg, "base"), "load: the base search")
     picks = {"fastest": front[0], "middle": front[len(front) // 2], "most accurate": front[-1]}
     rate_rows: list[dict[str, Any]] = []
     for rate in c["rates_hz"]:
@@ -77,12 +78,13 @@ def run(ctx: Context) -> Output:
     for n in c["devices"]:
         shared = shared_edge(c["scenario"], overrides, int(n))
         result = search(ctx, shared, cfg, f"devices-{n}")
-        fastest = result.front()[0]
+        devices_front = front_of(result, f"load with {n} devices")
+        fastest = devices_front[0]
         ev = Evaluator(shared, cfg, ctx.cache)
         device_rows.append({"devices": int(n), "fastest_latency_s": fastest.latency_s,
                             "fastest_p95_latency_s": fastest.p95_latency_s,
                             "fastest_device_share": device_share(ev, fastest)[0],
-                            "front_size": len(result.front()),
+                            "front_size": len(devices_front),
                             "fastest_design": f"{fastest.arch} {fastest.design}"})
     write_csv(ctx.path("load_devices.csv"), device_rows, DEVICE_COLUMNS)
 

@@ -23,7 +23,16 @@ from search.baselines import (
 from search.evaluate import Evaluation
 from search.nsga import front_hypervolume, pareto_front
 
-from .common import Context, Output, experiment_main, save, scenario_variant, search, write_csv
+from .common import (
+    Context,
+    Output,
+    experiment_main,
+    latency_label,
+    save,
+    scenario_variant,
+    search,
+    write_csv,
+)
 
 TITLE = "The joint search against the baselines"
 POINT_COLUMNS = ["method", "accuracy", "latency_s", "p95_latency_s", "device_energy_j",
@@ -82,7 +91,7 @@ def run(ctx: Context) -> Output:
                 where="post", label=method, lw=2.2 if method == "joint NSGA-II" else 1.2,
                 ms=5)
     ax.set_xscale("log")
-    ax.set_xlabel("mean completion latency (ms, log scale)")
+    ax.set_xlabel(latency_label(cfg))
     ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
     ax.set_title(f"Pareto fronts on {scenario.name}")
     ax.grid(alpha=0.3)

@@ -13,15 +13,17 @@ import numpy as np
 from matplotlib import pyplot as plt
 
 from search.evaluate import Evaluator
-from search.sweep import lambda_sweep
+from search.sweep import LambdaSweep
 
 from .common import (
     Context,
     Output,
     device_share,
     experiment_main,
+    latency_label,
     save,
     scenario_variant,
+    search,
     write_csv,
 )
 
@@ -34,8 +36,10 @@ def run(ctx: Context) -> Output:
     c = ctx.config
     scenario = scenario_variant(c["scenario"], c.get("overrides"))
     cfg = ctx.search_config()
-    sweep = lambda_sweep(scenario, cfg, [float(x) for x in c["lams"]], ctx.out / "searches",
-                         cache_path=ctx.cache, progress=ctx.progress)
+    lams = tuple(float(x) for x in c["lams"])
+    runs = [search(ctx, scenario, cfg.with_changes(objective="scalarized", lam=lam),
+                   f"lam-{lam:g}") for lam in lams]  # each resumes like any search
+    sweep = LambdaSweep(lams, runs)
     evaluator = Evaluator(scenario, cfg, ctx.cache)
     path = list(scenario.path)
     rows: list[dict[str, Any]] = []
@@ -62,7 +66,7 @@ def run(ctx: Context) -> Output:
         ax.annotate(f"{r['lam']:g}", (1e3 * r["latency_s"], 100 * r["accuracy"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("mean completion latency (ms, log scale)")
+    ax.set_xlabel(latency_label(cfg))
     ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
     ax.set_title("trade-off curve (labels: lambda, 1/s)")
     ax.grid(alpha=0.3)

@@ -46,8 +46,8 @@ from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 
-__all__ = ["SearchResult", "executor_map", "fingerprint", "front_hypervolume", "history_row",
-           "pareto_front", "run_search"]
+__all__ = ["CHECKPOINT", "SearchResult", "executor_map", "fingerprint", "front_hypervolume",
+           "history_row", "pareto_front", "run_search"]
 
 for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                         ("Fitness3", (1.0, -1.0, -1.0))):
@@ -57,7 +57,8 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 1
+_FORMAT = 2
+"""Checkpoint format and scoring model: 2 since a request ends at the node of its last block."""
 
 
 @dataclass
@@ -156,7 +157,9 @@ def fingerprint(scenario: Scenario, config: SearchConfig) -> str:
     """What a checkpoint must match to be resumed: the scenario and every setting that changes
     results."""
     where = {"workers", "executor", "scheduler"}  # where training runs does not change results
-    text = scenario.model_dump_json() + config.model_dump_json(exclude=where)
+    arch = config.fixed_architecture()  # its blocks, not the name of a file that may change
+    text = (f"format {_FORMAT}\n" + scenario.model_dump_json()
+            + config.model_dump_json(exclude=where) + (arch.to_json() if arch else ""))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

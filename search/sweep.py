@@ -46,11 +46,11 @@ class LambdaSweep:
         pool = self.pool()
         if not pool:
             raise ValueError("no feasible design was found for any lambda")
-        return [max(pool, key=partial(_scalar, lam=lam)) for lam in self.lams]
+        return [max(pool, key=partial(_objective, config=run.config)) for run in self.runs]
 
 
-def _scalar(e: Evaluation, lam: float) -> float:
-    return e.accuracy - lam * e.latency_s
+def _objective(e: Evaluation, config: SearchConfig) -> float:
+    return e.objectives(config)[0]
 
 
 def lambda_sweep(scenario: Scenario, config: SearchConfig, lams: Sequence[float],

@@ -143,7 +143,7 @@ def test_two_stage_splits_its_accuracy_flops_front_optimally(tmp_path: Path) -> 
     s = quiet_three_tier()
     cfg = config(population=6, generations=2)
     result = two_stage_baseline(s, cfg, tmp_path, map_fn=map)
-    stage1 = [e for e in result.evaluations if e not in result.offered]
+    stage1 = result.first_stage
     assert len(stage1) >= cfg.population
     pts = normalise([(e.accuracy, e.latency_s) for e in stage1], 1.0)
     front = {e.arch for e, m in zip(stage1, nondominated(pts), strict=True) if m}

@@ -115,16 +115,31 @@ def test_p95_latency_of_a_fixed_design_grows_with_the_request_rate(quick_run: Pa
         assert p95 == sorted(p95) and p95[-1] > p95[0], (label, p95)
 
 
-def test_rerun_resumes_the_finished_searches(quick_run: Path) -> None:
-    folders = sorted(p.name for p in (quick_run / "hops" / "searches").iterdir())
+def test_rerun_resumes_the_finished_searches(quick_run: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.evaluate import Evaluator
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished search evaluated designs again")
+
+    checkpoints = sorted((quick_run / "hops" / "searches").glob("*/checkpoint.pkl"))
+    assert len(checkpoints) == 3
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
     before = (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8")
+    monkeypatch.setattr(Evaluator, "evaluate_designs", refuse)
     assert main(["experiment", "hops", "--quick", "--out", str(quick_run)]) == 0
-    assert sorted(p.name for p in (quick_run / "hops" / "searches").iterdir()) == folders
+    assert sorted((quick_run / "hops" / "searches").glob("*/checkpoint.pkl")) == checkpoints
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     assert (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8") == before
 
 
 def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment", "nosuch", "--quick", "--out", "/tmp/unused"]) == 2
     assert "unknown experiment 'nosuch'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="override 'nodes.moon.flops': no such place"):
-        scenario_variant("three-tier", {"nodes.moon.flops": 1.0})
+    for bad in ("nodes.moon.flops", "links.9.channel", "links.x", "name.first"):
+        with pytest.raises(ValueError, match=rf"^override {bad!r}: no such place"):
+            scenario_variant("three-tier", {bad: 1.0})
+    cut = scenario_variant("three-tier", {"path": ["phone", "edge"], "links.1": None,
+                                          "pipeline.4": None, "pipeline.3": None,
+                                          "nodes.phone.memory_bytes": None})  # deletions
+    assert len(cut.links) == 1 and cut.nodes["phone"].memory_bytes is None
