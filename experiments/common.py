@@ -39,7 +39,8 @@ from sim.scenario import load_yaml
 
 from .cli import resolve_scenario_path
 
-__all__ = ["Context", "Output", "device_share", "experiment_main", "front_of", "latency_label",
+__all__ = ["Context", "Output", "device_share", "experiment_main", "front_axes", "front_of",
+           "latency_label",
            "load_experiment_config", "scenario_variant", "search", "variant_dict", "write_csv"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -169,6 +170,16 @@ def front_of(result: SearchResult, what: str) -> list[Evaluation]:
 def latency_label(config: SearchConfig) -> str:
     """Axis label of the latency objective."""
     return f"{config.latency} completion latency (ms, log scale)"
+
+
+def front_axes(ax: Any, config: SearchConfig, title: str, legend_size: float = 10) -> None:
+    """Label an accuracy-against-latency plot (latency in ms on a log axis)."""
+    ax.set_xscale("log")
+    ax.set_xlabel(latency_label(config))
+    ax.set_ylabel(f"proxy accuracy on {config.dataset} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
 
 
 def device_share(evaluator: Evaluator, ev: Evaluation) -> list[float]:

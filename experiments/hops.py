@@ -16,8 +16,8 @@ from .common import (
     Context,
     Output,
     experiment_main,
+    front_axes,
     front_of,
-    latency_label,
     save,
     scenario_variant,
     search,
@@ -72,12 +72,7 @@ def run(ctx: Context) -> Output:
     for label, front in fronts.items():
         ax.step([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front], "o-",
                 where="post", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel(latency_label(cfg))
-    ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
-    ax.set_title("Pareto fronts by number of tiers")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    front_axes(ax, cfg, "Pareto fronts by number of tiers")
     save(fig, ctx.path("hops.png"))
     text = "Hypervolume of the joint search's front: " + ", ".join(
         f"{r['topology']} ({r['split_points']} split point{'s' if r['split_points'] > 1 else ''})"

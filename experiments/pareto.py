@@ -27,7 +27,7 @@ from .common import (
     Context,
     Output,
     experiment_main,
-    latency_label,
+    front_axes,
     save,
     scenario_variant,
     search,
@@ -90,12 +90,7 @@ def run(ctx: Context) -> Output:
         ax.step([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front], style,
                 where="post", label=method, lw=2.2 if method == "joint NSGA-II" else 1.2,
                 ms=5)
-    ax.set_xscale("log")
-    ax.set_xlabel(latency_label(cfg))
-    ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
-    ax.set_title(f"Pareto fronts on {scenario.name}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    front_axes(ax, cfg, f"Pareto fronts on {scenario.name}", legend_size=8)
     save(fig, ctx.path("pareto.png"))
     ranked = sorted(table, key=lambda r: -r["hypervolume"])
     lines = "\n".join(f"| {r['method']} | {r['hypervolume']:.4f} | {r['front_size']} | "

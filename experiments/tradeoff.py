@@ -20,7 +20,7 @@ from .common import (
     Output,
     device_share,
     experiment_main,
-    latency_label,
+    front_axes,
     save,
     scenario_variant,
     search,
@@ -65,12 +65,7 @@ def run(ctx: Context) -> Output:
     for r in rows:
         ax.annotate(f"{r['lam']:g}", (1e3 * r["latency_s"], 100 * r["accuracy"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel(latency_label(cfg))
-    ax.set_ylabel(f"proxy accuracy on {cfg.dataset} (%)")
-    ax.set_title("trade-off curve (labels: lambda, 1/s)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    front_axes(ax, cfg, "trade-off curve (labels: lambda, 1/s)")
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
     for n in by_lam[0]:
