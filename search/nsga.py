@@ -9,6 +9,7 @@ operators and the binary tournament are written here because DEAP's draw from Py
 - tournament: two random individuals, the lower non-domination rank wins, then the larger
   crowding distance (Deb et al. 2002);
 - uniform crossover of the genes, with probability ``crossover_prob`` per pair;
+- offspring are fresh: one that repeats an evaluated design is mutated again (``FRESH_TRIES``);
 - mutation: each gene with probability ``mutation_prob`` is redrawn uniformly in its range; a
   split position is instead, a third of the time each, moved by 1 to 3 blocks (splits creep) or
   snapped to an end of its range (the hop carries the raw input, or the request ends before the
@@ -57,8 +58,13 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 2
-"""Checkpoint format and scoring model: 2 since a request ends at the node of its last block."""
+_FORMAT = 3
+"""Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
+block, 3 since offspring are made fresh."""
+FRESH_TRIES = 20
+"""An offspring equal to a design already evaluated (or to a sibling) is mutated again, one
+random gene at a time, up to this many times: otherwise a converging population spends much of
+its budget re-drawing known designs, which cost nothing but also teach nothing."""
 
 
 @dataclass
@@ -223,17 +229,26 @@ class _Search:
                 x[swap], y[swap] = y[swap], x[swap]
             for z in (x, y):
                 for i in np.flatnonzero(self.rng.random(z.size) < self.pm):
-                    move = self.rng.random() if i in self.split_genes else 1.0
-                    if move < 1 / 3:  # creep
-                        step = int(self.rng.integers(1, 4)) * (1 if self.rng.random() < 0.5 else -1)
-                        z[i] = min(max(z[i] + step, 0), self.bounds[i] - 1)
-                    elif move < 2 / 3:  # snap to an end: the hop carries the raw input, or the
-                        # request is done before it (decoding clips to the depth)
-                        z[i] = 0 if self.rng.random() < 0.5 else self.bounds[i] - 1
-                    else:
-                        z[i] = self.rng.integers(self.bounds[i])
-                kids.append(self.layout.canonical(z.tolist()))
+                    self.mutate_gene(z, int(i))
+                kid = self.layout.canonical(z.tolist())
+                for _ in range(FRESH_TRIES):  # spend evaluations on designs not seen yet
+                    if kid not in self.evaluations and kid not in kids:
+                        break
+                    self.mutate_gene(z, int(self.rng.integers(z.size)))
+                    kid = self.layout.canonical(z.tolist())
+                kids.append(kid)
         return kids
+
+    def mutate_gene(self, z: np.ndarray[Any, Any], i: int) -> None:
+        move = self.rng.random() if i in self.split_genes else 1.0
+        if move < 1 / 3:  # creep
+            step = int(self.rng.integers(1, 4)) * (1 if self.rng.random() < 0.5 else -1)
+            z[i] = min(max(z[i] + step, 0), self.bounds[i] - 1)
+        elif move < 2 / 3:  # snap to an end: the hop carries the raw input, or the request is
+            # done before it (decoding clips to the depth)
+            z[i] = 0 if self.rng.random() < 0.5 else self.bounds[i] - 1
+        else:
+            z[i] = self.rng.integers(self.bounds[i])
 
     def tournament(self, pop: list[Any]) -> list[tuple[int, ...]]:
         fronts = tools.sortNondominated(pop, len(pop))
