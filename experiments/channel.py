@@ -111,7 +111,9 @@ def run(ctx: Context) -> Output:
     mx.set_ylabel("searched for")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            mx.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+            v = grid[i, j]
+            mx.text(j, i, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center", va="center",
+                    fontsize=6)
     fig.colorbar(im, ax=mx, label="log10 latency / own choice's")
     mx.set_title("robustness: latency relative to the channel's own choice")
     save(fig, ctx.path("channel.png"))
