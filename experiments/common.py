@@ -130,7 +130,7 @@ class Context:
 
     def search_config(self, **changes: Any) -> SearchConfig:
         """The experiment's ``search`` mapping as a validated :class:`SearchConfig`."""
-        data = _merge(self.config.get("search", {}), {})
+        data = copy.deepcopy(self.config.get("search", {}))
         cfg = validate_config(data, f"{self.name} config: search")
         return cfg.with_changes(**changes) if changes else cfg
 

@@ -1,8 +1,8 @@
 """tradeoff: accuracy against completion latency as lambda sweeps, and where the model is split.
 
-One scalarised search per lambda (:func:`search.sweep.lambda_sweep`, one accuracy cache); for each
-lambda the best design among everything the sweep evaluated, with the share of its FLOPs that each
-node of its route runs.
+One scalarised search per lambda (as :func:`search.sweep.lambda_sweep` runs them, but each a
+resumable experiment search; one accuracy cache); for each lambda the best design among everything
+the sweep evaluated, with the share of its FLOPs that each node of its route runs.
 """
 
 from __future__ import annotations
