@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from deploy import DeployError
 from models.profile import ModelProfile, profile_model
 from models.resolve import resolve_architecture
 from sim import LatencyReport, ScenarioError, load_scenario, simulate
@@ -182,6 +183,39 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from deploy import deploy, load_design
+    from sim.scenario import read_scenario_dict, scenario_from_dict
+
+    path = resolve_scenario_path(args.scenario)
+    data = read_scenario_dict(path)
+    if args.warmup is not None:
+        data.setdefault("workload", {})["warmup_tasks"] = args.warmup
+    scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path))
+    design = load_design(args.design, scenario, row=args.row, splits=args.splits)
+    out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
+    result = deploy(scenario, design, out, tasks=args.tasks, seed=args.seed,
+                    num_classes=args.classes, progress=not args.json and sys.stderr.isatty())
+    result.write(out)
+    (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    ms = 1e3
+    print(f"deployed {design.describe()} over loopback: {summary['tasks']} measured requests")
+    print(f"  completion latency  mean {summary['mean_latency_s'] * ms:.2f} ms  (95% CI +/- "
+          f"{summary['ci95_half_width_s'] * ms:.2f} ms, batch means)")
+    print(f"                      p50 {summary['p50_latency_s'] * ms:.2f}  p95 "
+          f"{summary['p95_latency_s'] * ms:.2f}  p99 {summary['p99_latency_s'] * ms:.2f} ms")
+    print(f"  {'stage':<28} {'wait ms':>9} {'service ms':>11} {'prop ms':>9}")
+    for st in summary["stages"]:
+        print(f"  {st['label']:<28} {st['waiting_s'] * ms:>9.3f} {st['service_s'] * ms:>11.3f} "
+              f"{st['propagation_s'] * ms:>9.3f}")
+    print(f"results in {out}/ (requests.csv, summary.json, design.json)")
+    return 0
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .runner import run_all, run_named
 
@@ -273,6 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser(
+        "deploy",
+        help="run a split design for real: one process per node, paced loopback TCP links",
+        description="Deploy a design over loopback sockets and measure it: each node of the "
+        "route runs its segment in its own process, links are paced to the scenario's channel "
+        "(same sample path as `simulate --seed`), requests follow the scenario's arrivals. "
+        "Writes requests.csv, summary.json and design.json into --out.",
+    )
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--design", required=True, metavar="DESIGN",
+                   help="a search's front.csv (see --row), a design JSON file, or an "
+                   "architecture (reference model, SPACE:G,..., name, JSON) with --splits")
+    p.add_argument("--row", type=int, default=0, help="row of front.csv, 0 = first (default 0)")
+    p.add_argument("--splits", metavar="P1,P2,...",
+                   help="block positions of the cuts along the scenario's path, for an "
+                   "architecture given as --design")
+    p.add_argument("--tasks", type=_positive_int, help="requests (default: the scenario's)")
+    p.add_argument("--warmup", type=int, help="requests not measured (default: the scenario's)")
+    p.add_argument("--classes", type=_positive_int, default=10,
+                   help="classes of the output layer (default 10)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="arrivals, channel path and weights (default 0)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/deploy-NAME-seedS)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser(
         "experiment",
         help="run an experiment (tradeoff, pareto, channel, load, hops, convergence, validate) "
         "or all of them with a report",
@@ -299,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScenarioError, ValueError, OSError) as exc:
         print(f"jmsnas: error: {exc}", file=sys.stderr)
         return 2
+    except DeployError as exc:  # a deployment that failed: the message names the node
+        print(f"jmsnas: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("jmsnas: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,23 @@
+"""Real execution: a split design run over loopback sockets, one process per node.
+
+- :mod:`deploy.wire`: the frame format (raw tensor bytes, no pickle).
+- :mod:`deploy.pacing`: a token-bucket sender that follows a channel's rate over time.
+- :mod:`deploy.node`: one node process (receiver, FIFO workers, paced sender).
+- :mod:`deploy.run`: start the nodes, drive requests, collect per-stage times.
+- :mod:`deploy.designs`: designs from JSON, ``front.csv`` rows or split positions.
+
+Like :mod:`search`, this package joins :mod:`models` and :mod:`sim`.
+"""
+
+from .designs import design_from_description, load_design
+from .run import DeployError, DeployResult, deploy, request_input, used_route
+
+__all__ = [
+    "DeployError",
+    "DeployResult",
+    "deploy",
+    "design_from_description",
+    "load_design",
+    "request_input",
+    "used_route",
+]
