@@ -1,0 +1,249 @@
+"""Real execution: frames, pacing, deployments over loopback, failures and clean shutdown."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from deploy import DeployError, deploy, design_from_description, load_design, request_input
+from deploy.node import model_input
+from deploy.pacing import PacedLink
+from deploy.wire import DATA, Message, encode, frame_overhead_bytes, recv_message
+from models import build_model, get_space
+from models.build import Cut, quantize
+from search.design import Design, GenomeLayout, scenario_routes
+from sim import scenario_from_dict
+from sim.channels import ConstantRate, GilbertElliottRate
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCH = get_space("tiny").decode([0] * get_space("tiny").n_genes)
+
+
+def two_node(**workload: Any) -> Any:
+    data = {
+        "name": "two-node",
+        "input_shape": [3, 32, 32],
+        "input_bits_per_element": 8,
+        "nodes": {"phone": {"kind": "device", "flops": 1e9},
+                  "edge": {"kind": "edge", "flops": 1e10, "servers": 2}},
+        "links": [{"src": "phone", "dst": "edge", "propagation_s": 0.002,
+                   "channel": {"model": "constant", "rate_bps": 50e6}}],
+        "path": ["phone", "edge"],
+        "workload": {"sources": ["phone"], "arrivals": {"process": "periodic", "rate_hz": 40},
+                     "tasks": 12, "warmup_tasks": 2, **workload},
+    }
+    return scenario_from_dict(data)
+
+
+def test_frames_round_trip_and_their_overhead_is_known() -> None:
+    x = torch.randn(1, 16, 8, 8)
+    payloads = [x, quantize(x, 8)]
+    a, b = socket.socketpair()
+    for payload in payloads:
+        tensors = payload if isinstance(payload, tuple) else (payload,)
+        frame = encode(Message(DATA, 7, 0.0, tensors))
+        data_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        assert len(frame) == data_bytes + frame_overhead_bytes(payload)
+        a.sendall(frame)
+        msg = recv_message(b)
+        assert msg is not None and msg.kind == DATA and msg.request == 7
+        for sent, got in zip(tensors, msg.tensors, strict=True):
+            assert got.dtype == sent.dtype and torch.equal(got, sent)
+    # 8 bits per element on the wire: a quarter of the float32 bytes, plus ~100 of header
+    assert len(encode(Message(DATA, 0, 0.0, quantize(x, 8)))) < x.numel() + 128
+    a.close()
+    assert recv_message(b) is None
+    b.close()
+
+
+def _paced_transfer(rate: Any, nbytes: int, t0_offset: float = 0.0) -> tuple[float, float]:
+    """Send ``nbytes`` through a PacedLink over loopback TCP; return (send start, last byte
+    received), relative to the channel's origin."""
+    server = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(server.getsockname())
+    receiver, _ = server.accept()
+    got: list[float] = []
+
+    def drain() -> None:
+        left = nbytes
+        while left:
+            left -= len(receiver.recv(1 << 16))
+        got.append(time.monotonic())
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    link = PacedLink(sender, rate)
+    link.t0 = time.monotonic() - t0_offset
+    start, _ = link.send(bytes(nbytes))
+    thread.join()
+    for s in (sender, receiver, server):
+        s.close()
+    return start - link.t0, got[0] - link.t0
+
+
+@pytest.mark.parametrize("rate_bps", [2e6, 20e6])
+def test_a_paced_link_carries_n_bits_in_n_over_r_seconds(rate_bps: float) -> None:
+    nbytes = int(rate_bps * 0.25 / 8)  # a quarter of a second of traffic
+    start, end = _paced_transfer(ConstantRate(rate_bps), nbytes)
+    expected = 8 * nbytes / rate_bps
+    assert end - start == pytest.approx(expected, rel=0.03)
+
+
+def test_a_paced_link_follows_a_time_varying_channel() -> None:
+    rate = GilbertElliottRate(good_rate_bps=20e6, bad_rate_bps=2e6, mean_good_s=0.05,
+                              mean_bad_s=0.05, seed=np.random.SeedSequence(3))
+    nbytes = 400_000  # 3.2 Mbit: several good and bad periods
+    start, end = _paced_transfer(rate, nbytes, t0_offset=0.0)
+    expected = rate.finish_time(start, 8.0 * nbytes) - start
+    constant_guess = 8.0 * nbytes / 20e6
+    assert end - start == pytest.approx(expected, rel=0.03)
+    assert expected > 1.5 * constant_guess  # the bad periods really slowed it
+
+
+def whole_model_outputs(scenario: Any, design: Design, n: int, seed: int) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model(design.arch, 3, 10, cuts=design.cuts).eval()
+    with torch.inference_mode():
+        return [model(model_input(request_input(scenario, seed, i))) for i in range(n)]
+
+
+@pytest.mark.parametrize("cut", [Cut(2), Cut(3, 0.5, 8)], ids=["float32", "8-bit"])
+def test_two_node_deployment_returns_the_whole_models_outputs(cut: Cut, tmp_path: Path) -> None:
+    scenario = two_node()
+    design = Design(ARCH, ("phone", "edge"), (cut,))
+    result = deploy(scenario, design, tmp_path, seed=5, keep_outputs=True)
+    expected = whole_model_outputs(scenario, design, 12, seed=5)
+    assert sorted(result.outputs) == list(range(12))
+    for i in range(12):
+        assert torch.equal(result.outputs[i], expected[i]), i
+    assert result.labels == ["compute@phone", "transfer phone->edge", "compute@edge"]
+    summary = result.summary()
+    assert summary["tasks"] == 10
+    assert all(v >= 0 for v in result.wait_s[result.measured].ravel())
+    # the hop carries the frame at 50 Mbit/s, then 2 ms of propagation
+    hop_bytes = result.frame_bytes[0]
+    assert summary["stages"][1]["service_s"] == pytest.approx(8 * hop_bytes / 50e6, rel=0.1,
+                                                              abs=2e-4)
+    assert 0.002 <= summary["stages"][1]["propagation_s"] < 0.004
+    total = (result.wait_s + result.service_s + result.propagation_s).sum(axis=1)
+    np.testing.assert_allclose(total, result.latency_s, atol=1e-9)
+    written = result.write(tmp_path)
+    assert [p.name for p in written] == ["requests.csv", "summary.json"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_design_descriptions_parse_back(tmp_path: Path) -> None:
+    scenario = scenario_from_dict(__import__("tests.conftest", fromlist=["THREE_TIER"]).THREE_TIER)
+    layout = GenomeLayout(get_space("tiny"), scenario_routes(scenario))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        genome = [int(rng.integers(b)) for b in layout.bounds]
+        design = layout.decode(genome)
+        assert design_from_description(design.arch, design.describe()) == design
+    front = tmp_path / "front.csv"
+    design = layout.decode([int(rng.integers(b)) for b in layout.bounds])
+    with open(front, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["accuracy", "arch", "design"])
+        w.writerow([0.9, design.arch.name, design.describe()])
+    assert load_design(str(front), scenario) == design
+    js = tmp_path / "design.json"
+    js.write_text(design.to_json())
+    assert load_design(str(js), scenario) == design
+    with pytest.raises(ValueError, match="--splits"):
+        load_design("tiny-000000000", scenario)
+    with pytest.raises(ValueError, match="--row"):
+        load_design(str(front), scenario, row=3)
+
+
+def _jmsnas(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_nodes(proc: subprocess.Popen[str], names: set[str]) -> dict[str, psutil.Process]:
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = {}
+        for child in parent.children(recursive=True):
+            try:
+                found[child.name()] = child
+            except psutil.NoSuchProcess:
+                pass
+        nodes = {n: found[f"jmsnas-{n}"] for n in names if f"jmsnas-{n}" in found}
+        if len(nodes) == len(names):
+            return nodes
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("the node processes did not appear")
+
+
+def _all_gone(procs: list[psutil.Process]) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    return not alive
+
+
+@pytest.mark.parametrize("how", ["kill-edge", "ctrl-c"])
+def test_a_failed_or_interrupted_run_stops_every_process(how: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _jmsnas("deploy", "three-tier", "--design", "tiny-000000000", "--splits", "2,4",
+                   "--tasks", "400", "--warmup", "10", "--out", str(out))
+    nodes = _wait_for_nodes(proc, {"phone", "edge", "cloud"})
+    everyone = psutil.Process(proc.pid).children(recursive=True)
+    time.sleep(2.0)  # requests are flowing
+    if how == "kill-edge":
+        nodes["edge"].send_signal(signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if how == "kill-edge":
+        assert proc.returncode == 1
+        assert "node 'edge'" in err and "killed by signal 9" in err
+        assert len(err.strip().splitlines()) == 1, err
+    else:
+        assert proc.returncode == 130
+    assert _all_gone(everyone)
+    assert not (out / "summary.json").exists() and not (out / "requests.csv").exists()
+
+
+def test_deploy_input_errors_are_one_line(tmp_path: Path) -> None:
+    scenario = two_node()
+    with pytest.raises(ValueError, match=r"must exceed workload\.warmup_tasks"):
+        deploy(scenario, Design(ARCH, ("phone", "edge"), (Cut(2),)), tmp_path, tasks=2)
+    bad = scenario.model_copy(update={"input_bits_per_element": 12})
+    with pytest.raises(ValueError, match="input_bits_per_element must be 8, 16 or 32"):
+        deploy(bad, Design(ARCH, ("phone", "edge"), (Cut(2),)), tmp_path)
+    proc = _jmsnas("deploy", "three-tier", "--design", "resnet18")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--splits" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_node_that_fails_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment file that cannot be read: the node reports, the run stops with its name."""
+    import deploy.run as run
+
+    real_save = run.save_segments
+
+    def corrupt_last(segments: Any, folder: Any) -> Any:
+        paths = real_save(segments, folder)
+        paths[-1].write_bytes(b"not a segment")
+        return paths
+
+    monkeypatch.setattr(run, "save_segments", corrupt_last)
+    with pytest.raises(DeployError, match="node 'edge' failed"):
+        deploy(two_node(), Design(ARCH, ("phone", "edge"), (Cut(2),)), tmp_path)
+    assert os.path.exists(tmp_path / "segments")
