@@ -3,11 +3,12 @@
 The node listens for its upstream neighbour (the previous node, or the client for the first),
 connects to its downstream one (the next node, or the result sink for the last) and runs:
 
-- a receiver thread: reads frames, stamps their arrival, and holds each for the incoming link's
-  propagation delay (a delay line: the delay is constant per link, so order is kept);
-- ``servers`` worker threads, FIFO from one queue, one torch thread each (the process runs
-  ``torch.set_num_threads(1)``; torch releases the GIL while it computes): decode the payload,
-  run the node's segment, encode what it sends on;
+- a receiver thread: reads frames, stamps their arrival and queues them, each with the time it
+  is due: arrival plus the incoming link's propagation delay;
+- ``servers`` worker threads, FIFO from that queue, one torch thread each (the process runs
+  ``torch.set_num_threads(1)``; torch releases the GIL while it computes): wait until the
+  request is due (the delay is constant per link, so due times keep the queue's order), decode
+  the payload, run the node's segment, encode what it sends on;
 - a sender thread: the outgoing link's FIFO queue, paced to the channel (:class:`PacedLink`).
 
 Per request it records when the frame was received and released to the queue, when a worker
@@ -83,7 +84,6 @@ class _Node:
         self.conn_lock = threading.Lock()
         self.commands: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.records: dict[int, dict[str, float]] = {}
-        self.delay: queue.Queue[Any] = queue.Queue()
         self.work: queue.Queue[Any] = queue.Queue()
         self.out: queue.Queue[Any] = queue.Queue()
         self.finished = threading.Event()
@@ -133,7 +133,6 @@ class _Node:
         self.link = PacedLink(out_sock, self.spec.rate_out)
         self.in_sock = in_sock
         self.thread(self.receive, "receiver")
-        self.thread(self.hold, "propagation")
         for k in range(self.spec.servers):
             self.thread(self.serve, f"worker-{k}")
         self.thread(self.send, "sender")
@@ -155,27 +154,18 @@ class _Node:
                 self.link.t0 = msg.value
                 self.out.put(msg)
             elif msg.kind == END:
-                self.delay.put(None)
+                self.work.join()  # every request done before END goes on
+                self.out.put(msg)
                 return
             else:
-                self.records[msg.request] = {"received": now}
-                self.delay.put((now + self.spec.propagation_in_s, msg))
-
-    def hold(self) -> None:
-        while True:
-            item = self.delay.get()
-            if item is None:
-                self.work.join()  # every request done before END goes on
-                self.out.put(Message(END))
-                return
-            ready, msg = item
-            sleep_until(ready)
-            self.records[msg.request]["arrived"] = time.monotonic()
-            self.work.put(msg)
+                due = now + self.spec.propagation_in_s
+                self.records[msg.request] = {"received": now, "arrived": due}
+                self.work.put((due, msg))
 
     def serve(self) -> None:
         while True:
-            msg = self.work.get()
+            due, msg = self.work.get()
+            sleep_until(due)
             rec = self.records[msg.request]
             rec["start"] = time.monotonic()
             out = run_stage(self.segment, decode_payload(msg.tensors))

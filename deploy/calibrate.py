@@ -1,0 +1,216 @@
+"""Calibrate the simulator to a deployment, and predict what the deployment will measure.
+
+Two measurements on this machine, taken before the deployment runs and in isolation from it:
+
+- each node's work per request, timed the way a node worker does it (decode the payload, run the
+  segment on one torch thread, encode the frame), ``reps`` times after a warm-up: its mean and
+  coefficient of variation;
+- the transport's fixed cost per message on each hop: from the sender's last byte to the frame
+  delivered past the propagation hold, on a real loopback socket (kernel copy, receiver wake-up,
+  frame parsing, the hand-off to a worker, sleep overshoot), and the same from a request's
+  arrival time to the first node's worker.
+
+:meth:`Calibration.pipeline` turns them into a pipeline (compute work = mean seconds x the node's
+FLOP/s, lognormal with the measured variation; transfers = the bits of the whole frame, header
+included) and :meth:`Calibration.scenario` adds the transport cost to each link's propagation, so
+that :func:`predict` simulates this very deployment on the same arrival and channel sample path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from models.build import build_model
+from models.split import Segment, split_model
+from search.design import Design
+from sim.report import LatencyReport
+from sim.scenario import Scenario
+from sim.simulate import simulate
+from sim.workload import Compute, Stage, Transfer
+
+from .node import run_stage
+from .pacing import sleep_until
+from .run import request_input, used_route
+from .wire import DATA, Message, decode_payload, encode, payload_tensors, recv_message
+
+__all__ = ["Calibration", "StageTiming", "calibrate", "handoff_s", "predict"]
+
+_MIN_CV = 0.01
+_WARMUP = 3
+_HANDOFF_REPS = 13
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """One node's measured work per request (seconds)."""
+
+    node: str
+    mean_s: float
+    cv: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    compute: tuple[StageTiming, ...]
+    """Nodes that run blocks, in route order."""
+    frame_bits: tuple[float, ...]
+    """Bits of the frame each hop carries, header included."""
+    overhead_s: tuple[float, ...]
+    """Measured fixed transport cost per message, per hop."""
+    dispatch_s: float = 0.0
+    """Measured time from a request's arrival time to the first node's worker starting on it
+    (the client's send, the node's receive and hand-off). The simulator has no stage for it: it
+    is added to the first compute stage's work (exact without queueing, our choice)."""
+
+    def pipeline(self, design: Design, scenario: Scenario) -> tuple[Stage, ...]:
+        route = used_route(design)
+        timing = {t.node: t for t in self.compute}
+        stages: list[Stage] = []
+        extra = self.dispatch_s
+        for j, node in enumerate(route):
+            if node in timing:
+                t = timing[node]
+                work = (t.mean_s + extra) * scenario.nodes[node].flops
+                extra = 0.0
+                stages.append(Compute(node, work, "lognormal", t.cv) if t.cv >= _MIN_CV
+                              else Compute(node, work))
+            if j < len(route) - 1:
+                stages.append(Transfer(node, route[j + 1], self.frame_bits[j]))
+        return tuple(stages)
+
+    def scenario(self, design: Design, scenario: Scenario) -> Scenario:
+        """``scenario`` with each used link's propagation increased by its transport cost."""
+        route = used_route(design)
+        extra = {frozenset(hop): o
+                 for hop, o in zip(itertools.pairwise(route), self.overhead_s, strict=True)}
+        links = [link.model_copy(update={"propagation_s": link.propagation_s
+                                         + extra.get(frozenset((link.src, link.dst)), 0.0)})
+                 for link in scenario.links]
+        return scenario.model_copy(update={"links": links})
+
+
+def _gaps(scenario: Scenario, n: int, seed: int) -> NDArray[np.float64]:
+    """Idle times to leave before each timed run: exponential with the mean time between the
+    scenario's arrivals (0 for arrivals read from a file), at most 1 s."""
+    arrivals = scenario.workload.arrivals
+    rate = getattr(arrivals, "rate_hz", None)
+    if rate is None:
+        return np.zeros(n)
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
+    return np.asarray(np.minimum(gaps, 1.0), dtype=np.float64)
+
+
+def _time_segment(segment: Segment, payloads: list[object], gaps: NDArray[np.float64]
+                  ) -> NDArray[np.float64]:
+    """Seconds of a node worker's work per request, each run after its idle gap: a processor
+    that idled between requests runs the next one slower than back to back (on this 2-core
+    machine a ResNet-18 head took 5.7 ms back to back, 6.2 ms after 0.1 s idle and 8.1 ms after
+    0.3 s), so the calibration replays the deployment's request rate."""
+    times = []
+    for k, gap in enumerate(gaps):
+        payload = payloads[k % len(payloads)]
+        time.sleep(float(gap))
+        start = time.perf_counter()
+        out = run_stage(segment, decode_payload(payload))  # type: ignore[arg-type]
+        encode(Message(DATA, k, 0.0, payload_tensors(out)))
+        times.append(time.perf_counter() - start)
+    return np.array(times[_WARMUP:])
+
+
+def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64], *,
+              from_deadline: bool = False) -> float:
+    """Mean time from a frame's last byte sent to a node worker starting on it, beyond
+    ``propagation_s``, on a loopback TCP connection: kernel copy, the receiver waking up and
+    parsing, the queue hand-off to a worker, sleep overshoot. A paced frame's last chunk is at
+    most 64 KiB, so at most that much is sent here; ``gaps`` are the idle times before each.
+    ``from_deadline``: from the time the sender was due to send instead (as the client does),
+    so that its own wake-up counts too."""
+    size = int(min(frame_bytes, 65536))
+    server = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(server.getsockname())
+    receiver, _ = server.accept()
+    for s in (sender, receiver):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    frame = encode(Message(DATA, 0, 0.0, (torch.zeros(max(size - 64, 1), dtype=torch.uint8),)))
+    work: queue.Queue[float] = queue.Queue()
+    started: list[float] = []
+
+    def receive() -> None:
+        for _ in gaps:
+            recv_message(receiver)
+            work.put(time.monotonic() + propagation_s)
+
+    def serve() -> None:
+        for _ in gaps:
+            due = work.get()
+            sleep_until(due)
+            started.append(time.monotonic())
+
+    threads = [threading.Thread(target=receive), threading.Thread(target=serve)]
+    for t in threads:
+        t.start()
+    sent = []
+    try:
+        for gap in gaps:
+            due = time.monotonic() + float(gap) + propagation_s
+            sleep_until(due)
+            sender.sendall(frame)
+            sent.append(due if from_deadline else time.monotonic())
+        for t in threads:
+            t.join()
+    finally:
+        for s in (sender, receiver, server):
+            s.close()
+    return float(np.mean((np.array(started) - np.array(sent))[_WARMUP:])) - propagation_s
+
+
+def calibrate(scenario: Scenario, design: Design, *, seed: int = 0, num_classes: int = 10,
+              reps: int = 20) -> Calibration:
+    """Measure the design's work per node and the transport cost per hop (module docstring),
+    ``reps`` runs each after a few warm-up runs, with idle gaps at the scenario's request rate."""
+    route = used_route(design)
+    torch.manual_seed(seed)
+    model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
+    segments = split_model(model.eval())[: len(route)]
+    gaps = _gaps(scenario, reps + _WARMUP, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a node process
+    try:
+        inputs: list[object] = [(request_input(scenario, seed, i),) for i in range(8)]
+        first = encode(Message(DATA, 0, 0.0, inputs[0]))  # type: ignore[arg-type]
+        dispatch = handoff_s(len(first), 0.0, gaps[:_HANDOFF_REPS], from_deadline=True)
+        compute, frame_bits, overhead = [], [], []
+        for j, (node, segment) in enumerate(zip(route, segments, strict=True)):
+            if len(segment.blocks):
+                times = _time_segment(segment, inputs, gaps)
+                compute.append(StageTiming(node, float(times.mean()),
+                                           float(times.std(ddof=1) / times.mean()), times.size))
+            inputs = [payload_tensors(run_stage(segment, decode_payload(p)))  # type: ignore[arg-type]
+                      for p in inputs]
+            if j < len(route) - 1:
+                frame = encode(Message(DATA, 0, 0.0, inputs[0]))  # type: ignore[arg-type]
+                frame_bits.append(8.0 * len(frame))
+                link = scenario.graph().edges[node, route[j + 1]]["spec"]
+                overhead.append(handoff_s(len(frame), link.propagation_s, gaps[:_HANDOFF_REPS]))
+    finally:
+        torch.set_num_threads(threads)
+    return Calibration(tuple(compute), tuple(frame_bits), tuple(overhead), dispatch)
+
+
+def predict(scenario: Scenario, design: Design, calibration: Calibration, *, tasks: int,
+            seed: int = 0) -> LatencyReport:
+    """What the simulator predicts for ``deploy(scenario, design, tasks=tasks, seed=seed)``:
+    the calibrated pipeline on the calibrated scenario, replication 0 of ``seed`` (the arrival
+    times and channel path the deployment follows)."""
+    return simulate(calibration.scenario(design, scenario), calibration.pipeline(design, scenario),
+                    seed=seed, tasks=tasks, engine="simpy").report
