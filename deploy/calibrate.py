@@ -99,12 +99,10 @@ class Calibration:
         return scenario.model_copy(update={"links": links})
 
 
-def _gaps(scenario: Scenario, n: int, seed: int) -> NDArray[np.float64]:
-    """Idle times to leave before each timed run: exponential with the mean time between the
-    scenario's arrivals (0 for arrivals read from a file), at most 1 s."""
-    arrivals = scenario.workload.arrivals
-    rate = getattr(arrivals, "rate_hz", None)
-    if rate is None:
+def _gaps(rate: float | None, n: int, seed: int) -> NDArray[np.float64]:
+    """Idle times to leave before each timed run: exponential with mean 1 / ``rate``, at most
+    1 s (none for ``rate`` None or 0)."""
+    if not rate:
         return np.zeros(n)
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
     return np.asarray(np.minimum(gaps, 1.0), dtype=np.float64)
@@ -175,14 +173,17 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
 
 
 def calibrate(scenario: Scenario, design: Design, *, seed: int = 0, num_classes: int = 10,
-              reps: int = 20) -> Calibration:
+              reps: int = 20, idle_rate_hz: float | None = None) -> Calibration:
     """Measure the design's work per node and the transport cost per hop (module docstring),
-    ``reps`` runs each after a few warm-up runs, with idle gaps at the scenario's request rate."""
+    ``reps`` runs each after a few warm-up runs, with idle gaps at ``idle_rate_hz`` (default:
+    the scenario's arrival rate; 0: back to back)."""
     route = used_route(design)
     torch.manual_seed(seed)
     model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
     segments = split_model(model.eval())[: len(route)]
-    gaps = _gaps(scenario, reps + _WARMUP, seed)
+    rate = getattr(scenario.workload.arrivals, "rate_hz", None) if idle_rate_hz is None \
+        else idle_rate_hz
+    gaps = _gaps(rate, reps + _WARMUP, seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a node process
     try:

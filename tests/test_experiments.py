@@ -50,6 +50,7 @@ EXPECTED = {
     "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
     "hops": {"hops.csv": "", "hops_fronts.csv": "point", "hops.png": None},
     "convergence": {"convergence.csv": "", "convergence.png": None},
+    "fidelity": {"fidelity.csv": "", "fidelity_stages.csv": "stage", "fidelity.png": None},
 }
 
 
@@ -143,3 +144,23 @@ def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) 
                                           "pipeline.4": None, "pipeline.3": None,
                                           "nodes.phone.memory_bytes": None})  # deletions
     assert len(cut.links) == 1 and cut.nodes["phone"].memory_bytes is None
+
+
+def test_fidelity_predictions_meet_the_targets(quick_run: Path) -> None:
+    """The calibrated simulator against real deployments (README, "Real execution"): every
+    design x load x channel case, the mean within 10% at low load and the p95 within 20% at
+    moderate load, as the experiment's targets say."""
+    _, rows = read(quick_run / "fidelity" / "fidelity.csv")
+    cases = {(r["design"], r["load"], r["channel"]) for r in rows}
+    assert len(cases) == 8 and len(rows) == 24
+    for r in rows:
+        if (r["load"], r["metric"]) == ("low", "mean"):
+            assert abs(float(r["relative_error"])) <= 0.10, r
+        if (r["load"], r["metric"]) == ("moderate", "p95"):
+            assert abs(float(r["relative_error"])) <= 0.20, r
+    rates = {(r["design"], r["load"]): float(r["rate_hz"]) for r in rows}
+    for design in {r["design"] for r in rows}:  # loads are utilisations 0.1 and 0.5
+        assert rates[design, "moderate"] == pytest.approx(5 * rates[design, "low"], rel=0.01)
+    _, stages = read(quick_run / "fidelity" / "fidelity_stages.csv")
+    assert {r["stage"] for r in stages} == {"compute@phone", "transfer phone->edge",
+                                            "compute@edge"}

@@ -1,0 +1,181 @@
+"""fidelity: the simulator's prediction against a real deployment of the same design.
+
+For each split design of one architecture, each channel and each load, the design is deployed
+for real (:func:`deploy.deploy`: one process per node, paced loopback links, the scenario's
+arrivals) and predicted by the simulator calibrated to this machine (:func:`deploy.calibrate`:
+each segment's measured time, the measured hand-off costs) on the same arrival and channel
+sample path. The loads are utilisations of the design's bottleneck stage, measured by a first,
+back-to-back calibration, so that "low" and "moderate" mean the same on a faster machine. Each
+finished case is saved in ``cases/`` and reused when the experiment runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib import pyplot as plt
+from matplotlib.ticker import FuncFormatter
+
+from deploy import deploy, load_design
+from deploy.calibrate import Calibration, calibrate, predict
+from search.design import Design
+from sim import Scenario
+from sim.network import mean_rate_bps
+
+from .common import Context, Output, experiment_main, save, scenario_variant, write_csv
+
+TITLE = "The simulator against real execution"
+COLUMNS = ["design", "channel", "load", "rate_hz", "utilisation", "metric", "predicted_s",
+           "measured_s", "relative_error"]
+STAGE_COLUMNS = ["design", "channel", "load", "stage", "part", "predicted_s", "measured_s"]
+METRICS = ("mean", "p50", "p95")
+
+
+def _bottleneck_s(cal: Calibration, scenario: Scenario, design: Design) -> float:
+    """The largest mean stage time: a node's measured work or a hop's frame at the link's mean
+    rate."""
+    times = [t.mean_s for t in cal.compute]
+    route = design.route
+    for j, bits in enumerate(cal.frame_bits):
+        link = scenario.graph().edges[route[j], route[j + 1]]["spec"]
+        times.append(bits / mean_rate_bps(link, scenario))
+    return max(times)
+
+
+def _case(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: int,
+          cal: Calibration, seed: int) -> dict[str, Any]:
+    """One deployment and its prediction, saved in ``cases/NAME.json`` (reused if there)."""
+    path = ctx.out / "cases" / f"{name}.json"
+    if path.exists():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    measured = deploy(scenario, design, ctx.out / "runs" / name, tasks=tasks, seed=seed,
+                      progress=ctx.progress).summary()
+    report = predict(scenario, design, cal, tasks=tasks, seed=seed)
+    predicted = {"mean": report.mean_latency_s, "p50": report.p50_latency_s,
+                 "p95": report.p95_latency_s,
+                 "stages": [{"label": s.label, "waiting_s": s.waiting_s,
+                             "service_s": s.service_s, "propagation_s": s.propagation_s}
+                            for s in report.stages]}
+    case = {"measured": {"mean": measured["mean_latency_s"], "p50": measured["p50_latency_s"],
+                         "p95": measured["p95_latency_s"], "stages": measured["stages"]},
+            "predicted": predicted}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(case), encoding="utf-8")
+    tmp.replace(path)
+    return case
+
+
+def run(ctx: Context) -> Output:
+    c = ctx.config
+    seed = int(c["seed"])
+    rows: list[dict[str, Any]] = []
+    stage_rows: list[dict[str, Any]] = []
+    base = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"])})
+    for split in c["splits"]:
+        design = load_design(str(c["architecture"]), base, splits=str(split))
+        label = f"split {split}"
+        first = calibrate(base, design, seed=seed, reps=int(c["calibration_reps"]),
+                          idle_rate_hz=0.0)
+        bottleneck = _bottleneck_s(first, base, design)
+        for load, utilisation in c["utilisation"].items():
+            rate = round(float(utilisation) / bottleneck, 2)
+            at_rate = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
+                                                       "workload.arrivals.rate_hz": rate})
+            cal = calibrate(at_rate, design, seed=seed, reps=int(c["calibration_reps"]))
+            for channel, spec in c["channels"].items():
+                scenario = scenario_variant(c["scenario"], {
+                    "workload.warmup_tasks": int(c["warmup"]),
+                    "workload.arrivals.rate_hz": rate, "links.0.channel": spec})
+                name = f"split{split}-{load}-{channel}"
+                case = _case(ctx, name, scenario, design, int(c["tasks"][load]), cal, seed)
+                for metric in METRICS:
+                    p, m = case["predicted"][metric], case["measured"][metric]
+                    rows.append({"design": label, "channel": channel, "load": load,
+                                 "rate_hz": rate, "utilisation": float(utilisation),
+                                 "metric": metric, "predicted_s": p, "measured_s": m,
+                                 "relative_error": p / m - 1})
+                for sp, sm in zip(case["predicted"]["stages"], case["measured"]["stages"],
+                                  strict=True):
+                    for part in ("waiting_s", "service_s", "propagation_s"):
+                        stage_rows.append({"design": label, "channel": channel, "load": load,
+                                           "stage": sm["label"], "part": part.removesuffix("_s"),
+                                           "predicted_s": sp[part], "measured_s": sm[part]})
+    write_csv(ctx.path("fidelity.csv"), rows, COLUMNS)
+    write_csv(ctx.path("fidelity_stages.csv"), stage_rows, STAGE_COLUMNS)
+    _plot(ctx.path("fidelity.png"), rows, stage_rows)
+    return Output("fidelity", TITLE, _text(rows, c), ["fidelity.png"],
+                  ["fidelity.csv", "fidelity_stages.csv"])
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any]]) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    markers = {"mean": "o", "p50": "s", "p95": "^"}
+    colours = {}
+    for r in rows:
+        key = f"{r['design']}, {r['load']}, {r['channel']}"
+        colours.setdefault(key, f"C{len(colours)}")
+        axes[0].scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"], color=colours[key],
+                        marker=markers[r["metric"]], s=40,
+                        label=key if r["metric"] == "mean" else None)
+    for m, marker in markers.items():
+        axes[0].scatter([], [], color="0.4", marker=marker, label=m)
+    parts = {"service": "o", "waiting": "x", "propagation": "+"}
+    for r in stage_rows:
+        if r["measured_s"] > 1e-4 or r["predicted_s"] > 1e-4:
+            axes[1].scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"],
+                            marker=parts[r["part"]], s=30,
+                            color="tab:blue" if r["stage"].startswith("compute") else "tab:red")
+    for part, marker in parts.items():
+        axes[1].scatter([], [], color="0.4", marker=marker, label=part)
+    axes[1].scatter([], [], color="tab:blue", marker="s", label="compute stages")
+    axes[1].scatter([], [], color="tab:red", marker="s", label="transfer stages")
+    for ax, title in ((axes[0], "completion latency"), (axes[1], "per stage, mean per request")):
+        lo, hi = ax.get_xlim()[0], ax.get_xlim()[1]
+        lo = min(lo, ax.get_ylim()[0])
+        hi = max(hi, ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], "-", color="0.6", lw=1, label="predicted = measured")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+        ax.set_xlabel("measured (ms)")
+        ax.set_ylabel("predicted by the calibrated simulator (ms)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def _text(rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
+    head = ("| design | load | rate (Hz) | channel | mean | p50 | p95 |\n"
+            "|---|---|---|---|---|---|---|\n")
+    lines = []
+    cases: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        cases.setdefault((r["design"], r["load"], r["channel"]), {"rate": r["rate_hz"]})[
+            r["metric"]] = r["relative_error"]
+    for (design, load, channel), v in cases.items():
+        lines.append(f"| {design} | {load} | {v['rate']:g} | {channel} | "
+                     + " | ".join(f"{100 * v[m]:+.1f}%" for m in METRICS) + " |")
+    low = [r for r in rows if r["load"] == "low" and r["metric"] == "mean"]
+    mod = [r for r in rows if r["load"] == "moderate" and r["metric"] == "p95"]
+    ok_low = sum(abs(r["relative_error"]) <= 0.10 for r in low)
+    ok_mod = sum(abs(r["relative_error"]) <= 0.20 for r in mod)
+    return (f"{c['architecture']} at {c['scenario']}'s input, split after blocks "
+            f"{', '.join(map(str, c['splits']))}, deployed for real over paced loopback links "
+            "and predicted by the simulator calibrated to this machine (relative error of the "
+            "prediction, predicted / measured - 1):\n\n" + head + "\n".join(lines)
+            + f"\n\nTargets: mean within 10% at low load in {ok_low} of {len(low)} cases; p95 "
+            f"within 20% at moderate load in {ok_mod} of {len(mod)} cases.")
+
+
+def main() -> int:
+    return experiment_main("fidelity", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
