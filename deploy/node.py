@@ -39,6 +39,7 @@ from torch import Tensor
 from models.split import Payload, Segment, load_segment
 from sim.channels import RateProcess
 
+from .netns import setns
 from .pacing import PacedLink, sleep_until
 from .wire import DATA, END, START, Message, decode_payload, encode, payload_tensors, recv_message
 
@@ -59,6 +60,9 @@ class NodeSpec:
     rate_out: RateProcess | None
     """The outgoing link's channel realisation; None for the last node (the sink is not shaped)."""
     records_path: str
+    netns_path: str | None = None
+    """With tc shaping: the network namespace the node runs in (see :mod:`deploy.netns`)."""
+    listen_host: str = "127.0.0.1"
 
 
 def model_input(x: Tensor) -> Tensor:
@@ -116,15 +120,25 @@ class _Node:
                 os._exit(3)  # the process that started us is gone: do not linger
 
     def run(self) -> None:
-        listener = socket.create_server(("127.0.0.1", 0))
+        home = own = None
+        if self.spec.netns_path is not None:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            own = os.open(self.spec.netns_path, os.O_RDONLY)
+            setns(own)
+        listener = socket.create_server((self.spec.listen_host, 0))
         listener.settimeout(_CONNECT_TIMEOUT_S)
         self.report("ready", listener.getsockname()[1])
         self.thread(self.watch_parent, "watchdog")
         command = self.commands.get(timeout=_CONNECT_TIMEOUT_S)
         if command[0] != "connect":
             raise RuntimeError(f"expected connect, got {command[0]!r}")
-        out_sock = socket.create_connection(("127.0.0.1", int(command[1])),
-                                            timeout=_CONNECT_TIMEOUT_S)
+        _, host, port, from_home = command
+        if from_home and home is not None and own is not None:  # the result sink: unshaped
+            setns(home)
+            out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
+            setns(own)
+        else:
+            out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
         in_sock, _ = listener.accept()
         listener.close()
         for s in (out_sock, in_sock):

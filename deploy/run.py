@@ -10,7 +10,9 @@ stopped before it returns or raises; results are written only when the run compl
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,12 +39,14 @@ from sim.scenario import Scenario
 from sim.simulate import replication_seeds
 from sim.workload import Compute, Stage, Transfer, sample_tasks
 
+from .netns import TcLinks, netns_unavailable
 from .node import NodeSpec, node_main
 from .pacing import sleep_until
 from .wire import DATA, END, START, Message, encode, recv_message
 
 __all__ = ["DeployError", "DeployResult", "deploy", "deploy_plan", "request_input", "used_route"]
 
+Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
 INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
 
@@ -233,7 +237,8 @@ class _Run:
 
 def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], *,
            tasks: int | None = None, seed: int = 0, num_classes: int = 10,
-           keep_outputs: bool = False, progress: bool = False, stall_timeout_s: float = 60.0,
+           shaper: Shaper = "pace", keep_outputs: bool = False, progress: bool = False,
+           stall_timeout_s: float = 60.0,
            on_start: Callable[[dict[str, int]], None] | None = None) -> DeployResult:
     """Run ``design`` for real and measure it (see the module docstring).
 
@@ -263,20 +268,40 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
     links = {r.name: r for r in plan.resources if r.kind == "link"}
     arrivals = sample_tasks(scenario, stages, n, arr_seed, serv_seed).arrival_s
 
+    hops = [links[f"{u}->{v}"] for u, v in itertools.pairwise(route)]
+    if shaper not in ("pace", "tc"):
+        raise ValueError(f"shaper must be pace or tc, got {shaper!r}")
+    tc = None
+    if shaper == "tc":
+        why = netns_unavailable()
+        if why is not None:
+            raise ValueError(why)
+        tc = TcLinks(len(route), [h.channel for h in hops])
     specs = []
     for j, node in enumerate(route):
-        incoming = links[f"{route[j - 1]}->{node}"] if j > 0 else None
-        outgoing = links[f"{node}->{route[j + 1]}"] if j < len(route) - 1 else None
         specs.append(NodeSpec(
             name=node, segment_path=str(paths[j]), servers=scenario.nodes[node].servers,
-            propagation_in_s=incoming.propagation_s if incoming else 0.0,
-            rate_out=outgoing.channel if outgoing else None,
-            records_path=str(work / f"records-{node}.json")))
+            propagation_in_s=hops[j - 1].propagation_s if j > 0 else 0.0,
+            rate_out=hops[j].channel if j < len(hops) and tc is None else None,
+            records_path=str(work / f"records-{node}.json"),
+            netns_path=tc.netns_path(j) if tc is not None else None,
+            listen_host=tc.addresses[j] if tc is not None else "127.0.0.1"))
     for spec in specs:
         Path(spec.records_path).unlink(missing_ok=True)
 
     run = _Run()
     ctx = mp.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        if tc is not None:
+            stack.enter_context(tc)
+        return _launch(run, ctx, scenario, design, arrivals, specs, tc, seed, keep_outputs,
+                       progress, stall_timeout_s, on_start)
+
+
+def _launch(run: _Run, ctx: Any, scenario: Scenario, design: Design,
+            arrivals: NDArray[np.float64], specs: list[NodeSpec], tc: TcLinks | None, seed: int,
+            keep_outputs: bool, progress: bool, stall_timeout_s: float,
+            on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
     try:
         for spec in specs:
             parent, child = ctx.Pipe()
@@ -290,10 +315,12 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
         ports = _wait_ready(run)
         sink = socket.create_server(("127.0.0.1", 0))
         run.sockets.append(sink)
-        downstream = [*(ports[s.name] for s in specs[1:]), sink.getsockname()[1]]
-        for (_, _, conn), port in zip(run.procs, downstream, strict=True):
-            conn.send(("connect", port))
-        client = socket.create_connection(("127.0.0.1", ports[specs[0].name]), timeout=60)
+        downstream = [(s.listen_host, ports[s.name], False) for s in specs[1:]]
+        downstream.append(("127.0.0.1", sink.getsockname()[1], True))
+        for (_, _, conn), target in zip(run.procs, downstream, strict=True):
+            conn.send(("connect", *target))
+        client = socket.create_connection((specs[0].listen_host, ports[specs[0].name]),
+                                          timeout=60)
         run.sockets.append(client)
         sink.settimeout(60)
         result_sock, _ = sink.accept()
@@ -301,7 +328,7 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
         for s in (client, result_sock):
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _drive(run, scenario, design, arrivals, client, result_sock, specs, seed,
+        return _drive(run, scenario, design, arrivals, client, result_sock, specs, tc, seed,
                       keep_outputs, progress, stall_timeout_s)
     finally:
         run.close()
@@ -331,11 +358,14 @@ def _wait_ready(run: _Run) -> dict[str, int]:
 
 
 def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.float64],
-           client: socket.socket, result_sock: socket.socket, specs: list[NodeSpec], seed: int,
-           keep_outputs: bool, progress: bool, stall_timeout_s: float) -> DeployResult:
+           client: socket.socket, result_sock: socket.socket, specs: list[NodeSpec],
+           tc: TcLinks | None, seed: int, keep_outputs: bool, progress: bool,
+           stall_timeout_s: float) -> DeployResult:
     n = arrivals.size
     t0 = time.monotonic() + _START_MARGIN_S
     client.sendall(encode(Message(START, value=t0)))
+    if tc is not None:
+        tc.start(t0)
     got: dict[int, float] = {}
     outputs: dict[int, Tensor] = {}
     failures: list[str] = []

@@ -195,7 +195,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     design = load_design(args.design, scenario, row=args.row, splits=args.splits)
     out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
     result = deploy(scenario, design, out, tasks=args.tasks, seed=args.seed,
-                    num_classes=args.classes, progress=not args.json and sys.stderr.isatty())
+                    num_classes=args.classes, shaper=args.shaper,
+                    progress=not args.json and sys.stderr.isatty())
     result.write(out)
     (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
     summary = result.summary()
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="requests not measured (default: the scenario's)")
     p.add_argument("--classes", type=_positive_int, default=10,
                    help="classes of the output layer (default 10)")
+    p.add_argument("--shaper", choices=["pace", "tc"], default="pace",
+                   help="pace: token-bucket senders in the nodes (default); tc: network "
+                   "namespaces and tbf qdiscs, set up and removed by the command (root only)")
     p.add_argument("--seed", type=int, default=0,
                    help="arrivals, channel path and weights (default 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/deploy-NAME-seedS)")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from deploy import DeployError, deploy, design_from_description, load_design, request_input
+from deploy.netns import TcLinks, netns_unavailable, setns
 from deploy.node import model_input
 from deploy.pacing import PacedLink
 from deploy.wire import DATA, Message, encode, frame_overhead_bytes, recv_message
@@ -247,3 +248,59 @@ def test_a_node_that_fails_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(DeployError, match="node 'edge' failed"):
         deploy(two_node(), Design(ARCH, ("phone", "edge"), (Cut(2),)), tmp_path)
     assert os.path.exists(tmp_path / "segments")
+
+
+TC_UNAVAILABLE = netns_unavailable()
+needs_tc = pytest.mark.skipif(TC_UNAVAILABLE is not None, reason=str(TC_UNAVAILABLE))
+
+
+def _our_namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [ln.split()[0] for ln in listed.splitlines() if ln.startswith(f"jms{os.getpid()}n")]
+
+
+@needs_tc
+def test_a_tc_shaped_link_carries_n_bits_in_n_over_r_seconds() -> None:
+    rate_bps, nbytes = 8e6, 1_000_000  # one second of traffic
+    with TcLinks(2, [ConstantRate(rate_bps)]) as tc:
+        ready = threading.Event()
+        got: list[float] = []
+        port: list[int] = []
+
+        def receive() -> None:  # a thread inside node 1's namespace
+            fd = os.open(str(tc.netns_path(1)), os.O_RDONLY)
+            setns(fd)
+            os.close(fd)
+            server = socket.create_server((tc.addresses[1], 0))
+            port.append(server.getsockname()[1])
+            ready.set()
+            conn, _ = server.accept()
+            left = nbytes
+            while left:
+                left -= len(conn.recv(1 << 16))
+            got.append(time.monotonic())
+            conn.close()
+            server.close()
+
+        thread = threading.Thread(target=receive)
+        thread.start()
+        assert ready.wait(10)
+        sender = socket.create_connection((tc.addresses[1], port[0]))
+        start = time.monotonic()
+        sender.sendall(bytes(nbytes))
+        thread.join(30)
+        sender.close()
+        assert got[0] - start == pytest.approx(8 * nbytes / rate_bps, rel=0.05)
+        assert _our_namespaces()
+    assert not _our_namespaces()  # removed on exit
+
+
+@needs_tc
+def test_a_tc_shaped_deployment_returns_the_whole_models_outputs(tmp_path: Path) -> None:
+    scenario = two_node()
+    design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
+    result = deploy(scenario, design, tmp_path, seed=2, shaper="tc", keep_outputs=True)
+    expected = whole_model_outputs(scenario, design, 12, seed=2)
+    for i in range(12):
+        assert torch.equal(result.outputs[i], expected[i]), i
+    assert not _our_namespaces()
