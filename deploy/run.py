@@ -276,7 +276,8 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
         why = netns_unavailable()
         if why is not None:
             raise ValueError(why)
-        tc = TcLinks(len(route), [h.channel for h in hops])
+        channels = [h.channel for h in hops if h.channel is not None]
+        tc = TcLinks(len(route), channels)
     specs = []
     for j, node in enumerate(route):
         specs.append(NodeSpec(

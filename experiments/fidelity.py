@@ -113,7 +113,7 @@ def run(ctx: Context) -> Output:
 def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     markers = {"mean": "o", "p50": "s", "p95": "^"}
-    colours = {}
+    colours: dict[str, str] = {}
     for r in rows:
         key = f"{r['design']}, {r['load']}, {r['channel']}"
         colours.setdefault(key, f"C{len(colours)}")
