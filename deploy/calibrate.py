@@ -19,15 +19,18 @@ that :func:`predict` simulates this very deployment on the same arrival and chan
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 import queue
 import socket
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import Tensor
 
 from models.build import build_model
 from models.split import Segment, split_model
@@ -108,8 +111,8 @@ def _gaps(rate: float | None, n: int, seed: int) -> NDArray[np.float64]:
     return np.asarray(np.minimum(gaps, 1.0), dtype=np.float64)
 
 
-def _time_segment(segment: Segment, payloads: list[object], gaps: NDArray[np.float64]
-                  ) -> NDArray[np.float64]:
+def _time_segment(segment: Segment, payloads: list[tuple[Tensor, ...]],
+                  gaps: NDArray[np.float64]) -> NDArray[np.float64]:
     """Seconds of a node worker's work per request, each run after its idle gap: a processor
     that idled between requests runs the next one slower than back to back (on this 2-core
     machine a ResNet-18 head took 5.7 ms back to back, 6.2 ms after 0.1 s idle and 8.1 ms after
@@ -119,7 +122,7 @@ def _time_segment(segment: Segment, payloads: list[object], gaps: NDArray[np.flo
         payload = payloads[k % len(payloads)]
         time.sleep(float(gap))
         start = time.perf_counter()
-        out = run_stage(segment, decode_payload(payload))  # type: ignore[arg-type]
+        out = run_stage(segment, decode_payload(payload))
         encode(Message(DATA, k, 0.0, payload_tensors(out)))
         times.append(time.perf_counter() - start)
     return np.array(times[_WARMUP:])
@@ -154,7 +157,8 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
             sleep_until(due)
             started.append(time.monotonic())
 
-    threads = [threading.Thread(target=receive), threading.Thread(target=serve)]
+    threads = [threading.Thread(target=receive, daemon=True),
+               threading.Thread(target=serve, daemon=True)]
     for t in threads:
         t.start()
     sent = []
@@ -165,7 +169,7 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
             sender.sendall(frame)
             sent.append(due if from_deadline else time.monotonic())
         for t in threads:
-            t.join()
+            t.join(10.0)
     finally:
         for s in (sender, receiver, server):
             s.close()
@@ -176,35 +180,43 @@ def calibrate(scenario: Scenario, design: Design, *, seed: int = 0, num_classes:
               reps: int = 20, idle_rate_hz: float | None = None) -> Calibration:
     """Measure the design's work per node and the transport cost per hop (module docstring),
     ``reps`` runs each after a few warm-up runs, with idle gaps at ``idle_rate_hz`` (default:
-    the scenario's arrival rate; 0: back to back)."""
-    route = used_route(design)
-    torch.manual_seed(seed)
-    model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
-    segments = split_model(model.eval())[: len(route)]
+    the scenario's arrival rate; 0: back to back).
+
+    The measurement runs in a fresh process started like a node (spawn, one torch thread): in
+    the caller's process, earlier work (for example training with two OpenMP threads) was seen
+    to slow a segment by up to 30%."""
     rate = getattr(scenario.workload.arrivals, "rate_hz", None) if idle_rate_hz is None \
         else idle_rate_hz
-    gaps = _gaps(rate, reps + _WARMUP, seed)
-    threads = torch.get_num_threads()
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(_calibrate_here, scenario, design, seed, num_classes, reps,
+                           rate).result()
+
+
+def _calibrate_here(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,
+                    rate: float | None) -> Calibration:
     torch.set_num_threads(1)  # as in a node process
-    try:
-        inputs: list[object] = [(request_input(scenario, seed, i),) for i in range(8)]
-        first = encode(Message(DATA, 0, 0.0, inputs[0]))  # type: ignore[arg-type]
-        dispatch = handoff_s(len(first), 0.0, gaps[:_HANDOFF_REPS], from_deadline=True)
-        compute, frame_bits, overhead = [], [], []
-        for j, (node, segment) in enumerate(zip(route, segments, strict=True)):
-            if len(segment.blocks):
-                times = _time_segment(segment, inputs, gaps)
-                compute.append(StageTiming(node, float(times.mean()),
-                                           float(times.std(ddof=1) / times.mean()), times.size))
-            inputs = [payload_tensors(run_stage(segment, decode_payload(p)))  # type: ignore[arg-type]
-                      for p in inputs]
-            if j < len(route) - 1:
-                frame = encode(Message(DATA, 0, 0.0, inputs[0]))  # type: ignore[arg-type]
-                frame_bits.append(8.0 * len(frame))
-                link = scenario.graph().edges[node, route[j + 1]]["spec"]
-                overhead.append(handoff_s(len(frame), link.propagation_s, gaps[:_HANDOFF_REPS]))
-    finally:
-        torch.set_num_threads(threads)
+    route = used_route(design)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
+    segments = split_model(model.eval())[: len(route)]
+    gaps = _gaps(rate, reps + _WARMUP, seed)
+    inputs: list[tuple[Tensor, ...]] = [(request_input(scenario, seed, i),) for i in range(8)]
+    first = encode(Message(DATA, 0, 0.0, inputs[0]))
+    dispatch = handoff_s(len(first), 0.0, gaps[:_HANDOFF_REPS], from_deadline=True)
+    compute, frame_bits, overhead = [], [], []
+    for j, (node, segment) in enumerate(zip(route, segments, strict=True)):
+        if len(segment.blocks):
+            times = _time_segment(segment, inputs, gaps)
+            compute.append(StageTiming(node, float(times.mean()),
+                                       float(times.std(ddof=1) / times.mean()), times.size))
+        inputs = [payload_tensors(run_stage(segment, decode_payload(p))) for p in inputs]
+        if j < len(route) - 1:
+            frame = encode(Message(DATA, 0, 0.0, inputs[0]))
+            frame_bits.append(8.0 * len(frame))
+            link = scenario.graph().edges[node, route[j + 1]]["spec"]
+            overhead.append(handoff_s(len(frame), link.propagation_s, gaps[:_HANDOFF_REPS]))
     return Calibration(tuple(compute), tuple(frame_bits), tuple(overhead), dispatch)
 
 

@@ -92,6 +92,9 @@ def load_design(text: str, scenario: Scenario, *, row: int = 0,
         if isinstance(data, dict) and "route" in data:
             return design_from_dict(data)
     arch = resolve_architecture(text)
+    hops = len(scenario.path) - 1
+    if splits is None and hops == 0:
+        splits = ""
     if splits is None:
         raise ValueError(f"--design {text} is an architecture: give --splits P1,P2,... "
                          f"(block positions 0..{arch.n_blocks}, one per hop)")
@@ -99,7 +102,6 @@ def load_design(text: str, scenario: Scenario, *, row: int = 0,
         positions = [int(p) for p in splits.split(",") if p.strip()]
     except ValueError:
         raise ValueError(f"--splits must be integers separated by commas, got {splits!r}") from None
-    hops = len(scenario.path) - 1
     if len(positions) > hops:
         raise ValueError(f"--splits: the path {scenario.path} has {hops} hop(s), "
                          f"got {len(positions)} positions")

@@ -87,6 +87,16 @@ def _remove_stale() -> None:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
+def _free_subnet(pid: int) -> str:
+    """``10.213.X`` with X not used by any address here (X starts at pid mod 250)."""
+    used = _ip("-o", "addr", "show")
+    for k in range(250):
+        subnet = f"10.213.{(pid + k) % 250}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise OSError("no free 10.213.X.0/24 subnet for the tc links")
+
+
 @dataclass
 class _Hop:
     namespace: str | None  # the sender's namespace (None: where we run)
@@ -103,7 +113,7 @@ class TcLinks:
             raise ValueError("one hop between each pair of consecutive nodes")
         pid = os.getpid()
         self.namespaces: list[str | None] = [None] + [f"jms{pid}n{j}" for j in range(1, nodes)]
-        self.subnet = f"10.213.{pid % 250}"
+        self.subnet = _free_subnet(pid)
         self.addresses = ["127.0.0.1"] + [f"{self.subnet}.{4 * j + 2}" for j in range(nodes - 1)]
         """Where node j listens (node j > 0: its end of the hop from node j-1)."""
         self.hops = [_Hop(self.namespaces[j], f"jms{pid}h{j}a", rate)
@@ -112,6 +122,8 @@ class TcLinks:
         self.t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        """Why following a channel failed (the run checks it and stops)."""
 
     def netns_path(self, node: int) -> str | None:
         ns = self.namespaces[node]
@@ -164,10 +176,10 @@ class TcLinks:
                 if abs(r - hop.current_bps) > 0.01 * hop.current_bps:
                     try:
                         self._set(hop, r)
-                    except OSError:
-                        if self._stop.is_set():
-                            return
-                        raise
+                    except OSError as exc:
+                        if not self._stop.is_set():
+                            self.error = str(exc)
+                        return
 
     def __exit__(self, *exc: object) -> None:
         self.close()

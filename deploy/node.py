@@ -43,7 +43,7 @@ from .netns import setns
 from .pacing import PacedLink, sleep_until
 from .wire import DATA, END, START, Message, decode_payload, encode, payload_tensors, recv_message
 
-__all__ = ["NodeSpec", "model_input", "node_main", "run_stage"]
+__all__ = ["NodeSpec", "model_input", "node_main", "one_line", "run_stage"]
 
 _CONNECT_TIMEOUT_S = 120.0
 
@@ -106,7 +106,7 @@ class _Node:
                 last = traceback.extract_tb(exc.__traceback__)[-1:]
                 where = f" ({last[0].name}:{last[0].lineno})" if last else ""
                 try:
-                    self.report("error", f"{name}: {type(exc).__name__}: {exc}{where}")
+                    self.report("error", one_line(f"{name}: {type(exc).__name__}: {exc}{where}"))
                 finally:
                     os._exit(1)
 
@@ -129,7 +129,10 @@ class _Node:
         listener.settimeout(_CONNECT_TIMEOUT_S)
         self.report("ready", listener.getsockname()[1])
         self.thread(self.watch_parent, "watchdog")
-        command = self.commands.get(timeout=_CONNECT_TIMEOUT_S)
+        try:
+            command = self.commands.get(timeout=_CONNECT_TIMEOUT_S)
+        except queue.Empty:
+            raise TimeoutError(f"no connect command within {_CONNECT_TIMEOUT_S:g} s") from None
         if command[0] != "connect":
             raise RuntimeError(f"expected connect, got {command[0]!r}")
         _, host, port, from_home = command
@@ -204,6 +207,12 @@ class _Node:
             rec["link_start"], rec["link_end"], rec["bytes"] = start, end, float(len(frame))
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A message for one line of the command's error (some exceptions span several lines)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def _set_process_name(name: str) -> None:
     """Name the process ``jmsnas-NODE`` in ps/top (Linux; elsewhere nothing happens)."""
     try:
@@ -225,6 +234,6 @@ def node_main(spec: NodeSpec, conn: Connection) -> None:
         _Node(spec, conn).run()
     except BaseException as exc:
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", one_line(f"{type(exc).__name__}: {exc}")))
         finally:
             os._exit(1)

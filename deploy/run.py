@@ -16,6 +16,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import threading
 import time
@@ -40,7 +41,7 @@ from sim.simulate import replication_seeds
 from sim.workload import Compute, Stage, Transfer, sample_tasks
 
 from .netns import TcLinks, netns_unavailable
-from .node import NodeSpec, node_main
+from .node import NodeSpec, node_main, one_line
 from .pacing import sleep_until
 from .wire import DATA, END, START, Message, encode, recv_message
 
@@ -48,7 +49,8 @@ __all__ = ["DeployError", "DeployResult", "deploy", "deploy_plan", "request_inpu
 
 Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
-INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
+RESULT_FILES = ("requests.csv", "summary.json")
+_INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
 
 
 class DeployError(RuntimeError):
@@ -82,7 +84,7 @@ def request_input(scenario: Scenario, seed: int, request: int) -> Tensor:
     state = np.random.SeedSequence([seed, request]).generate_state(1)[0]
     gen = torch.Generator().manual_seed(int(state))
     shape = (1, *scenario.input_shape)
-    dtype = INPUT_DTYPES[scenario.input_bits_per_element]
+    dtype = _INPUT_DTYPES[scenario.input_bits_per_element]
     if dtype == torch.uint8:
         return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
     return torch.rand(shape, generator=gen).to(dtype)
@@ -155,11 +157,17 @@ class DeployResult:
         tmp = out / "summary.json.tmp"
         tmp.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out / "summary.json")
-        return [out / "requests.csv", out / "summary.json"]
+        return [out / name for name in RESULT_FILES]
 
 
-def _check(scenario: Scenario, design: Design) -> None:
-    if scenario.input_bits_per_element not in INPUT_DTYPES:
+def _check(scenario: Scenario, design: Design, shaper: str) -> None:
+    if shaper not in ("pace", "tc"):
+        raise ValueError(f"shaper must be pace or tc, got {shaper!r}")
+    if shaper == "tc":
+        why = netns_unavailable()
+        if why is not None:
+            raise ValueError(why)
+    if scenario.input_bits_per_element not in _INPUT_DTYPES:
         raise ValueError(f"input_bits_per_element must be 8, 16 or 32 to deploy, got "
                          f"{scenario.input_bits_per_element}")
     if len(scenario.workload.sources) != 1 or scenario.workload.sources[0] != design.route[0]:
@@ -235,6 +243,21 @@ class _Run:
         raise DeployError("; ".join(dead + self.errors))
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What the processes of one run need to know, fixed before they start."""
+
+    scenario: Scenario
+    design: Design
+    arrivals: NDArray[np.float64]
+    specs: list[NodeSpec]
+    tc: TcLinks | None
+    seed: int
+    keep_outputs: bool
+    progress: bool
+    stall_timeout_s: float
+
+
 def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], *,
            tasks: int | None = None, seed: int = 0, num_classes: int = 10,
            shaper: Shaper = "pace", keep_outputs: bool = False, progress: bool = False,
@@ -243,23 +266,31 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
     """Run ``design`` for real and measure it (see the module docstring).
 
     The model has the weights of ``torch.manual_seed(seed)`` at construction (a deployment
-    measures time; :func:`search` trains only proxies). ``tasks`` overrides ``workload.tasks``;
-    the first ``workload.warmup_tasks`` are not measured. ``on_start`` receives the node
-    processes' pids once they run. The nodes are started with ``multiprocessing``'s spawn
-    method: a script that calls this needs the ``if __name__ == "__main__":`` guard.
-    Raises :class:`DeployError` naming the node when a node fails
+    measures time; :func:`search` trains only proxies; the caller's torch RNG is left as it
+    was). ``tasks`` overrides ``workload.tasks``; the first ``workload.warmup_tasks`` are not
+    measured. ``shaper``: ``pace`` holds each link to its channel inside the sending node
+    (:mod:`deploy.pacing`); ``tc`` puts every node after the first in its own network namespace
+    and shapes the veth links with tbf instead (:mod:`deploy.netns`, root only; a hop's time is
+    then split between its service and propagation by the socket buffers, and only their sum is
+    meaningful). ``on_start`` receives the node processes' pids once they run. The nodes are
+    started with ``multiprocessing``'s spawn method: a script that calls this needs the
+    ``if __name__ == "__main__":`` guard. Old ``requests.csv`` and ``summary.json`` in
+    ``out_dir`` are removed first. Raises :class:`DeployError` naming the node when a node fails
     or dies, or when no result arrives for ``stall_timeout_s``.
     """
-    _check(scenario, design)
+    _check(scenario, design, shaper)
     n = scenario.workload.tasks if tasks is None else tasks
     if n <= scenario.workload.warmup_tasks:
         raise ValueError(f"tasks ({n}) must exceed workload.warmup_tasks "
                          f"({scenario.workload.warmup_tasks})")
     out = Path(out_dir)
+    for old in RESULT_FILES:
+        (out / old).unlink(missing_ok=True)
     work = out / "segments"
     route = used_route(design)
-    torch.manual_seed(seed)
-    model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
     paths = save_segments(split_model(model.eval())[: len(route)], work)
 
     stages = deploy_plan(design)
@@ -267,17 +298,10 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
     plan = compile_plan(scenario, stages, ch_seed)
     links = {r.name: r for r in plan.resources if r.kind == "link"}
     arrivals = sample_tasks(scenario, stages, n, arr_seed, serv_seed).arrival_s
-
     hops = [links[f"{u}->{v}"] for u, v in itertools.pairwise(route)]
-    if shaper not in ("pace", "tc"):
-        raise ValueError(f"shaper must be pace or tc, got {shaper!r}")
     tc = None
     if shaper == "tc":
-        why = netns_unavailable()
-        if why is not None:
-            raise ValueError(why)
-        channels = [h.channel for h in hops if h.channel is not None]
-        tc = TcLinks(len(route), channels)
+        tc = TcLinks(len(route), [h.channel for h in hops if h.channel is not None])
     specs = []
     for j, node in enumerate(route):
         specs.append(NodeSpec(
@@ -289,20 +313,21 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
             listen_host=tc.addresses[j] if tc is not None else "127.0.0.1"))
     for spec in specs:
         Path(spec.records_path).unlink(missing_ok=True)
-
-    run = _Run()
-    ctx = mp.get_context("spawn")
+    setup = _Setup(scenario, design, arrivals, specs, tc, seed, keep_outputs, progress,
+                   stall_timeout_s)
     with contextlib.ExitStack() as stack:
         if tc is not None:
             stack.enter_context(tc)
-        return _launch(run, ctx, scenario, design, arrivals, specs, tc, seed, keep_outputs,
-                       progress, stall_timeout_s, on_start)
+        return _launch(setup, on_start)
 
 
-def _launch(run: _Run, ctx: Any, scenario: Scenario, design: Design,
-            arrivals: NDArray[np.float64], specs: list[NodeSpec], tc: TcLinks | None, seed: int,
-            keep_outputs: bool, progress: bool, stall_timeout_s: float,
-            on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
+def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
+    """Start one process per node. SIGINT is ignored while they start, so that a Ctrl-C in the
+    terminal (sent to the whole process group) does not hit them while they import torch: the
+    parent stops them."""
+    ctx = mp.get_context("spawn")
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         for spec in specs:
             parent, child = ctx.Pipe()
@@ -311,26 +336,53 @@ def _launch(run: _Run, ctx: Any, scenario: Scenario, design: Design,
             proc.start()
             child.close()
             run.procs.append((spec.name, proc, parent))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _accept(sink: socket.socket, run: _Run, timeout_s: float = 60.0) -> socket.socket:
+    """The last node's connection, watching the nodes while waiting."""
+    sink.settimeout(0.2)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn, _ = sink.accept()
+            return conn
+        except TimeoutError:
+            run.poll(0.0)
+            if time.monotonic() > deadline:
+                raise DeployError(f"the last node did not connect within {timeout_s:g} s") \
+                    from None
+
+
+def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
+    run = _Run()
+    specs = setup.specs
+    try:
+        _start_nodes(run, specs)
         if on_start is not None:
             on_start({name: int(p.pid or 0) for name, p, _ in run.procs})
         ports = _wait_ready(run)
-        sink = socket.create_server(("127.0.0.1", 0))
-        run.sockets.append(sink)
-        downstream = [(s.listen_host, ports[s.name], False) for s in specs[1:]]
-        downstream.append(("127.0.0.1", sink.getsockname()[1], True))
-        for (_, _, conn), target in zip(run.procs, downstream, strict=True):
-            conn.send(("connect", *target))
-        client = socket.create_connection((specs[0].listen_host, ports[specs[0].name]),
-                                          timeout=60)
-        run.sockets.append(client)
-        sink.settimeout(60)
-        result_sock, _ = sink.accept()
-        run.sockets.append(result_sock)
-        for s in (client, result_sock):
-            s.settimeout(None)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _drive(run, scenario, design, arrivals, client, result_sock, specs, tc, seed,
-                      keep_outputs, progress, stall_timeout_s)
+        try:
+            sink = socket.create_server(("127.0.0.1", 0))
+            run.sockets.append(sink)
+            downstream = [(s.listen_host, ports[s.name], False) for s in specs[1:]]
+            downstream.append(("127.0.0.1", sink.getsockname()[1], True))
+            for (_, _, conn), target in zip(run.procs, downstream, strict=True):
+                conn.send(("connect", *target))
+            client = socket.create_connection((specs[0].listen_host, ports[specs[0].name]),
+                                              timeout=60)
+            run.sockets.append(client)
+            result_sock = _accept(sink, run)
+            run.sockets.append(result_sock)
+            for s in (client, result_sock):
+                s.settimeout(None)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _drive(run, setup, client, result_sock)
+        except OSError as exc:  # a connection that failed: most likely a node that died
+            run.raise_if_failed()
+            raise DeployError(one_line(f"{type(exc).__name__}: {exc}")) from None
     finally:
         run.close()
 
@@ -358,10 +410,9 @@ def _wait_ready(run: _Run) -> dict[str, int]:
     return ports
 
 
-def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.float64],
-           client: socket.socket, result_sock: socket.socket, specs: list[NodeSpec],
-           tc: TcLinks | None, seed: int, keep_outputs: bool, progress: bool,
-           stall_timeout_s: float) -> DeployResult:
+def _drive(run: _Run, setup: _Setup, client: socket.socket,
+           result_sock: socket.socket) -> DeployResult:
+    arrivals, tc = setup.arrivals, setup.tc
     n = arrivals.size
     t0 = time.monotonic() + _START_MARGIN_S
     client.sendall(encode(Message(START, value=t0)))
@@ -382,7 +433,7 @@ def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.f
                     started.set()
                 elif msg.kind == DATA:
                     got[msg.request] = time.monotonic()
-                    if keep_outputs:
+                    if setup.keep_outputs:
                         outputs[msg.request] = msg.tensors[0].clone()
         except Exception as exc:  # reported by the main loop
             failures.append(f"result sink: {type(exc).__name__}: {exc}")
@@ -391,7 +442,8 @@ def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.f
         try:
             started.wait()
             for i in range(n):
-                frame = encode(Message(DATA, i, 0.0, (request_input(scenario, seed, i),)))
+                x = request_input(setup.scenario, setup.seed, i)
+                frame = encode(Message(DATA, i, 0.0, (x,)))
                 sleep_until(t0 + float(arrivals[i]))
                 client.sendall(frame)
         except Exception as exc:
@@ -402,7 +454,7 @@ def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.f
     for t in threads:
         t.start()
     bar = None
-    if progress:
+    if setup.progress:
         from tqdm import tqdm
         bar = tqdm(total=n, unit="request", desc="deploy", leave=False)
     try:
@@ -411,15 +463,19 @@ def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.f
             run.poll(0.1)
             if failures:
                 run.raise_if_failed()
-                raise DeployError("; ".join(failures))
+                raise DeployError(one_line("; ".join(failures)))
+            if tc is not None and tc.error is not None:
+                raise DeployError(one_line(f"tc shaping failed: {tc.error}"))
             count = len(got)
             now = time.monotonic()
             if count != last_count:
                 if bar is not None:
                     bar.update(count - last_count)
                 last_count, last_change = count, now
-            elif now - max(last_change, t0 + float(arrivals[min(count, n - 1)])) > stall_timeout_s:
-                raise DeployError(f"no result for {stall_timeout_s:g} s ({count} of {n} done)")
+            elif now - max(last_change, t0 + float(arrivals[min(count, n - 1)])) \
+                    > setup.stall_timeout_s:
+                raise DeployError(f"no result for {setup.stall_timeout_s:g} s "
+                                  f"({count} of {n} done)")
     finally:
         if bar is not None:
             bar.close()
@@ -429,8 +485,10 @@ def _drive(run: _Run, scenario: Scenario, design: Design, arrivals: NDArray[np.f
         if time.monotonic() > deadline:
             raise DeployError("the nodes did not finish within 60 s of the last result")
         run.poll(0.1)
-    records = [json.loads(Path(s.records_path).read_text(encoding="utf-8")) for s in specs]
-    return _result(design, specs, records, arrivals, t0, scenario.workload.warmup_tasks, outputs)
+    records = [json.loads(Path(s.records_path).read_text(encoding="utf-8"))
+               for s in setup.specs]
+    return _result(setup.design, setup.specs, records, arrivals, t0,
+                   setup.scenario.workload.warmup_tasks, outputs)
 
 
 def _result(design: Design, specs: list[NodeSpec], records: list[dict[str, dict[str, float]]],

@@ -194,11 +194,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path))
     design = load_design(args.design, scenario, row=args.row, splits=args.splits)
     out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
     result = deploy(scenario, design, out, tasks=args.tasks, seed=args.seed,
                     num_classes=args.classes, shaper=args.shaper,
                     progress=not args.json and sys.stderr.isatty())
     result.write(out)
-    (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -6,12 +6,17 @@ arrivals) and predicted by the simulator calibrated to this machine (:func:`depl
 each segment's measured time, the measured hand-off costs) on the same arrival and channel
 sample path. The loads are utilisations of the design's bottleneck stage, measured by a first,
 back-to-back calibration, so that "low" and "moderate" mean the same on a faster machine. Each
-finished case is saved in ``cases/`` and reused when the experiment runs again.
+finished calibration (with its rate) and case is saved in ``cases-HASH/`` (the hash of the
+experiment's config) and reused when the same config runs again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ from matplotlib import pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
 from deploy import deploy, load_design
-from deploy.calibrate import Calibration, calibrate, predict
+from deploy.calibrate import Calibration, StageTiming, calibrate, predict
 from search.design import Design
 from sim import Scenario
 from sim.network import mean_rate_bps
@@ -44,12 +49,40 @@ def _bottleneck_s(cal: Calibration, scenario: Scenario, design: Design) -> float
     return max(times)
 
 
-def _case(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: int,
-          cal: Calibration, seed: int) -> dict[str, Any]:
-    """One deployment and its prediction, saved in ``cases/NAME.json`` (reused if there)."""
-    path = ctx.out / "cases" / f"{name}.json"
+def _cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``make()``'s JSON saved at ``path`` (atomically), or what a previous run saved there."""
     if path.exists():
         return dict(json.loads(path.read_text(encoding="utf-8")))
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value), encoding="utf-8")
+    tmp.replace(path)
+    return value
+
+
+def _calibration(value: dict[str, Any]) -> Calibration:
+    return Calibration(tuple(StageTiming(**t) for t in value["compute"]),
+                       tuple(value["frame_bits"]), tuple(value["overhead_s"]),
+                       value["dispatch_s"])
+
+
+def _calibrate_at(c: dict[str, Any], base: Scenario, design: Design,
+                  utilisation: float) -> dict[str, Any]:
+    """The request rate that loads the design's bottleneck to ``utilisation`` (from a
+    back-to-back calibration), and the calibration at that rate."""
+    seed, reps = int(c["seed"]), int(c["calibration_reps"])
+    first = calibrate(base, design, seed=seed, reps=reps, idle_rate_hz=0.0)
+    rate = round(utilisation / _bottleneck_s(first, base, design), 2)
+    at_rate = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
+                                               "workload.arrivals.rate_hz": rate})
+    cal = calibrate(at_rate, design, seed=seed, reps=reps)
+    return {"rate_hz": rate, "calibration": dataclasses.asdict(cal)}
+
+
+def _measure(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: int,
+             cal: Calibration, seed: int) -> dict[str, Any]:
+    """One deployment and its prediction."""
     measured = deploy(scenario, design, ctx.out / "runs" / name, tasks=tasks, seed=seed,
                       progress=ctx.progress).summary()
     report = predict(scenario, design, cal, tasks=tasks, seed=seed)
@@ -58,39 +91,36 @@ def _case(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: in
                  "stages": [{"label": s.label, "waiting_s": s.waiting_s,
                              "service_s": s.service_s, "propagation_s": s.propagation_s}
                             for s in report.stages]}
-    case = {"measured": {"mean": measured["mean_latency_s"], "p50": measured["p50_latency_s"],
+    return {"measured": {"mean": measured["mean_latency_s"], "p50": measured["p50_latency_s"],
                          "p95": measured["p95_latency_s"], "stages": measured["stages"]},
             "predicted": predicted}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(case), encoding="utf-8")
-    tmp.replace(path)
-    return case
 
 
 def run(ctx: Context) -> Output:
     c = ctx.config
     seed = int(c["seed"])
+    # finished calibrations and cases are kept per config, so a rerun reuses only its own
+    key = hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:10]
+    cases = ctx.out / f"cases-{key}"
     rows: list[dict[str, Any]] = []
     stage_rows: list[dict[str, Any]] = []
     base = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"])})
     for split in c["splits"]:
         design = load_design(str(c["architecture"]), base, splits=str(split))
         label = f"split {split}"
-        first = calibrate(base, design, seed=seed, reps=int(c["calibration_reps"]),
-                          idle_rate_hz=0.0)
-        bottleneck = _bottleneck_s(first, base, design)
         for load, utilisation in c["utilisation"].items():
-            rate = round(float(utilisation) / bottleneck, 2)
-            at_rate = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
-                                                       "workload.arrivals.rate_hz": rate})
-            cal = calibrate(at_rate, design, seed=seed, reps=int(c["calibration_reps"]))
+            setting = _cached(cases / f"split{split}-{load}-calibration.json",
+                              functools.partial(_calibrate_at, c, base, design,
+                                                float(utilisation)))
+            rate, cal = float(setting["rate_hz"]), _calibration(setting["calibration"])
             for channel, spec in c["channels"].items():
                 scenario = scenario_variant(c["scenario"], {
                     "workload.warmup_tasks": int(c["warmup"]),
                     "workload.arrivals.rate_hz": rate, "links.0.channel": spec})
                 name = f"split{split}-{load}-{channel}"
-                case = _case(ctx, name, scenario, design, int(c["tasks"][load]), cal, seed)
+                tasks = int(c["tasks"][load])
+                case = _cached(cases / f"{name}.json", functools.partial(
+                    _measure, ctx, name, scenario, design, tasks, cal, seed))
                 for metric in METRICS:
                     p, m = case["predicted"][metric], case["measured"][metric]
                     rows.append({"design": label, "channel": channel, "load": load,

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from deploy import DeployError, deploy, design_from_description, load_design, request_input
+from deploy.calibrate import calibrate, predict
 from deploy.netns import TcLinks, netns_unavailable, setns
 from deploy.node import model_input
 from deploy.pacing import PacedLink
@@ -245,9 +246,32 @@ def test_a_node_that_fails_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return paths
 
     monkeypatch.setattr(run, "save_segments", corrupt_last)
-    with pytest.raises(DeployError, match="node 'edge' failed"):
+    with pytest.raises(DeployError, match="node 'edge' failed") as err:
         deploy(two_node(), Design(ARCH, ("phone", "edge"), (Cut(2),)), tmp_path)
-    assert os.path.exists(tmp_path / "segments")
+    assert "\n" not in str(err.value)  # torch's message for a bad file has six lines
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
+    scenario = two_node(tasks=30)
+    design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
+    cal = calibrate(scenario, design, seed=5, reps=5)
+    assert [t.node for t in cal.compute] == ["phone", "edge"]
+    assert all(0 < t.mean_s < 1 and t.samples == 5 for t in cal.compute)
+    assert all(0 <= o < 0.05 for o in (*cal.overhead_s, cal.dispatch_s))
+    result = deploy(scenario, design, tmp_path, seed=5)
+    assert cal.frame_bits == (8 * result.frame_bytes[0],)  # the frame that really crossed
+    pipeline = cal.pipeline(design, scenario)
+    assert [s.label for s in pipeline] == result.labels
+    assert pipeline[0].work_flops == pytest.approx(  # type: ignore[union-attr]
+        (cal.compute[0].mean_s + cal.dispatch_s) * 1e9)
+    link = cal.scenario(design, scenario).links[0]
+    assert link.propagation_s == pytest.approx(0.002 + cal.overhead_s[0])
+    report = predict(scenario, design, cal, tasks=30, seed=5)
+    # periodic requests 25 ms apart, a few ms of work: no queueing, the latency is the sum of parts
+    parts = sum(t.mean_s for t in cal.compute) + cal.dispatch_s + link.propagation_s \
+        + cal.frame_bits[0] / 50e6
+    assert report.mean_latency_s == pytest.approx(parts, rel=0.1)
 
 
 TC_UNAVAILABLE = netns_unavailable()

@@ -146,6 +146,7 @@ def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) 
     assert len(cut.links) == 1 and cut.nodes["phone"].memory_bytes is None
 
 
+@pytest.mark.slow
 def test_fidelity_predictions_meet_the_targets(quick_run: Path) -> None:
     """The calibrated simulator against real deployments (README, "Real execution"): every
     design x load x channel case, the mean within 10% at low load and the p95 within 20% at
