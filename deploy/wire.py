@@ -27,6 +27,7 @@ __all__ = [
     "decode_payload",
     "encode",
     "frame_overhead_bytes",
+    "parse_frame",
     "payload_tensors",
     "recv_message",
 ]
@@ -106,6 +107,18 @@ def recv_message(sock: socket.socket) -> Message | None:
     body = _recv_exact(sock, length)
     if body is None:
         raise ConnectionError("connection closed in the middle of a message")
+    return _parse(body)
+
+
+def parse_frame(frame: bytes) -> Message:
+    """A whole frame (length prefix included) back into its message (the tensors are copies)."""
+    (length,) = _LEN.unpack_from(frame, 0)
+    if length != len(frame) - _LEN.size:
+        raise ValueError(f"a frame of {len(frame)} bytes announces {length} + {_LEN.size}")
+    return _parse(bytearray(frame[_LEN.size:]))
+
+
+def _parse(body: bytearray) -> Message:
     magic, kind, request, value, count = _HEAD.unpack_from(body, 0)
     if magic != _MAGIC:
         raise ConnectionError("not a JMSNAS frame")
