@@ -67,17 +67,19 @@ def _calibration(value: dict[str, Any]) -> Calibration:
                        value["dispatch_s"])
 
 
-def _calibrate_at(c: dict[str, Any], base: Scenario, design: Design,
-                  utilisation: float) -> dict[str, Any]:
-    """The request rate that loads the design's bottleneck to ``utilisation`` (from a
-    back-to-back calibration), and the calibration at that rate."""
-    seed, reps = int(c["seed"]), int(c["calibration_reps"])
-    first = calibrate(base, design, seed=seed, reps=reps, idle_rate_hz=0.0)
-    rate = round(utilisation / _bottleneck_s(first, base, design), 2)
+def _bottleneck(c: dict[str, Any], base: Scenario, design: Design) -> dict[str, Any]:
+    """The design's bottleneck stage time from a back-to-back calibration."""
+    first = calibrate(base, design, seed=int(c["seed"]), reps=int(c["calibration_reps"]),
+                      idle_rate_hz=0.0)
+    return {"bottleneck_s": _bottleneck_s(first, base, design)}
+
+
+def _calibrate_at(c: dict[str, Any], design: Design, rate: float) -> dict[str, Any]:
+    """The calibration at ``rate`` requests per second."""
     at_rate = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
                                                "workload.arrivals.rate_hz": rate})
-    cal = calibrate(at_rate, design, seed=seed, reps=reps)
-    return {"rate_hz": rate, "calibration": dataclasses.asdict(cal)}
+    cal = calibrate(at_rate, design, seed=int(c["seed"]), reps=int(c["calibration_reps"]))
+    return dataclasses.asdict(cal)
 
 
 def _measure(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: int,
@@ -108,11 +110,12 @@ def run(ctx: Context) -> Output:
     for split in c["splits"]:
         design = load_design(str(c["architecture"]), base, splits=str(split))
         label = f"split {split}"
+        bottleneck = _cached(cases / f"split{split}-bottleneck.json",
+                             functools.partial(_bottleneck, c, base, design))["bottleneck_s"]
         for load, utilisation in c["utilisation"].items():
-            setting = _cached(cases / f"split{split}-{load}-calibration.json",
-                              functools.partial(_calibrate_at, c, base, design,
-                                                float(utilisation)))
-            rate, cal = float(setting["rate_hz"]), _calibration(setting["calibration"])
+            rate = round(float(utilisation) / bottleneck, 2)
+            cal = _calibration(_cached(cases / f"split{split}-{load}-calibration.json",
+                                       functools.partial(_calibrate_at, c, design, rate)))
             for channel, spec in c["channels"].items():
                 scenario = scenario_variant(c["scenario"], {
                     "workload.warmup_tasks": int(c["warmup"]),
