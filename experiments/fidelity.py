@@ -143,6 +143,10 @@ def run(ctx: Context) -> Output:
                   ["fidelity.csv", "fidelity_stages.csv"])
 
 
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "125" else "")
+"""Tick labels as plain numbers, at 1, 2 and 5 times a power of ten."""
+
+
 def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     markers = {"mean": "o", "p50": "s", "p95": "^"}
@@ -172,9 +176,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any
         ax.plot([lo, hi], [lo, hi], "-", color="0.6", lw=1, label="predicted = measured")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
         for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
+            axis.set_major_formatter(_PLAIN)
+            axis.set_minor_formatter(_PLAIN)
         ax.set_xlabel("measured (ms)")
         ax.set_ylabel("predicted by the calibrated simulator (ms)")
         ax.set_title(title)
