@@ -7,11 +7,13 @@ status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from deploy import DeployError
 from models.profile import ModelProfile, profile_model
@@ -185,6 +187,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from deploy import deploy, load_design
+    from deploy.calibrate import calibrate, predict
     from sim.scenario import read_scenario_dict, scenario_from_dict
 
     path = resolve_scenario_path(args.scenario)
@@ -195,14 +198,33 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     design = load_design(args.design, scenario, row=args.row, splits=args.splits)
     out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "prediction.json").unlink(missing_ok=True)
     (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
+    # calibrated before the run, in isolation from it
+    cal = calibrate(scenario, design, seed=args.seed, num_classes=args.classes) \
+        if args.predict else None
     result = deploy(scenario, design, out, tasks=args.tasks, seed=args.seed,
                     num_classes=args.classes, shaper=args.shaper,
                     progress=not args.json and sys.stderr.isatty())
     result.write(out)
     summary = result.summary()
+    predicted: dict[str, Any] | None = None
+    if cal is not None:
+        tasks = args.tasks or scenario.workload.tasks
+        report = predict(scenario, design, cal, tasks=tasks, seed=args.seed)
+        predicted = {"calibration": dataclasses.asdict(cal), "stages": [
+            {"label": st.label, "waiting_s": st.waiting_s, "service_s": st.service_s,
+             "propagation_s": st.propagation_s} for st in report.stages]}
+        for key in ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s"):
+            predicted[key] = getattr(report, key)
+            predicted[key.replace("latency_s", "relative_error")] = \
+                getattr(report, key) / summary[key] - 1
+        tmp = out / "prediction.json.tmp"
+        tmp.write_text(json.dumps(predicted, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out / "prediction.json")
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary if predicted is None else {**summary, "predicted": predicted},
+                         indent=2))
         return 0
     ms = 1e3
     print(f"deployed {design.describe()} over loopback: {summary['tasks']} measured requests")
@@ -214,7 +236,14 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     for st in summary["stages"]:
         print(f"  {st['label']:<28} {st['waiting_s'] * ms:>9.3f} {st['service_s'] * ms:>11.3f} "
               f"{st['propagation_s'] * ms:>9.3f}")
-    print(f"results in {out}/ (requests.csv, summary.json, design.json)")
+    files = "requests.csv, summary.json, design.json"
+    if predicted is not None:
+        print("  predicted by the calibrated simulator (error against the measurement):")
+        print("   " + "  ".join(f"{m} {predicted[f'{m}_latency_s'] * ms:.2f} ms "
+                               f"({predicted[f'{m}_relative_error']:+.1%})"
+                               for m in ("mean", "p50", "p95")))
+        files += ", prediction.json"
+    print(f"results in {out}/ ({files})")
     return 0
 
 
@@ -334,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="arrivals, channel path and weights (default 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/deploy-NAME-seedS)")
+    p.add_argument("--predict", action="store_true",
+                   help="also calibrate the simulator to this machine before the run and print "
+                   "its prediction beside the measurement (writes prediction.json)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_cmd_deploy)
 

@@ -328,3 +328,27 @@ def test_a_tc_shaped_deployment_returns_the_whole_models_outputs(tmp_path: Path)
     for i in range(12):
         assert torch.equal(result.outputs[i], expected[i]), i
     assert not _our_namespaces()
+
+
+def test_deploy_command_predicts_beside_the_measurement(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from experiments.cli import main
+
+    scenario_file = tmp_path / "two-node.yaml"
+    scenario_file.write_text(yaml.safe_dump(two_node().model_dump(
+        mode="json", exclude={"base_dir", "pipeline"}, exclude_none=True)))
+    out = tmp_path / "run"
+    assert main(["deploy", str(scenario_file), "--design", "tiny-000000000", "--splits", "2",
+                 "--predict", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    predicted = printed["predicted"]
+    assert [s["label"] for s in predicted["stages"]] == [s["label"] for s in printed["stages"]]
+    for m in ("mean", "p50", "p95"):
+        assert predicted[f"{m}_relative_error"] == pytest.approx(
+            predicted[f"{m}_latency_s"] / printed[f"{m}_latency_s"] - 1)
+    assert json.loads((out / "prediction.json").read_text()) == predicted
+    assert load_design(str(out / "design.json"), two_node()).positions == (2,)
