@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from .pacing import sleep_until
 from .run import request_input, used_route
 from .wire import DATA, Message, decode_payload, encode, payload_tensors, recv_message
 
-__all__ = ["Calibration", "StageTiming", "calibrate", "handoff_s", "predict"]
+__all__ = ["Calibration", "StageTiming", "calibrate", "handoff_s", "predict", "stage_means"]
 
 _MIN_CV = 0.01
 _WARMUP = 3
@@ -218,6 +219,12 @@ def _calibrate_here(scenario: Scenario, design: Design, seed: int, num_classes: 
             link = scenario.graph().edges[node, route[j + 1]]["spec"]
             overhead.append(handoff_s(len(frame), link.propagation_s, gaps[:_HANDOFF_REPS]))
     return Calibration(tuple(compute), tuple(frame_bits), tuple(overhead), dispatch)
+
+
+def stage_means(report: LatencyReport) -> list[dict[str, Any]]:
+    """A report's per-stage means, in the form of ``DeployResult.summary()["stages"]``."""
+    return [{"label": s.label, "waiting_s": s.waiting_s, "service_s": s.service_s,
+             "propagation_s": s.propagation_s} for s in report.stages]
 
 
 def predict(scenario: Scenario, design: Design, calibration: Calibration, *, tasks: int,

@@ -187,7 +187,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from deploy import deploy, load_design
-    from deploy.calibrate import calibrate, predict
+    from deploy.calibrate import calibrate, predict, stage_means
     from sim.scenario import read_scenario_dict, scenario_from_dict
 
     path = resolve_scenario_path(args.scenario)
@@ -212,9 +212,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     if cal is not None:
         tasks = args.tasks or scenario.workload.tasks
         report = predict(scenario, design, cal, tasks=tasks, seed=args.seed)
-        predicted = {"calibration": dataclasses.asdict(cal), "stages": [
-            {"label": st.label, "waiting_s": st.waiting_s, "service_s": st.service_s,
-             "propagation_s": st.propagation_s} for st in report.stages]}
+        predicted = {"calibration": dataclasses.asdict(cal), "stages": stage_means(report)}
         for key in ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s"):
             predicted[key] = getattr(report, key)
             predicted[key.replace("latency_s", "relative_error")] = \

@@ -24,7 +24,7 @@ from matplotlib import pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
 from deploy import deploy, load_design
-from deploy.calibrate import Calibration, StageTiming, calibrate, predict
+from deploy.calibrate import Calibration, StageTiming, calibrate, predict, stage_means
 from search.design import Design
 from sim import Scenario
 from sim.network import mean_rate_bps
@@ -89,10 +89,7 @@ def _measure(ctx: Context, name: str, scenario: Scenario, design: Design, tasks:
                       progress=ctx.progress).summary()
     report = predict(scenario, design, cal, tasks=tasks, seed=seed)
     predicted = {"mean": report.mean_latency_s, "p50": report.p50_latency_s,
-                 "p95": report.p95_latency_s,
-                 "stages": [{"label": s.label, "waiting_s": s.waiting_s,
-                             "service_s": s.service_s, "propagation_s": s.propagation_s}
-                            for s in report.stages]}
+                 "p95": report.p95_latency_s, "stages": stage_means(report)}
     return {"measured": {"mean": measured["mean_latency_s"], "p50": measured["p50_latency_s"],
                          "p95": measured["p95_latency_s"], "stages": measured["stages"]},
             "predicted": predicted}
