@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -151,12 +152,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from search.config import SearchConfig, load_search_config
+    from search.config import SearchConfig, load_search_config, resolve_config_dataset
     from search.nsga import run_search
     from search.outputs import write_run
 
     scenario_path = resolve_scenario_path(args.scenario)
     scenario = load_scenario(scenario_path)
+    if args.data_dir is not None:  # first in the lookup; worker processes inherit it
+        os.environ["JMSNAS_DATA"] = args.data_dir
     base = load_search_config(args.config) if args.config else SearchConfig()
     config = base.with_changes(
         dataset=args.dataset, space=args.space, population=args.population,
@@ -165,6 +168,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         subset=args.subset, device=args.device, architecture=args.architecture,
         scheduler=args.scheduler,
     )
+    config, reason = resolve_config_dataset(config)
+    print(f"jmsnas search: {reason}", file=sys.stderr)
     out = Path(args.resume or args.out or f"runs/search-{scenario.name}-seed{config.seed}")
     if args.resume is None and (out / "checkpoint.pkl").exists():
         raise ValueError(f"{out} already holds a search: pass --resume {out} to continue it, "
@@ -313,7 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("scenario", metavar="SCENARIO")
     p.add_argument("--config", metavar="YAML", help="search configuration file (see README)")
-    p.add_argument("--dataset", choices=["mnist5k", "digits", "mnist1d", "cifar10"])
+    p.add_argument("--dataset", choices=["auto", "fashion-mnist", "mnist5k", "digits",
+                                         "mnist1d", "cifar10"],
+                   help="auto (default): Fashion-MNIST if it is on disk or can be downloaded, "
+                   "else mnist5k")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder holding the Fashion-MNIST idx files (looked in before "
+                   "$JMSNAS_DATA, ~/.cache/jmsnas and /usr/share/datasets)")
     p.add_argument("--space", choices=["tiny", "mobile"])
     p.add_argument("--architecture", metavar="MODEL_OR_GENOME",
                    help="fix the architecture (a reference model, SPACE:G,G,..., a name such as "

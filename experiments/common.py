@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import yaml
 from matplotlib.figure import Figure
 
-from search.config import SearchConfig, validate_config
+from search.config import SearchConfig, resolve_config_dataset, validate_config
 from search.evaluate import Evaluation, Evaluator
 from search.nsga import CHECKPOINT, SearchResult, fingerprint, run_search
 from search.pipeline import segment_costs
@@ -132,6 +132,7 @@ class Context:
         """The experiment's ``search`` mapping as a validated :class:`SearchConfig`."""
         data = copy.deepcopy(self.config.get("search", {}))
         cfg = validate_config(data, f"{self.name} config: search")
+        cfg, _ = resolve_config_dataset(cfg)  # auto: Fashion-MNIST where it can be had
         return cfg.with_changes(**changes) if changes else cfg
 
     def write_config(self) -> None:

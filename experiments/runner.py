@@ -10,7 +10,7 @@ from .common import Output, run_experiment
 
 __all__ = ["EXPERIMENTS", "run_all", "run_named"]
 
-EXPERIMENTS = ("validate", "tradeoff", "pareto", "channel", "load", "hops", "convergence",
+EXPERIMENTS = ("validate", "proxy", "tradeoff", "pareto", "channel", "load", "hops", "convergence",
                "fidelity")
 """In the order of the report."""
 

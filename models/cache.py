@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
+
+import torch
 
 from .build import Cut
 from .spec import ArchSpec
@@ -38,6 +42,15 @@ CREATE TABLE IF NOT EXISTS accuracy (
     status TEXT NOT NULL,
     message TEXT NOT NULL,
     created_unix_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS noise (
+    dataset TEXT NOT NULL,
+    budget TEXT NOT NULL,
+    sd REAL NOT NULL,
+    architectures INTEGER NOT NULL,
+    seeds INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (dataset, budget)
 )
 """
 
@@ -48,15 +61,35 @@ def _compressing(cuts: Sequence[Cut]) -> list[list[float]]:
             if c.compresses]
 
 
+VARIANT_TRAINING = "inherit-1"
+"""How a compressed variant is trained: from its parent's weights, fine-tuned. Part of the key
+of every variant, so variants trained another way (before: from scratch) are never served."""
+
+
+def _budget_key(budget: ProxyBudget, variant: bool) -> dict[str, object]:
+    out = budget.to_dict()
+    if not variant:  # the fine-tuning settings do not change an uncompressed architecture's run
+        out = {k: v for k, v in out.items() if not k.startswith("finetune_")}
+    return out
+
+
+def _budget_json(budget: ProxyBudget) -> str:
+    return json.dumps(_budget_key(budget, variant=False), sort_keys=True)
+
+
 def cache_key(spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,
               cuts: Sequence[Cut] = ()) -> str:
     """SHA-256 of the canonical JSON of everything the accuracy depends on.
 
-    ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split.
+    ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split. The same
+    key names the architecture's trained weights (:meth:`AccuracyCache.weights_path`).
     """
-    text = json.dumps([spec.to_dict()["blocks"], _compressing(cuts), dataset, budget.to_dict(),
-                       seed],
-                      sort_keys=True, separators=(",", ":"))
+    compressing = _compressing(cuts)
+    parts: list[object] = [spec.to_dict()["blocks"], compressing, dataset,
+                           _budget_key(budget, bool(compressing)), seed]
+    if compressing:
+        parts.append(VARIANT_TRAINING)
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -69,7 +102,7 @@ class AccuracyCache:
         self.timeout_s = timeout_s
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
@@ -104,6 +137,66 @@ class AccuracyCache:
             raise
         finally:
             db.close()
+
+    def noise(self, dataset: str, budget: ProxyBudget) -> tuple[float, int, int, str] | None:
+        """The measured seed-to-seed standard deviation of one accuracy under ``budget`` on
+        ``dataset`` (a :attr:`Dataset.key`): ``(sd, architectures, seeds, source)``, or None."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT sd, architectures, seeds, source FROM noise WHERE "
+                             "dataset = ? AND budget = ?",
+                             (dataset, _budget_json(budget))).fetchone()
+        return None if row is None else (float(row[0]), int(row[1]), int(row[2]), str(row[3]))
+
+    def put_noise(self, dataset: str, budget: ProxyBudget, sd: float, architectures: int,
+                  seeds: int, source: str) -> None:
+        """Record a measurement, unless one with more degrees of freedom is already there."""
+        if not math.isfinite(sd) or architectures < 1 or seeds < 2:
+            return
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT architectures, seeds FROM noise WHERE dataset = ? AND "
+                             "budget = ?", (dataset, _budget_json(budget))).fetchone()
+            if row is None or row[0] * (row[1] - 1) <= architectures * (seeds - 1):
+                db.execute("INSERT OR REPLACE INTO noise VALUES (?, ?, ?, ?, ?, ?)",
+                           (dataset, _budget_json(budget), sd, architectures, seeds, source))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def weights_path(self, key: str) -> Path:
+        """Where the weights trained under ``key`` are kept: ``NAME.weights/KEY.pt`` beside the
+        database ``NAME.sqlite``."""
+        return self.path.with_suffix(".weights") / f"{key}.pt"
+
+    def save_weights(self, key: str, state: dict[str, torch.Tensor]) -> None:
+        """Write atomically (a temporary file renamed into place): a killed writer leaves either
+        no file or the whole one."""
+        path = self.weights_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(state, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_weights(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The weights saved under ``key``, or None (also for an unreadable file)."""
+        path = self.weights_path(key)
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+        return state if isinstance(state, dict) else None
 
     def __len__(self) -> int:
         with closing(self._connect()) as db:

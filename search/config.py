@@ -19,7 +19,7 @@ from models.spec import ArchSpec
 from models.train import ProxyBudget
 from sim.scenario import load_yaml
 
-__all__ = ["BudgetConfig", "SearchConfig", "load_search_config"]
+__all__ = ["BudgetConfig", "SearchConfig", "load_search_config", "resolve_config_dataset"]
 
 
 class _Frozen(BaseModel):
@@ -59,7 +59,9 @@ class SearchConfig(_Frozen):
     """Fix the architecture and search only its route, split and compression: a reference model
     (``resnet18``), ``SPACE:G,G,...``, an architecture name such as ``tiny-010100000``, or an
     architecture JSON file (see :func:`models.resolve.resolve_architecture`)."""
-    dataset: Literal["mnist5k", "digits", "mnist1d", "cifar10"] = "mnist5k"
+    dataset: Literal["auto", "fashion-mnist", "mnist5k", "digits", "mnist1d", "cifar10"] = "auto"
+    """``auto``: Fashion-MNIST when it is on disk or can be downloaded, else mnist5k (see
+    :func:`resolve_config_dataset`); a run records the data set it used."""
     dataset_seed: Annotated[int, Field(ge=0)] = 0
     budget: BudgetConfig = BudgetConfig()
     objective: Literal["pareto", "scalarized"] = "pareto"
@@ -76,6 +78,9 @@ class SearchConfig(_Frozen):
     crossover_prob: Annotated[float, Field(ge=0, le=1)] = 0.9
     mutation_prob: Annotated[float, Field(gt=0, le=1)] | None = None
     """Per-gene mutation probability; default 1 / number of genes."""
+    noise_architectures: Annotated[int, Field(ge=0)] = 6
+    """Architectures trained with a second seed to measure the proxy's seed-to-seed noise, once
+    per budget and data set (the cache keeps it; 0: not measured, the sd is NaN)."""
     sim_tasks: Annotated[int, Field(ge=10)] = 300
     """Measured tasks per source per design; the scenario's warm-up tasks run on top."""
     sim_replications: Annotated[int, Field(ge=1)] = 1
@@ -135,6 +140,16 @@ class SearchConfig(_Frozen):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def resolve_config_dataset(config: SearchConfig) -> tuple[SearchConfig, str]:
+    """The config with ``dataset: auto`` replaced by the data set it means here, and a one-line
+    reason (see :func:`models.data.resolve_dataset`). An explicit ``fashion-mnist`` that cannot
+    be had raises :class:`models.data.DatasetNotFoundError`."""
+    from models.data import resolve_dataset
+
+    name, reason = resolve_dataset(config.dataset)
+    return (config if name == config.dataset else config.with_changes(dataset=name)), reason
 
 
 def validate_config(data: dict[str, Any], where: str) -> SearchConfig:

@@ -10,12 +10,14 @@ GA seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.build import Cut
@@ -24,10 +26,11 @@ from models.data import Dataset, load_dataset
 from models.profile import ModelProfile, profile_model
 from models.space import get_space
 from models.spec import ArchSpec
-from models.train import TrainResult, proxy_accuracy
+from models.train import TrainResult, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
+from sim.seeds import child
 
-from .config import SearchConfig
+from .config import SearchConfig, resolve_config_dataset
 from .design import Design, GenomeLayout, scenario_routes
 from .pipeline import design_pipeline, segment_costs
 
@@ -52,27 +55,54 @@ class TrainJob:
     seed: int
     device: str
     cache_path: str
+    final: bool = False
+    """Train on training plus validation parts and score on the held-out test set."""
 
 
 @lru_cache(maxsize=4)
-def _dataset(name: str, seed: int) -> Dataset:
-    return load_dataset(name, seed=seed)
+def _dataset(name: str, seed: int, final: bool = False) -> Dataset:
+    data = load_dataset(name, seed=seed)
+    return data.final() if final else data
 
 
 def run_train_job(job: TrainJob) -> TrainResult:
-    """Train one architecture (unless a worker already did: the cache is checked first)."""
+    """Train one architecture (unless a worker already did: the cache is checked first).
+
+    An uncompressed architecture is trained from scratch and its weights are kept beside the
+    cache. A compressed variant starts from those weights (training the parent first if they
+    are missing) and fine-tunes; a parent whose training failed fails its variants too.
+    """
     from models.train import ProxyBudget
 
     spec = ArchSpec.from_json(job.arch_json)
     cuts = [Cut(p, b, bits) for p, b, bits in job.cuts]
     budget = ProxyBudget(**dict(job.budget))
-    data = _dataset(job.dataset, job.dataset_seed)
+    data = _dataset(job.dataset, job.dataset_seed, job.final)
     cache = AccuracyCache(job.cache_path)
-    result, _ = cache.get_or_compute(
-        spec, data.key, budget, job.seed,
-        lambda: proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts, device=job.device),
-        cuts=cuts,
-    )
+    key = cache_key(spec, data.key, budget, job.seed, cuts)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    parent_key = cache_key(spec, data.key, budget, job.seed)
+    parent_state = cache.load_weights(parent_key)
+    parent = cache.get(parent_key)
+    if parent_state is None and (parent is None or parent.ok):
+        parent = proxy_accuracy(spec, data, budget, seed=job.seed, device=job.device,
+                                keep_state=True)
+        if parent.state is not None:
+            cache.save_weights(parent_key, parent.state)
+        cache.put(parent_key, parent, spec=spec, dataset=data.key, budget=budget, seed=job.seed)
+        parent_state = parent.state
+    if not cuts:
+        assert parent is not None
+        return dataclasses.replace(parent, state=None)  # weights stay on disk, not in a pipe
+    if parent_state is None:  # the parent's training failed: so does every variant
+        assert parent is not None
+        result = TrainResult(math.nan, 0.0, parent.status, f"parent: {parent.message}")
+    else:
+        result = proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts, device=job.device,
+                                init_state=parent_state)
+    cache.put(key, result, spec=spec, dataset=data.key, budget=budget, seed=job.seed, cuts=cuts)
     return result
 
 
@@ -95,6 +125,9 @@ class Evaluation:
     violation: float
     status: str
     message: str = ""
+    accuracy_sd: float = math.nan
+    """Seed-to-seed standard deviation of one proxy accuracy under this run's budget and data
+    set (measured once per budget and data set; NaN when not measured)."""
 
     @property
     def feasible(self) -> bool:
@@ -125,13 +158,14 @@ class Evaluator:
 
     def __init__(self, scenario: Scenario, config: SearchConfig, cache_path: str) -> None:
         self.scenario = scenario
-        self.config = config
+        self.config, _ = resolve_config_dataset(config)
         self.cache_path = cache_path
         self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
                                    compression=config.compression,
                                    fixed_arch=config.fixed_architecture())
-        self._budget = config.budget.to_budget()
+        self._budget = self.config.budget.to_budget()
         self._cache = AccuracyCache(cache_path)
+        self.accuracy_sd = math.nan
         self._check_scenario()
 
     def _check_scenario(self) -> None:
@@ -182,6 +216,38 @@ class Evaluator:
                 total += cost.memory_bytes / limit - 1.0
         return total
 
+    def _noise_jobs(self) -> list[list[TrainJob]]:
+        """Trainings that measure the proxy's seed-to-seed noise, per seed (rows) and
+        architecture (columns): ``noise_architectures`` architectures drawn from the space with
+        ``eval_seed`` (the fixed architecture, with three seeds), at ``eval_seed`` and the next
+        seed(s). Empty when the cache already holds a measurement for this budget and data."""
+        n = self.config.noise_architectures
+        data_key = _dataset(self.config.dataset, self.config.dataset_seed).key
+        known = self._cache.noise(data_key, self._budget)
+        if known is not None or n == 0:
+            self.accuracy_sd = math.nan if known is None else known[0]
+            return []
+        if self.layout.fixed_arch is not None:
+            archs, seeds = [self.layout.fixed_arch], 3
+        else:
+            space = self.layout.space
+            genomes = list(space.enumerate()) if space.size <= 10_000 else None
+            rng = np.random.default_rng(child(np.random.SeedSequence(self.config.eval_seed), 11))
+            if genomes is not None:
+                picks = rng.choice(len(genomes), size=min(n, len(genomes)), replace=False)
+                archs = [space.decode(genomes[i]) for i in picks]
+            else:
+                archs = [space.decode(space.canonical([int(rng.integers(b))
+                                                       for b in space.gene_bounds]))
+                         for _ in range(n)]
+            seeds = 2
+        rows = []
+        for k in range(seeds):
+            base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
+            rows.append([dataclasses.replace(base, arch_json=a.to_json(),
+                                             seed=self.config.eval_seed + k) for a in archs])
+        return rows
+
     def train_job(self, design: Design) -> TrainJob:
         return TrainJob(
             arch_json=design.arch.to_json(),
@@ -217,6 +283,9 @@ class Evaluator:
         for job in design_jobs:
             if job is not None:
                 jobs.setdefault(job, None)
+        noise = self._noise_jobs() if math.isnan(self.accuracy_sd) else []
+        for job in (j for row in noise for j in row):
+            jobs.setdefault(job, None)
         todo = []
         for job in jobs:
             jobs[job] = self._cached_accuracy(job)
@@ -224,6 +293,13 @@ class Evaluator:
                 todo.append(job)
         for job, result in zip(todo, map_fn(run_train_job, todo), strict=True):
             jobs[job] = result
+        if noise:
+            acc = [[r.accuracy if (r := jobs[j]) is not None else math.nan for j in row]
+                   for row in noise]
+            self.accuracy_sd = seed_sd(acc)
+            self._cache.put_noise(_dataset(self.config.dataset, self.config.dataset_seed).key,
+                                  self._budget, self.accuracy_sd, len(noise[0]), len(noise),
+                                  "search")
         out = []
         for d, p, m, job in zip(designs, profiles, mem, design_jobs, strict=True):
             out.append(self._score(d, p, m, None if job is None else jobs[job]))
@@ -260,4 +336,5 @@ class Evaluator:
                           mean_latency_s=report.mean_latency_s,
                           p95_latency_s=report.p95_latency_s,
                           device_energy_j=report.device_energy_j_per_task,
-                          violation=violation, status=status, message=message)
+                          violation=violation, status=status, message=message,
+                          accuracy_sd=self.accuracy_sd)

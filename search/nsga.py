@@ -41,7 +41,7 @@ from models.build import Cut
 from sim import Scenario
 from sim.seeds import child
 
-from .config import SearchConfig
+from .config import SearchConfig, resolve_config_dataset
 from .design import Design
 from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
@@ -58,7 +58,7 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 3
+_FORMAT = 4
 """Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
 block, 3 since offspring are made fresh."""
 FRESH_TRIES = 20
@@ -368,6 +368,7 @@ def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathL
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    config, _ = resolve_config_dataset(config)  # the run and its checkpoint name the real one
     if map_fn is not None:
         return _Search(scenario, config, out, map_fn, progress, cache_path, evaluator).run(resume)
     with executor_map(config) as pool_map:

@@ -1,7 +1,8 @@
 """What a search leaves in its run folder: the resolved config, CSV tables and figures.
 
 - ``config.yaml``: the resolved search configuration, the scenario file and the package version;
-- ``front.csv``: one row per non-dominated feasible design: ``accuracy``, ``latency_s``,
+- ``front.csv``: one row per non-dominated feasible design: ``accuracy`` and its noise
+  ``accuracy_sd`` (the proxy's seed-to-seed standard deviation), ``latency_s``,
   ``energy_j``, ``splits``, ``arch``, ``genome`` (and the design in words);
 - ``evaluations.csv``: every design evaluated, feasible or not;
 - ``history.csv``: per generation: evaluations, hypervolume, best accuracy and latency;
@@ -22,8 +23,8 @@ from .nsga import SearchResult
 
 __all__ = ["FRONT_COLUMNS", "HISTORY_COLUMNS", "write_run"]
 
-FRONT_COLUMNS = ["accuracy", "latency_s", "mean_latency_s", "p95_latency_s", "energy_j",
-                 "splits", "arch", "genome", "design", "status", "violation"]
+FRONT_COLUMNS = ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s", "p95_latency_s",
+                 "energy_j", "splits", "arch", "genome", "design", "status", "violation"]
 HISTORY_COLUMNS = ["generation", "evaluations", "feasible", "hypervolume", "best_accuracy",
                    "best_latency_s", "elapsed_s"]
 
@@ -37,8 +38,9 @@ def _version() -> str:
 
 def _row(e: Evaluation) -> list[object]:
     splits = e.design.split(" (")[0]
-    return [e.accuracy, e.latency_s, e.mean_latency_s, e.p95_latency_s, e.device_energy_j,
-            splits, e.arch, " ".join(map(str, e.genome)), e.design, e.status, e.violation]
+    return [e.accuracy, e.accuracy_sd, e.latency_s, e.mean_latency_s, e.p95_latency_s,
+            e.device_energy_j, splits, e.arch, " ".join(map(str, e.genome)), e.design, e.status,
+            e.violation]
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
@@ -77,6 +79,11 @@ def _plot(out: Path, result: SearchResult, front: list[Evaluation]) -> list[Path
                s=14, color="0.7", label=f"evaluated ({len(feasible)} feasible)")
     ax.plot([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front], "o-",
             color="C3", label=f"Pareto front ({len(front)})", drawstyle="steps-post")
+    sd = front[0].accuracy_sd if front else math.nan
+    if math.isfinite(sd):  # one noise level for the whole run: its budget's seed-to-seed sd
+        ax.errorbar([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front],
+                    yerr=100 * sd, fmt="none", ecolor="C3", alpha=0.6, capsize=3,
+                    label=f"+/- 1 sd of a proxy accuracy ({100 * sd:.2f} points)")
     ax.set_xscale("log")
     ax.set_xlabel(f"{result.config.latency} completion latency (ms, log scale)")
     ax.set_ylabel(f"proxy accuracy on {result.config.dataset} (%)")

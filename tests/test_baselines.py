@@ -49,7 +49,8 @@ def quiet_three_tier(phone_flops: float = 3e8, edge_flops: float = 1e11,
 
 def config(**changes: Any) -> SearchConfig:
     base: dict[str, Any] = {"population": 6, "generations": 2, "executor": "serial",
-                            "sim_tasks": 20, "budget": FAST}
+                            "sim_tasks": 20, "budget": FAST, "dataset": "mnist5k",
+                            "noise_architectures": 0}
     base.update(changes)
     return SearchConfig(**base)
 

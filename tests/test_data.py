@@ -61,7 +61,7 @@ def row_hashes(x: torch.Tensor) -> list[bytes]:
 
 
 def test_datasets_lists_all_names() -> None:
-    assert DATASETS == ("mnist5k", "digits", "mnist1d", "cifar10")
+    assert DATASETS == ("fashion-mnist", "mnist5k", "digits", "mnist1d", "cifar10")
 
 
 @pytest.mark.parametrize("name", OFFLINE)
@@ -187,7 +187,8 @@ def test_mnist1d_is_the_standard_generated_set() -> None:
 
 @pytest.mark.parametrize("bad", ["mnist", "MNIST5K", "", "cifar100"])
 def test_unknown_name_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match=r"name must be one of mnist5k, digits, mnist1d, cifar10"):
+    with pytest.raises(ValueError,
+                       match=r"name must be one of fashion-mnist, mnist5k, digits, mnist1d, cifar10"):
         load_dataset(bad)
 
 

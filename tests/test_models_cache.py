@@ -113,3 +113,58 @@ def test_key_ignores_the_name_and_sees_the_split() -> None:
     assert len({a.key, b.key, c.key}) == 3
     assert a.key == load_dataset("digits", seed=0).key
     assert cache_key(SPEC, a.key, BUDGET, 0) != cache_key(SPEC, b.key, BUDGET, 0)
+
+
+def test_weights_round_trip_and_a_damaged_file_is_a_miss(tmp_path: Path) -> None:
+    """Catches weights written in place (a killed writer would leave half a file that later
+    loads) and a damaged file that raises instead of being retrained."""
+    import torch
+
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    key = cache_key(SPEC, "digits", BUDGET, 0)
+    assert cache.load_weights(key) is None
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    cache.save_weights(key, state)
+    assert cache.weights_path(key).parent == tmp_path / "acc.weights"
+    loaded = cache.load_weights(key)
+    assert loaded is not None and torch.equal(loaded["w"], state["w"])
+    assert not list(cache.weights_path(key).parent.glob(".tmp-*"))
+    cache.weights_path(key).write_bytes(b"not a torch file")
+    assert cache.load_weights(key) is None
+
+
+def test_variant_keys_name_how_variants_are_trained() -> None:
+    """Catches a variant served from an entry trained another way (from scratch, before
+    inheritance) and an uncompressed architecture whose key moves with fine-tuning settings
+    that cannot change its run."""
+    import hashlib
+    import json
+
+    from models.cache import VARIANT_TRAINING
+
+    cuts = [Cut(1, 0.5, 8)]
+    plain = {k: v for k, v in BUDGET.to_dict().items() if not k.startswith("finetune_")}
+    old = json.dumps([SPEC.to_dict()["blocks"], [[1, 0.5, 8]], "d", BUDGET.to_dict(), 0],
+                     sort_keys=True, separators=(",", ":"))
+    assert cache_key(SPEC, "d", BUDGET, 0, cuts) != hashlib.sha256(old.encode()).hexdigest()
+    assert VARIANT_TRAINING
+    before = json.dumps([SPEC.to_dict()["blocks"], [], "d", plain, 0], sort_keys=True,
+                        separators=(",", ":"))
+    assert cache_key(SPEC, "d", BUDGET, 0) == hashlib.sha256(before.encode()).hexdigest()
+    other = ProxyBudget(epochs=1, finetune_fraction=0.5)
+    assert cache_key(SPEC, "d", other, 0) == cache_key(SPEC, "d", BUDGET, 0)
+    assert cache_key(SPEC, "d", other, 0, cuts) != cache_key(SPEC, "d", BUDGET, 0, cuts)
+
+
+def test_noise_keeps_the_measurement_with_more_degrees_of_freedom(tmp_path: Path) -> None:
+    """Catches a small measurement (a search's 6 architectures) overwriting a larger one (the
+    proxy experiment's 30) and a noise entry shared across budgets."""
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    assert cache.noise("d", BUDGET) is None
+    cache.put_noise("d", BUDGET, 0.010, 30, 2, "proxy experiment")
+    cache.put_noise("d", BUDGET, 0.020, 6, 2, "search")
+    assert cache.noise("d", BUDGET) == (0.010, 30, 2, "proxy experiment")
+    cache.put_noise("d", BUDGET, 0.012, 30, 3, "bigger")
+    assert cache.noise("d", BUDGET) == (0.012, 30, 3, "bigger")
+    assert cache.noise("d", ProxyBudget(epochs=2)) is None
+    assert cache.noise("other", BUDGET) is None

@@ -109,3 +109,75 @@ def test_dropout_is_seeded_too() -> None:
         torch.manual_seed(global_seed)  # whatever the caller's generator holds
         results.append(proxy_accuracy(arch, data, SMALL, seed=0).accuracy)
     assert results[0] == results[1]
+
+
+# -- compressed variants inherit their parent's weights ---------------------------------------
+
+
+def _outputs(spec: ArchSpec, state: dict[str, torch.Tensor], cuts: list[Cut],
+             x: torch.Tensor) -> torch.Tensor:
+    from models.build import build_model
+
+    model = build_model(spec, x.shape[1], 10, width_scale=SMALL.width_scale, cuts=cuts)
+    model.load_state_dict(state, strict=False)
+    return model.eval()(x)
+
+
+def test_a_variant_starts_from_its_parents_weights() -> None:
+    """Catches a variant trained from a fresh initialisation, or parent weights loaded into the
+    wrong layers: before fine-tuning, an uncompressed cut (bottleneck 1, 32 bits) computes
+    exactly the parent's outputs, and an 8-bit cut the parent's up to quantisation error."""
+    data = load_dataset("digits", seed=0)
+    parent = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, keep_state=True)
+    assert parent.ok and parent.state is not None
+    x = data.x_val[:64]
+    with torch.no_grad():
+        want = _outputs(tiny_arch(), parent.state, [], x)
+        same = _outputs(tiny_arch(), parent.state, [Cut(2, 1.0, 32)], x)
+        quantised = _outputs(tiny_arch(), parent.state, [Cut(2, 1.0, 8)], x)
+    assert torch.equal(want, same)
+    assert torch.allclose(want, quantised, atol=0.05 * float(want.abs().max()))
+    assert not torch.equal(want, quantised)  # the quantiser is really in the path
+
+
+def test_a_variant_fine_tunes_briefly_and_stays_near_its_parent() -> None:
+    """Catches a variant that ignores init_state (it would train the full schedule from
+    scratch: slower and, after a fraction of the steps, far worse) and one whose fine-tuning
+    does not run (weights unchanged)."""
+    data = load_dataset("digits", seed=0)
+    budget = ProxyBudget(epochs=4, subset=800, width_scale=0.5, batch_size=32,
+                         finetune_fraction=0.25)
+    parent = proxy_accuracy(tiny_arch(), data, budget, seed=0, keep_state=True)
+    assert parent.ok and parent.state is not None
+    cuts = [Cut(2, 1.0, 8)]
+    variant = proxy_accuracy(tiny_arch(), data, budget, seed=0, cuts=cuts,
+                             init_state=parent.state, keep_state=True)
+    scratch = proxy_accuracy(tiny_arch(), data, ProxyBudget(epochs=1, subset=200,
+                             width_scale=0.5, batch_size=32), seed=0, cuts=cuts)
+    assert variant.ok and variant.state is not None
+    assert abs(variant.accuracy - parent.accuracy) < 0.05
+    assert variant.accuracy > scratch.accuracy  # a quarter of the steps from scratch is worse
+    changed = [k for k, v in variant.state.items()
+               if v.dtype.is_floating_point and not torch.equal(v, parent.state[k])]
+    assert changed  # fine-tuning moved the weights
+
+
+def test_init_state_that_does_not_fit_is_refused() -> None:
+    """Catches weights of another architecture loaded silently (strict=False would allow it)."""
+    data = load_dataset("digits", seed=0)
+    other = ArchSpec("other", (Conv(4), Head()))
+    parent = proxy_accuracy(other, data, SMALL, seed=0, keep_state=True)
+    assert parent.state is not None
+    with pytest.raises(ValueError, match="init_state does not fit"):
+        proxy_accuracy(tiny_arch(), data, SMALL, seed=0, init_state=parent.state)
+
+
+def test_seed_sd_is_the_pooled_within_architecture_deviation() -> None:
+    """Catches a deviation over architectures (between-architecture spread) or ddof 0: two
+    seeds of values a and b give |a - b| / sqrt(2) for every architecture."""
+    from models.train import seed_sd
+
+    acc = [[0.80, 0.90, 0.70], [0.82, 0.88, 0.72]]
+    assert seed_sd(acc) == pytest.approx(0.02 / math.sqrt(2))
+    assert math.isnan(seed_sd([[0.8, 0.9]]))
+    assert seed_sd([[0.8, math.nan], [0.9, 0.5]]) == pytest.approx(0.1 / math.sqrt(2))

