@@ -12,10 +12,10 @@ cache, so a killed run resumes and a budget shared with a search is not trained 
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -24,8 +24,10 @@ from matplotlib import pyplot as plt
 from scipy import stats
 from tqdm import tqdm
 
+from models.cache import AccuracyCache
 from models.data import load_dataset
 from models.space import get_space
+from models.spec import ArchSpec
 from models.train import ProxyBudget, TrainResult, seed_sd
 from search.evaluate import TrainJob, _init_worker, run_train_job
 
@@ -33,7 +35,7 @@ from .common import Context, Output, experiment_main, save, write_csv
 
 TITLE = "Proxy accuracy against long training"
 ACCURACY_COLUMNS = ["arch", "budget", "seed", "accuracy", "train_time_s", "status"]
-BUDGET_COLUMNS = ["budget", "epochs", "subset", "width_scale", "batch_size", "lr", "seeds",
+BUDGET_COLUMNS = ["budget", "kind", "epochs", "subset", "width_scale", "batch_size", "lr", "seeds",
                   "seconds_per_eval", "tau_truth", "tau_truth_lo", "tau_truth_hi", "rho_truth",
                   "tau_truth_seed_mean", "tau_seeds", "seed_sd", "mean_accuracy", "default"]
 TRUTH = "truth"
@@ -58,17 +60,40 @@ def kendall_ci(x: np.ndarray, y: np.ndarray, seed: int = 0, resamples: int = 200
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _jobs(ctx: Context, arch_jsons: Sequence[str], budgets: dict[str, ProxyBudget],
-          seeds: Mapping[str, Sequence[int]], dataset: str) -> list[tuple[str, int, int, TrainJob]]:
-    out = []
-    for name, budget in budgets.items():
-        for seed, (i, arch) in itertools.product(seeds[name], enumerate(arch_jsons)):
-            job = TrainJob(arch_json=arch, cuts=(), dataset=dataset,
-                           dataset_seed=int(ctx.config.get("dataset_seed", 0)),
-                           budget=tuple(sorted(budget.to_dict().items())), seed=seed,
-                           device=ctx.config.get("device", "cpu"), cache_path=ctx.cache,
-                           final=name == TRUTH)
-            out.append((name, seed, i, job))
+@dataclass(frozen=True)
+class _Series:
+    """One way of scoring every sampled architecture: a budget, seeds, and for variants a cut
+    (relative to each architecture's depth)."""
+
+    name: str
+    budget: ProxyBudget
+    seeds: tuple[int, ...]
+    kind: str  # truth, proxy or variant
+    cut: tuple[float, int] | None = None  # (bottleneck, bits) at the middle block
+
+    def job(self, ctx: Context, spec: ArchSpec, seed: int) -> TrainJob:
+        cuts = () if self.cut is None else ((spec.n_blocks // 2, *self.cut),)
+        return TrainJob(arch_json=spec.to_json(), cuts=cuts, dataset=ctx.config["dataset"],
+                        dataset_seed=int(ctx.config.get("dataset_seed", 0)),
+                        budget=tuple(sorted(self.budget.to_dict().items())), seed=seed,
+                        device=ctx.config.get("device", "cpu"), cache_path=ctx.cache,
+                        final=self.kind == TRUTH)
+
+
+def _series(c: dict[str, Any]) -> list[_Series]:
+    seeds = tuple(int(s) for s in c["seeds"])
+    out = [_Series(TRUTH, ProxyBudget(**c["truth"]["budget"]),
+                   tuple(int(s) for s in c["truth"]["seeds"]), TRUTH)]
+    out += [_Series(name, ProxyBudget(**b), seeds, "proxy") for name, b in c["budgets"].items()
+            if b is not None]  # a quick run drops a budget by setting it to null
+    names = [s.name for s in out]
+    if c["default"] not in names:
+        raise ValueError(f"proxy config: default {c['default']!r} is not one of the budgets")
+    if c.get("variant"):
+        v = c["variant"]
+        default = out[names.index(c["default"])]
+        out.append(_Series(f"{c['default']} variant", default.budget, seeds, "variant",
+                           (float(v["bottleneck"]), int(v["bits"]))))
     return out
 
 
@@ -90,66 +115,63 @@ def _run_jobs(ctx: Context, jobs: list[TrainJob]) -> Iterator[TrainResult]:
 
 def run(ctx: Context) -> Output:
     c = ctx.config
-    dataset = c["dataset"]
-    load_dataset(dataset)  # fails in one line, before any work, when the data cannot be had
+    data = load_dataset(c["dataset"])  # fails in one line, before any work, if not at hand
     genomes = sample_genomes(c["space"], int(c["architectures"]), int(c.get("sample_seed", 0)))
     space = get_space(c["space"])
     specs = [space.decode(g) for g in genomes]
-    budgets = {TRUTH: ProxyBudget(**c["truth"]["budget"])}
-    budgets |= {name: ProxyBudget(**b) for name, b in c["budgets"].items()
-                if b is not None}  # a quick run drops a budget by setting it to null
-    seeds = {name: [int(s) for s in c["seeds"]] for name in budgets}
-    seeds[TRUTH] = [int(s) for s in c["truth"]["seeds"]]
-    default = c["default"]
-    if default not in budgets:
-        raise ValueError(f"proxy config: default {default!r} is not one of the budgets")
-
-    planned = _jobs(ctx, [s.to_json() for s in specs], budgets, seeds, dataset)
-    # The first ground-truth seed first (every tau needs it), then the proxies, then the other
-    # ground-truth seeds (only the ceiling needs them).
-    planned.sort(key=lambda t: 0 if t[0] == TRUTH and t[1] == seeds[TRUTH][0]
-                 else 2 if t[0] == TRUTH else 1)
-    acc: dict[str, np.ndarray] = {n: np.full((len(seeds[n]), len(specs)), np.nan)
-                                  for n in budgets}
-    secs: dict[str, list[float]] = {n: [] for n in budgets}
+    series = _series(c)
+    first_truth = series[0].seeds[0]
+    planned = [(s, seed, i) for s in series for seed in s.seeds for i in range(len(specs))]
+    # The first ground-truth seed first (every tau needs it), then the proxies and variants,
+    # then the other ground-truth seeds (only the ceiling needs them).
+    planned.sort(key=lambda t: (0 if t[0].kind == TRUTH and t[1] == first_truth
+                                else 2 if t[0].kind == TRUTH else 1))
+    acc = {s.name: np.full((len(s.seeds), len(specs)), np.nan) for s in series}
+    secs: dict[str, list[float]] = {s.name: [] for s in series}
     rows = []
-    for (name, seed, i, _), result in zip(planned, _run_jobs(ctx, [p[3] for p in planned]),
-                                          strict=True):
-        acc[name][seeds[name].index(seed), i] = result.accuracy
-        secs[name].append(result.train_time_s)
-        rows.append({"arch": specs[i].name, "budget": name, "seed": seed,
+    results = _run_jobs(ctx, [s.job(ctx, specs[i], seed) for s, seed, i in planned])
+    for (s, seed, i), result in zip(planned, results, strict=True):
+        acc[s.name][s.seeds.index(seed), i] = result.accuracy
+        secs[s.name].append(result.train_time_s)
+        rows.append({"arch": specs[i].name, "budget": s.name, "seed": seed,
                      "accuracy": result.accuracy, "train_time_s": result.train_time_s,
                      "status": result.status})
     write_csv(ctx.path("accuracies.csv"), rows, ACCURACY_COLUMNS)
 
     truth = np.nanmean(acc[TRUTH], axis=0)
-    ok = np.isfinite(truth)
-    table = []
-    for name, budget in budgets.items():
-        a = acc[name]
-        good = ok & np.all(np.isfinite(a), axis=0)
-        single = [stats.kendalltau(row[good], truth[good]).statistic for row in a]
-        lo, hi = kendall_ci(a[0][good], truth[good])
-        table.append({
-            "budget": name, "epochs": budget.epochs,
-            "subset": budget.subset if budget.subset is not None else "all",
-            "width_scale": budget.width_scale, "batch_size": budget.batch_size,
-            "lr": budget.lr, "seeds": len(seeds[name]),
-            "seconds_per_eval": float(np.mean(secs[name])),
-            "tau_truth": float(np.mean(single)), "tau_truth_lo": lo, "tau_truth_hi": hi,
-            "rho_truth": float(np.mean([stats.spearmanr(row[good], truth[good]).statistic
-                                        for row in a])),
-            "tau_truth_seed_mean": float(stats.kendalltau(a[:, good].mean(axis=0),
-                                                          truth[good]).statistic),
-            "tau_seeds": (float(stats.kendalltau(a[0][good], a[1][good]).statistic)
-                          if a.shape[0] > 1 else math.nan),
-            "seed_sd": seed_sd(a[:, good]), "mean_accuracy": float(np.mean(a[:, good])),
-            "default": name == default,
-        })
+    table = [_stats(s, acc[s.name], truth, secs[s.name], c["default"]) for s in series]
     write_csv(ctx.path("budgets.csv"), table, BUDGET_COLUMNS)
-    _plot(ctx, acc, truth, table, default, dataset)
-    return Output("proxy", TITLE, _text(c, table, default, int(ok.sum())), ["proxy.png"],
-                  ["budgets.csv", "accuracies.csv"])
+    cache = AccuracyCache(ctx.cache)
+    for s, row in zip(series, table, strict=True):
+        if s.kind == "proxy":  # searches on this cache report this noise for their budget
+            cache.put_noise(data.key, s.budget, row["seed_sd"], len(specs), len(s.seeds),
+                            "proxy experiment")
+    _plot(ctx, acc, truth, table, c["default"], c["dataset"])
+    return Output("proxy", TITLE, _text(c, table, int(np.isfinite(truth).sum())),
+                  ["proxy.png"], ["budgets.csv", "accuracies.csv"])
+
+
+def _stats(s: _Series, a: np.ndarray, truth: np.ndarray, secs: list[float], default: str
+           ) -> dict[str, Any]:
+    good = np.isfinite(truth) & np.all(np.isfinite(a), axis=0)
+    single = [stats.kendalltau(row[good], truth[good]).statistic for row in a]
+    lo, hi = kendall_ci(a[0][good], truth[good])
+    b = s.budget
+    return {
+        "budget": s.name, "kind": s.kind, "epochs": b.epochs,
+        "subset": b.subset if b.subset is not None else "all", "width_scale": b.width_scale,
+        "batch_size": b.batch_size, "lr": b.lr, "seeds": len(s.seeds),
+        "seconds_per_eval": float(np.mean(secs)),
+        "tau_truth": float(np.mean(single)), "tau_truth_lo": lo, "tau_truth_hi": hi,
+        "rho_truth": float(np.mean([stats.spearmanr(row[good], truth[good]).statistic
+                                    for row in a])),
+        "tau_truth_seed_mean": float(stats.kendalltau(a[:, good].mean(axis=0),
+                                                      truth[good]).statistic),
+        "tau_seeds": (float(stats.kendalltau(a[0][good], a[1][good]).statistic)
+                      if a.shape[0] > 1 else math.nan),
+        "seed_sd": seed_sd(a[:, good]), "mean_accuracy": float(np.mean(a[:, good])),
+        "default": s.name == default,
+    }
 
 
 def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
@@ -164,12 +186,12 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
                  f"[{row['tau_truth_lo']:.2f}, {row['tau_truth_hi']:.2f}]", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    proxies = [r for r in table if r["budget"] != TRUTH]
-    for r in proxies:
+    colour = {"proxy": "tab:blue", "variant": "tab:purple"}
+    for r in (r for r in table if r["kind"] != TRUTH):
         x = r["seconds_per_eval"]
         bx.errorbar(x, r["tau_truth"], yerr=[[r["tau_truth"] - r["tau_truth_lo"]],
-                                            [r["tau_truth_hi"] - r["tau_truth"]]],
-                    fmt="o", color="tab:red" if r["default"] else "tab:blue", capsize=3)
+                                            [r["tau_truth_hi"] - r["tau_truth"]]], fmt="o",
+                    color="tab:red" if r["default"] else colour[r["kind"]], capsize=3)
         bx.scatter(x, r["tau_seeds"], marker="x", color="0.4")
         bx.annotate(r["budget"], (x, r["tau_truth"]), textcoords="offset points",
                     xytext=(5, 3), fontsize=7)
@@ -189,10 +211,18 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
     save(fig, ctx.path("proxy.png"))
 
 
-def _text(c: dict[str, Any], table: list[dict[str, Any]], default: str, n: int) -> str:
+def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int) -> str:
     t = c["truth"]["budget"]
+    default = c["default"]
     truth = next(r for r in table if r["budget"] == TRUTH)
     d = next(r for r in table if r["budget"] == default)
+    variant = next((r for r in table if r["kind"] == "variant"), None)
+    tail = "" if variant is None else (
+        f" A compressed variant (a cut after the middle block, bottleneck "
+        f"{c['variant']['bottleneck']}, {c['variant']['bits']} bits) fine-tuned from its "
+        f"parent's weights takes {variant['seconds_per_eval']:.2f} s "
+        f"({variant['seconds_per_eval'] / d['seconds_per_eval']:.2f}x a proxy run), with a "
+        f"seed-to-seed sd of {100 * variant['seed_sd']:.2f} points.")
     return (
         f"{n} architectures drawn uniformly from `{c['space']}`; ground truth: width "
         f"{t.get('width_scale', 0.5)}, {t.get('epochs', 5)} epochs on all training images "
@@ -203,7 +233,7 @@ def _text(c: dict[str, Any], table: list[dict[str, Any]], default: str, n: int) 
         f"{d['tau_truth']:.2f} (95% CI {d['tau_truth_lo']:.2f} to {d['tau_truth_hi']:.2f}, "
         f"Spearman {d['rho_truth']:.2f}) against it; two seeds of it agree at tau "
         f"{d['tau_seeds']:.2f}, and one evaluation's seed-to-seed sd is "
-        f"{100 * d['seed_sd']:.2f} points. Every budget is in budgets.csv.")
+        f"{100 * d['seed_sd']:.2f} points.{tail} Every budget is in budgets.csv.")
 
 
 def main() -> int:

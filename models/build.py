@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -215,9 +216,32 @@ class CutCodec(nn.Module):
         self.encoder: nn.Module = nn.Identity()
         self.decoder: nn.Module = nn.Identity()
         if cut.bottleneck < 1.0:
+            # Linear both ways: the activation at a cut may be negative (an inverted residual's
+            # output has no activation function), so a ReLU after the decoder would lose half
+            # of it. A Sequential keeps the weights' names ("decoder.0.weight").
             self.encoder = nn.Conv2d(channels, self.sent_channels, 1)
-            self.decoder = nn.Sequential(nn.Conv2d(self.sent_channels, channels, 1),
-                                         nn.ReLU(inplace=True))
+            self.decoder = nn.Sequential(nn.Conv2d(self.sent_channels, channels, 1))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Start the bottleneck as the principal components of activations ``x`` (N, C, H, W):
+        each pixel's channel vector is projected on the top ``sent_channels`` eigenvectors of
+        their covariance and mapped back, the best linear rank-k reconstruction (Pearson 1901;
+        our use as an initialisation). Does nothing without a bottleneck."""
+        if self.cut.bottleneck >= 1.0:
+            return
+        flat = x.permute(0, 2, 3, 1).reshape(-1, self.channels).double()
+        mean = flat.mean(dim=0)
+        centred = flat - mean
+        _, vectors = torch.linalg.eigh(centred.T @ centred / max(1, flat.shape[0] - 1))
+        w = vectors[:, -self.sent_channels:].T  # (k, C), largest eigenvalues last in eigh
+        enc = cast(nn.Conv2d, self.encoder)
+        dec = cast(nn.Conv2d, cast(nn.Sequential, self.decoder)[0])
+        assert enc.bias is not None and dec.bias is not None  # both convolutions have biases
+        enc.weight.copy_(w[:, :, None, None].to(enc.weight.dtype))
+        enc.bias.copy_((-w @ mean).to(enc.bias.dtype))
+        dec.weight.copy_(w.T[:, :, None, None].to(dec.weight.dtype))
+        dec.bias.copy_(mean.to(dec.bias.dtype))
 
     def encode(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         y = self.encoder(x)
@@ -276,6 +300,22 @@ class ChainModel(nn.Module):
                 x = self.codecs[key](x)
             x = block(x)
         return x
+
+    @torch.no_grad()
+    def fit_codecs(self, x: Tensor) -> None:
+        """Fit every bottleneck (:meth:`CutCodec.fit`) to the activations that inputs ``x``
+        produce at its cut, in order, each seeing the earlier codecs' reconstructions; batch
+        norm uses its running statistics."""
+        was_training = self.training
+        self.eval()
+        for i, block in enumerate(self.blocks):
+            key = str(i)
+            if key in self.codecs:
+                codec = cast(CutCodec, self.codecs[key])
+                codec.fit(x)
+                x = codec(x)
+            x = block(x)
+        self.train(was_training)
 
 
 def build_model(spec: ArchSpec, in_channels: int, num_classes: int, *, width_scale: float = 1.0,

@@ -89,6 +89,11 @@ class TrainResult:
         return self.status == "ok"
 
 
+_CODEC_FIT_SAMPLES = 256
+"""Training images whose activations start a variant's bottlenecks (our choice: 256 images give
+over 10,000 pixel vectors at 7x7 even for the deepest cut of the tiny space)."""
+
+
 def seed_sd(accuracies: Sequence[Sequence[float]] | np.ndarray) -> float:
     """The standard deviation of one evaluation, from repeated seeds: rows are seeds, columns
     architectures; the pooled within-architecture sample variance (ddof 1), square-rooted.
@@ -139,7 +144,9 @@ def proxy_accuracy(
 
     ``init_state``: start from these weights (the uncompressed architecture's, trained with the
     same budget) and fine-tune as the budget's ``finetune_*`` fields say; the codecs that the
-    cuts insert are the only parameters it may lack. ``keep_state``: return the trained weights
+    cuts insert are the only parameters it may lack, and their bottlenecks start as the
+    principal components of the parent's activations at the cut (:meth:`ChainModel.fit_codecs`).
+    ``keep_state``: return the trained weights
     in :attr:`TrainResult.state`.
     """
     dev = resolve_device(device)
@@ -164,6 +171,7 @@ def proxy_accuracy(
             wrong = [k for k in missing if not k.startswith("codecs.")] + list(unexpected)
             if wrong:
                 raise ValueError(f"init_state does not fit {spec.name}: {', '.join(wrong[:3])}")
+            model.fit_codecs(x_train[:_CODEC_FIT_SAMPLES].cpu())
         result = _train(model.to(dev), budget, x_train, y_train, x_val, y_val, gen, start,
                         finetune=init_state is not None)
     if keep_state and result.ok:

@@ -181,3 +181,25 @@ def test_seed_sd_is_the_pooled_within_architecture_deviation() -> None:
     assert seed_sd(acc) == pytest.approx(0.02 / math.sqrt(2))
     assert math.isnan(seed_sd([[0.8, 0.9]]))
     assert seed_sd([[0.8, math.nan], [0.9, 0.5]]) == pytest.approx(0.1 / math.sqrt(2))
+
+
+def test_a_fitted_bottleneck_reconstructs_activations_of_its_rank() -> None:
+    """Catches a bottleneck started at random (or from the wrong eigenvectors, or with a ReLU
+    after the decoder, which would zero the negative half): activations that lie in a
+    k-dimensional affine subspace, k = the channels kept, come back exactly."""
+    from models.build import CutCodec
+
+    gen = torch.Generator().manual_seed(0)
+    channels, kept = 16, 8
+    basis = torch.randn(kept, channels, generator=gen)
+    coords = torch.randn(64 * 5 * 5, kept, generator=gen)
+    offset = torch.randn(channels, generator=gen)
+    x = (coords @ basis + offset).reshape(64, 5, 5, channels).permute(0, 3, 1, 2).contiguous()
+    codec = CutCodec(channels, Cut(1, 0.5, 32))
+    assert codec.sent_channels == kept
+    with torch.no_grad():
+        assert not torch.allclose(codec(x), x, atol=1e-2)
+        codec.fit(x)
+        y = codec(x)
+    assert float((y - x).abs().max()) < 1e-4 * float(x.abs().max())
+    assert float(x.min()) < 0  # negative activations survive the decoder

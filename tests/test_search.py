@@ -414,3 +414,65 @@ def test_a_scenario_where_nothing_fits_is_refused_before_any_work(tmp_path: Path
     assert calls == []
     d["nodes"]["cloud"]["memory_bytes"] = 1e9  # the cloud can hold the whole network
     Evaluator(scenario_from_dict(d), small_config(), str(tmp_path / "acc.sqlite"))
+
+
+def test_noise_is_measured_once_per_budget_and_data_set(tmp_path: Path) -> None:
+    """Catches a search that reports accuracies without their noise, measures it again on every
+    call or in every run sharing a cache, or takes the spread between architectures for the
+    seed-to-seed noise (that spread is several times larger here)."""
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    budget = {"epochs": 2, "subset": 600, "batch_size": 32}  # FAST stays near chance: sd ~ 0
+    cfg = SearchConfig(budget=budget, executor="serial", sim_tasks=100,  # type: ignore[arg-type]
+                       dataset="mnist5k", noise_architectures=3)
+    cache = str(tmp_path / "acc.sqlite")
+    ev = Evaluator(s, cfg, cache)
+    calls: list[int] = []
+    genome = [0] * 9 + [0, 2, 5, 0, 0, 0, 0]
+    first = ev.evaluate([genome], counting_map(calls))
+    assert calls[0] in (6, 7)  # 3 architectures x 2 seeds, and the design (unless among them)
+    sd = first[0].accuracy_sd
+    assert 0 < sd < 0.15
+    rows = noise_rows(cache)
+    assert len(rows) == 1 and rows[0][1:] == (3, 2, "search")
+    calls.clear()
+    ev.evaluate([[1] * 6 + [0, 0, 0] + [0, 2, 5, 0, 0, 0, 0]], counting_map(calls))
+    assert calls == [1]
+    other = Evaluator(s, cfg, cache)  # a second run on the same cache reuses the measurement
+    calls.clear()
+    again = other.evaluate([genome], counting_map(calls))
+    assert calls == [0] and again[0].accuracy_sd == sd
+
+
+def noise_rows(cache: str) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(cache) as db:
+        return db.execute("SELECT sd, architectures, seeds, source FROM noise").fetchall()
+
+
+def test_a_compressed_variant_is_fine_tuned_from_its_parent(tmp_path: Path) -> None:
+    """Catches a variant trained from scratch (a quarter of the parent's steps from scratch
+    lands far below the parent) and a parent trained twice (once for itself, once for its
+    variant)."""
+    from models.cache import AccuracyCache, cache_key
+    from models.data import load_dataset
+    from models.train import ProxyBudget
+    from search.evaluate import TrainJob, run_train_job
+
+    spec = get_space("tiny").decode([0] * 9)
+    budget: dict[str, Any] = {"epochs": 2, "subset": 600, "batch_size": 32, "width_scale": 0.5,
+              "finetune_fraction": 0.25}
+    cache_path = str(tmp_path / "acc.sqlite")
+
+    def job(cuts: tuple[tuple[int, float, int], ...]) -> TrainJob:
+        return TrainJob(spec.to_json(), cuts, "mnist5k", 0, tuple(sorted(budget.items())), 0,
+                        "cpu", cache_path)
+
+    variant = run_train_job(job(((3, 0.5, 8),)))  # trains the parent first
+    cache = AccuracyCache(cache_path)
+    assert len(cache) == 2
+    key = cache_key(spec, load_dataset("mnist5k").key, ProxyBudget(**budget), 0)
+    assert cache.load_weights(key) is not None
+    parent = run_train_job(job(()))
+    assert len(cache) == 2 and parent.ok and variant.ok
+    assert abs(variant.accuracy - parent.accuracy) < 0.1
