@@ -167,7 +167,11 @@ def proxy_accuracy(
         model = build_model(spec, x_train.shape[1], data.num_classes,
                             width_scale=budget.width_scale, cuts=cuts)
         if init_state is not None:
-            missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
+            except RuntimeError as e:  # shapes differ: torch lists every tensor, one a line
+                raise ValueError(f"init_state does not fit {spec.name}: "
+                                 f"{str(e).splitlines()[1].strip()}") from None
             wrong = [k for k in missing if not k.startswith("codecs.")] + list(unexpected)
             if wrong:
                 raise ValueError(f"init_state does not fit {spec.name}: {', '.join(wrong[:3])}")
