@@ -288,13 +288,55 @@ def test_search_command_writes_the_run_folder(tmp_path: Path) -> None:
                  "hypervolume.png", "checkpoint.pkl"):
         assert (out / name).stat().st_size > 0, name
     header = (out / "front.csv").read_text().splitlines()[0].split(",")
-    assert header[:8] == ["accuracy", "latency_s", "mean_latency_s", "p95_latency_s",
-                          "energy_j", "splits", "arch", "genome"]
+    assert header[:9] == ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s",
+                          "p95_latency_s", "energy_j", "splits", "arch", "genome"]
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "already holds a search" in again.stderr
     resumed = subprocess.run([*cmd[:-2], "--resume", str(out)], capture_output=True, text=True,
                              check=False)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def _no_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh machine without internet: no copy of Fashion-MNIST anywhere, downloads fail."""
+    import socket
+
+    import models.fashion_mnist as fm
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("JMSNAS_DATA", raising=False)
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(fm, "BASE_URL", f"http://127.0.0.1:{port}/")
+    fm._load_folder.cache_clear()
+
+
+def test_search_falls_back_to_mnist5k_and_says_why(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a default search that fails (or silently changes data) on a machine without
+    Fashion-MNIST: it runs on mnist5k, says so in one line, and records it in config.yaml; an
+    explicit --dataset fashion-mnist fails in one line instead."""
+    import yaml
+
+    from experiments.cli import main
+
+    _no_fashion_mnist(tmp_path, monkeypatch)
+    out = tmp_path / "run"
+    args = ["search", "three-tier", "--population", "4", "--generations", "1", "--epochs", "1",
+            "--subset", "300", "--executor", "serial", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "data set" in line]
+    assert len(lines) == 1 and "data set mnist5k" in lines[0] and "apt-get" in lines[0]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["search"]["dataset"] == "mnist5k"
+    assert main([*args[:-1], str(tmp_path / "other"), "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Fashion-MNIST not found" in err
+    assert "dataset-fashion-mnist" in err and not (tmp_path / "other" / "config.yaml").exists()
 
 
 def test_result_front_is_nondominated(tmp_path: Path) -> None:
