@@ -25,7 +25,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from models.cache import AccuracyCache
-from models.data import load_dataset
+from models.data import load_dataset, resolve_dataset
 from models.space import get_space
 from models.spec import ArchSpec
 from models.train import ProxyBudget, TrainResult, seed_sd
@@ -71,13 +71,13 @@ class _Series:
     kind: str  # truth, proxy or variant
     cut: tuple[float, int] | None = None  # (bottleneck, bits) at the middle block
 
-    def job(self, ctx: Context, spec: ArchSpec, seed: int) -> TrainJob:
+    def job(self, ctx: Context, spec: ArchSpec, seed: int, held_out: bool) -> TrainJob:
         cuts = () if self.cut is None else ((spec.n_blocks // 2, *self.cut),)
         return TrainJob(arch_json=spec.to_json(), cuts=cuts, dataset=ctx.config["dataset"],
                         dataset_seed=int(ctx.config.get("dataset_seed", 0)),
                         budget=tuple(sorted(self.budget.to_dict().items())), seed=seed,
                         device=ctx.config.get("device", "cpu"), cache_path=ctx.cache,
-                        final=self.kind == TRUTH)
+                        final=self.kind == TRUTH and held_out)
 
 
 def _series(c: dict[str, Any]) -> list[_Series]:
@@ -115,7 +115,12 @@ def _run_jobs(ctx: Context, jobs: list[TrainJob]) -> Iterator[TrainResult]:
 
 def run(ctx: Context) -> Output:
     c = ctx.config
-    data = load_dataset(c["dataset"])  # fails in one line, before any work, if not at hand
+    c["dataset"], _ = resolve_dataset(c["dataset"])  # auto: Fashion-MNIST where it can be had
+    ctx.write_config()  # with the data set actually used
+    data = load_dataset(c["dataset"])
+    # The ground truth is scored on the held-out test set; a data set without one (mnist5k)
+    # scores it on the validation part, as the proxies are.
+    held_out = data.x_test is not None
     genomes = sample_genomes(c["space"], int(c["architectures"]), int(c.get("sample_seed", 0)))
     space = get_space(c["space"])
     specs = [space.decode(g) for g in genomes]
@@ -129,7 +134,7 @@ def run(ctx: Context) -> Output:
     acc = {s.name: np.full((len(s.seeds), len(specs)), np.nan) for s in series}
     secs: dict[str, list[float]] = {s.name: [] for s in series}
     rows = []
-    results = _run_jobs(ctx, [s.job(ctx, specs[i], seed) for s, seed, i in planned])
+    results = _run_jobs(ctx, [s.job(ctx, specs[i], seed, held_out) for s, seed, i in planned])
     for (s, seed, i), result in zip(planned, results, strict=True):
         acc[s.name][s.seeds.index(seed), i] = result.accuracy
         secs[s.name].append(result.train_time_s)
@@ -147,7 +152,7 @@ def run(ctx: Context) -> Output:
             cache.put_noise(data.key, s.budget, row["seed_sd"], len(specs), len(s.seeds),
                             "proxy experiment")
     _plot(ctx, acc, truth, table, c["default"], c["dataset"])
-    return Output("proxy", TITLE, _text(c, table, int(np.isfinite(truth).sum())),
+    return Output("proxy", TITLE, _text(c, table, int(np.isfinite(truth).sum()), held_out),
                   ["proxy.png"], ["budgets.csv", "accuracies.csv"])
 
 
@@ -155,7 +160,7 @@ def _stats(s: _Series, a: np.ndarray, truth: np.ndarray, secs: list[float], defa
            ) -> dict[str, Any]:
     good = np.isfinite(truth) & np.all(np.isfinite(a), axis=0)
     single = [stats.kendalltau(row[good], truth[good]).statistic for row in a]
-    lo, hi = kendall_ci(a[0][good], truth[good])
+    lo, hi = kendall_ci(a[0][good], truth[good]) if good.sum() > 2 else (math.nan, math.nan)
     b = s.budget
     return {
         "budget": s.name, "kind": s.kind, "epochs": b.epochs,
@@ -187,7 +192,7 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     colour = {"proxy": "tab:blue", "variant": "tab:purple"}
-    for r in (r for r in table if r["kind"] != TRUTH):
+    for r in (r for r in table if r["kind"] != TRUTH and math.isfinite(r["tau_truth"])):
         x = r["seconds_per_eval"]
         bx.errorbar(x, r["tau_truth"], yerr=[[r["tau_truth"] - r["tau_truth_lo"]],
                                             [r["tau_truth_hi"] - r["tau_truth"]]], fmt="o",
@@ -211,7 +216,7 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
     save(fig, ctx.path("proxy.png"))
 
 
-def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int) -> str:
+def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int, held_out: bool) -> str:
     t = c["truth"]["budget"]
     default = c["default"]
     truth = next(r for r in table if r["budget"] == TRUTH)
@@ -224,10 +229,12 @@ def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int) -> str:
         f"({variant['seconds_per_eval'] / d['seconds_per_eval']:.2f}x a proxy run), with a "
         f"seed-to-seed sd of {100 * variant['seed_sd']:.2f} points.")
     return (
-        f"{n} architectures drawn uniformly from `{c['space']}`; ground truth: width "
-        f"{t.get('width_scale', 0.5)}, {t.get('epochs', 5)} epochs on all training images "
-        f"(training and validation parts), seeds {c['truth']['seeds']} averaged, scored on the "
-        f"held-out test set ({truth['seconds_per_eval']:.1f} s each; its two seeds agree at tau "
+        f"{n} architectures drawn uniformly from `{c['space']}` on {c['dataset']}; ground "
+        f"truth: width {t.get('width_scale', 0.5)}, {t.get('epochs', 5)} epochs on "
+        + ("all training images (training and validation parts)" if held_out else
+           "the training part") + f", seeds {c['truth']['seeds']} averaged, scored on the "
+        + ("held-out test set" if held_out else "validation part (no test set)")
+        + f" ({truth['seconds_per_eval']:.1f} s each; its two seeds agree at tau "
         f"{truth['tau_seeds']:.2f}, sd {100 * truth['seed_sd']:.2f} points). The default proxy "
         f"`{default}` ({d['seconds_per_eval']:.1f} s per evaluation) ranks at Kendall tau "
         f"{d['tau_truth']:.2f} (95% CI {d['tau_truth_lo']:.2f} to {d['tau_truth_hi']:.2f}, "

@@ -216,11 +216,13 @@ class Evaluator:
                 total += cost.memory_bytes / limit - 1.0
         return total
 
-    def _noise_jobs(self) -> list[list[TrainJob]]:
+    def _noise_jobs(self, designs: Sequence[Design]) -> list[list[TrainJob]]:
         """Trainings that measure the proxy's seed-to-seed noise, per seed (rows) and
-        architecture (columns): ``noise_architectures`` architectures drawn from the space with
-        ``eval_seed`` (the fixed architecture, with three seeds), at ``eval_seed`` and the next
-        seed(s). Empty when the cache already holds a measurement for this budget and data."""
+        architecture (columns): the first ``noise_architectures`` distinct architectures of
+        ``designs`` (topped up with architectures drawn from the space with ``eval_seed``) at
+        ``eval_seed`` and the next seed, so that only the second seed costs extra; a fixed
+        architecture with three seeds. Empty when the cache already holds a measurement for
+        this budget and data set."""
         n = self.config.noise_architectures
         data_key = _dataset(self.config.dataset, self.config.dataset_seed).key
         known = self._cache.noise(data_key, self._budget)
@@ -230,23 +232,20 @@ class Evaluator:
         if self.layout.fixed_arch is not None:
             archs, seeds = [self.layout.fixed_arch], 3
         else:
+            archs = list(dict.fromkeys(d.arch for d in designs))[:n]
             space = self.layout.space
-            genomes = list(space.enumerate()) if space.size <= 10_000 else None
             rng = np.random.default_rng(child(np.random.SeedSequence(self.config.eval_seed), 11))
-            if genomes is not None:
-                picks = rng.choice(len(genomes), size=min(n, len(genomes)), replace=False)
-                archs = [space.decode(genomes[i]) for i in picks]
-            else:
-                archs = [space.decode(space.canonical([int(rng.integers(b))
-                                                       for b in space.gene_bounds]))
-                         for _ in range(n)]
+            for _ in range(100 * n):
+                if len(archs) >= min(n, space.size):
+                    break
+                a = space.decode(space.canonical([int(rng.integers(b))
+                                                  for b in space.gene_bounds]))
+                if a not in archs:
+                    archs.append(a)
             seeds = 2
-        rows = []
-        for k in range(seeds):
-            base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
-            rows.append([dataclasses.replace(base, arch_json=a.to_json(),
-                                             seed=self.config.eval_seed + k) for a in archs])
-        return rows
+        base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
+        return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k)
+                 for a in archs] for k in range(seeds)]
 
     def train_job(self, design: Design) -> TrainJob:
         return TrainJob(
@@ -283,7 +282,8 @@ class Evaluator:
         for job in design_jobs:
             if job is not None:
                 jobs.setdefault(job, None)
-        noise = self._noise_jobs() if math.isnan(self.accuracy_sd) else []
+        noise = (self._noise_jobs([d for d, m in zip(designs, mem, strict=True) if m == 0.0])
+                 if math.isnan(self.accuracy_sd) else [])
         for job in (j for row in noise for j in row):
             jobs.setdefault(job, None)
         todo = []

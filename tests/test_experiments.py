@@ -44,6 +44,7 @@ def documented_columns() -> dict[str, list[str]]:
 
 EXPECTED = {
     "validate": {"validate.csv": "", "validate.png": None},
+    "proxy": {"budgets.csv": "budget", "accuracies.csv": "accuracy", "proxy.png": None},
     "tradeoff": {"tradeoff.csv": "", "tradeoff.png": None},
     "pareto": {"pareto_points.csv": "point", "pareto_hypervolume.csv": "hv", "pareto.png": None},
     "channel": {"channel.csv": "", "channel_robustness.csv": "matrix", "channel.png": None},
@@ -85,6 +86,42 @@ def test_validate_agrees_with_the_closed_forms(quick_run: Path) -> None:
         sim, half, closed = float(r["simulated"]), float(r["ci95_half_width"]), \
             float(r["closed_form"])
         assert abs(sim - closed) <= 3 * half, r
+
+
+def test_proxy_study_scores_every_architecture_and_records_its_noise(quick_run: Path) -> None:
+    """Catches a proxy study that drops architectures or seeds, mislabels its rows, computes
+    tau from the wrong pairs (a budget against itself would give 1), or leaves the measured
+    noise out of the cache that the experiments' searches share."""
+    import sqlite3
+
+    import yaml
+
+    from experiments.common import load_experiment_config
+
+    cfg = load_experiment_config("proxy", quick=True)
+    _, rows = read(quick_run / "proxy" / "accuracies.csv")
+    _, table = read(quick_run / "proxy" / "budgets.csv")
+    kinds = {r["budget"]: r["kind"] for r in table}
+    assert list(kinds.values()).count("truth") == 1
+    assert list(kinds.values()).count("variant") == (1 if cfg.get("variant") else 0)
+    n = int(cfg["architectures"])
+    for name in kinds:
+        mine = [r for r in rows if r["budget"] == name]
+        seeds = cfg["truth"]["seeds"] if kinds[name] == "truth" else cfg["seeds"]
+        assert len(mine) == n * len(seeds) and len({r["arch"] for r in mine}) == n, name
+        assert all(r["status"] == "ok" and 0 < float(r["accuracy"]) <= 1 for r in mine), name
+    for r in table:
+        lo, tau, hi = (float(r[k]) for k in ("tau_truth_lo", "tau_truth", "tau_truth_hi"))
+        assert -1 <= lo <= hi <= 1 and -1 <= tau <= 1, r
+        assert float(r["seed_sd"]) >= 0 and float(r["seconds_per_eval"]) > 0, r
+    assert sum(r["default"] == "True" for r in table) == 1
+    with sqlite3.connect(quick_run / "accuracy.sqlite") as db:
+        noise = db.execute("SELECT sd, architectures, source FROM noise").fetchall()
+    recorded = [row for row in noise if row[2] == "proxy experiment"]
+    assert len(recorded) == sum(r["kind"] == "proxy" for r in table)
+    assert all(arch == n for _, arch, _ in recorded)
+    saved = yaml.safe_load((quick_run / "proxy" / "config.yaml").read_text())
+    assert saved["config"]["dataset"] in ("fashion-mnist", "mnist5k")
 
 
 def test_latency_of_a_fixed_design_does_not_fall_when_the_channel_rate_drops(
