@@ -12,11 +12,10 @@ cache, so a killed run resumes and a budget shared with a search is not trained 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -29,35 +28,54 @@ from models.data import load_dataset, resolve_dataset
 from models.space import get_space
 from models.spec import ArchSpec
 from models.train import ProxyBudget, TrainResult, seed_sd
-from search.evaluate import TrainJob, _init_worker, run_train_job
+from search.config import SearchConfig, validate_config
+from search.evaluate import TrainJob, run_train_job
+from search.nsga import executor_map
 
 from .common import Context, Output, experiment_main, save, write_csv
 
 TITLE = "Proxy accuracy against long training"
 ACCURACY_COLUMNS = ["arch", "budget", "seed", "accuracy", "train_time_s", "status"]
 BUDGET_COLUMNS = ["budget", "kind", "epochs", "subset", "width_scale", "batch_size", "lr", "seeds",
-                  "seconds_per_eval", "tau_truth", "tau_truth_lo", "tau_truth_hi", "rho_truth",
-                  "tau_truth_seed_mean", "tau_seeds", "seed_sd", "mean_accuracy", "default"]
+                  "architectures_used", "seconds_per_eval", "tau_truth", "tau_truth_lo",
+                  "tau_truth_hi", "rho_truth", "tau_truth_seed_mean", "tau_seeds", "seed_sd",
+                  "mean_accuracy", "default"]
 TRUTH = "truth"
 
 
 def sample_genomes(space_name: str, n: int, seed: int) -> list[tuple[int, ...]]:
-    """``n`` distinct architectures of the space, drawn uniformly without replacement."""
-    genomes = list(get_space(space_name).enumerate())
-    if not 2 <= n <= len(genomes):
-        raise ValueError(f"proxy config: architectures must be in 2..{len(genomes)} for space "
+    """``n`` distinct architectures of the space, drawn uniformly without replacement (by index
+    into its enumeration, so a space of 10^12 architectures is not listed)."""
+    space = get_space(space_name)
+    if not 2 <= n <= space.size:
+        raise ValueError(f"proxy config: architectures must be in 2..{space.size} for space "
                          f"{space_name!r}, got {n}")
-    pick = np.random.default_rng(seed).choice(len(genomes), size=n, replace=False)
-    return [genomes[i] for i in sorted(pick)]
+    pick = np.random.default_rng(seed).choice(space.size, size=n, replace=False)
+    return [space.genome(int(i)) for i in sorted(pick)]
 
 
-def kendall_ci(x: np.ndarray, y: np.ndarray, seed: int = 0, resamples: int = 2000
-               ) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of Kendall tau, resampling architectures (pairs)."""
-    res = stats.bootstrap((x, y), lambda a, b: stats.kendalltau(a, b).statistic, paired=True,
-                          vectorized=False, n_resamples=resamples, method="percentile",
-                          random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+MIN_BOOTSTRAP = 8
+"""Fewer architectures give no interval: resamples of so few repeat one architecture often."""
+
+
+def mean_tau(a: np.ndarray, truth: np.ndarray) -> float:
+    """Kendall tau of each row (seed) of ``a`` against ``truth``, averaged over the rows."""
+    return float(np.mean([stats.kendalltau(row, truth).statistic for row in a]))
+
+
+def tau_ci(a: np.ndarray, truth: np.ndarray, seed: int = 0, resamples: int = 2000
+           ) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of :func:`mean_tau`, resampling architectures (the
+    columns of ``a`` with their ground truth). Resamples with tied ranks everywhere (tau
+    undefined) are left out; NaN with fewer than :data:`MIN_BOOTSTRAP` architectures."""
+    n = truth.size
+    if n < MIN_BOOTSTRAP:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = [mean_tau(a[:, idx], truth[idx])
+             for idx in (rng.integers(0, n, n) for _ in range(resamples))]
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -71,53 +89,61 @@ class _Series:
     kind: str  # truth, proxy or variant
     cut: tuple[float, int] | None = None  # (bottleneck, bits) at the middle block
 
+    parent_of_variants: bool = False
+
     def job(self, ctx: Context, spec: ArchSpec, seed: int, held_out: bool) -> TrainJob:
         cuts = () if self.cut is None else ((spec.n_blocks // 2, *self.cut),)
         return TrainJob(arch_json=spec.to_json(), cuts=cuts, dataset=ctx.config["dataset"],
                         dataset_seed=int(ctx.config.get("dataset_seed", 0)),
                         budget=tuple(sorted(self.budget.to_dict().items())), seed=seed,
                         device=ctx.config.get("device", "cpu"), cache_path=ctx.cache,
-                        final=self.kind == TRUTH and held_out)
+                        final=self.kind == TRUTH and held_out,
+                        keep_weights=self.parent_of_variants)
+
+
+def _budget(value: Any, where: str) -> ProxyBudget:
+    """A budget mapping, checked like a search's (one line naming the bad key)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"proxy config: {where} must be a mapping of budget settings")
+    return validate_config({"budget": value}, f"proxy config: {where}").budget.to_budget()
 
 
 def _series(c: dict[str, Any]) -> list[_Series]:
     seeds = tuple(int(s) for s in c["seeds"])
-    out = [_Series(TRUTH, ProxyBudget(**c["truth"]["budget"]),
+    out = [_Series(TRUTH, _budget(c["truth"]["budget"], "truth.budget"),
                    tuple(int(s) for s in c["truth"]["seeds"]), TRUTH)]
-    out += [_Series(name, ProxyBudget(**b), seeds, "proxy") for name, b in c["budgets"].items()
+    out += [_Series(name, _budget(b, f"budgets.{name}"), seeds, "proxy")
+            for name, b in c["budgets"].items()
             if b is not None]  # a quick run drops a budget by setting it to null
     names = [s.name for s in out]
     if c["default"] not in names:
         raise ValueError(f"proxy config: default {c['default']!r} is not one of the budgets")
     if c.get("variant"):
         v = c["variant"]
-        default = out[names.index(c["default"])]
-        out.append(_Series(f"{c['default']} variant", default.budget, seeds, "variant",
+        i = names.index(c["default"])
+        out[i] = dataclasses.replace(out[i], parent_of_variants=True)
+        out.append(_Series(f"{c['default']} variant", out[i].budget, seeds, "variant",
                            (float(v["bottleneck"]), int(v["bits"]))))
     return out
 
 
 def _run_jobs(ctx: Context, jobs: list[TrainJob]) -> Iterator[TrainResult]:
+    """Results in the order of ``jobs``, through the search's pool of training processes."""
     workers = int(ctx.config.get("workers", 1))
-    bar = tqdm(total=len(jobs), desc="proxy trainings", unit="run", disable=not ctx.progress)
-    if workers == 1:
-        for job in jobs:
-            yield run_train_job(job)
+    pool_config = SearchConfig(workers=workers, executor="local")
+    with (executor_map(pool_config) as pool_map,
+          tqdm(total=len(jobs), desc="proxy trainings", unit="run",
+               disable=not ctx.progress) as bar):
+        for result in pool_map(run_train_job, jobs):
+            yield result
             bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            for result in pool.map(run_train_job, jobs):
-                yield result
-                bar.update()
-    bar.close()
 
 
 def run(ctx: Context) -> Output:
     c = ctx.config
     c["dataset"], _ = resolve_dataset(c["dataset"])  # auto: Fashion-MNIST where it can be had
     ctx.write_config()  # with the data set actually used
-    data = load_dataset(c["dataset"])
+    data = load_dataset(c["dataset"], seed=int(c.get("dataset_seed", 0)))
     # The ground truth is scored on the held-out test set; a data set without one (mnist5k)
     # scores it on the validation part, as the proxies are.
     held_out = data.x_test is not None
@@ -127,8 +153,8 @@ def run(ctx: Context) -> Output:
     series = _series(c)
     first_truth = series[0].seeds[0]
     planned = [(s, seed, i) for s in series for seed in s.seeds for i in range(len(specs))]
-    # The first ground-truth seed first (every tau needs it), then the proxies and variants,
-    # then the other ground-truth seeds (only the ceiling needs them).
+    # The first ground-truth seed first (every tau needs some ground truth), then the proxies
+    # and variants, then the other ground-truth seeds (their mean is the ground truth).
     planned.sort(key=lambda t: (0 if t[0].kind == TRUTH and t[1] == first_truth
                                 else 2 if t[0].kind == TRUTH else 1))
     acc = {s.name: np.full((len(s.seeds), len(specs)), np.nan) for s in series}
@@ -143,14 +169,18 @@ def run(ctx: Context) -> Output:
                      "status": result.status})
     write_csv(ctx.path("accuracies.csv"), rows, ACCURACY_COLUMNS)
 
-    truth = np.nanmean(acc[TRUTH], axis=0)
-    table = [_stats(s, acc[s.name], truth, secs[s.name], c["default"]) for s in series]
+    # One set of architectures for every row: those whose every training succeeded (a failed
+    # one dropped from one budget only would flatter that budget).
+    good = np.all([np.all(np.isfinite(a), axis=0) for a in acc.values()], axis=0)
+    truth = acc[TRUTH][:, good].mean(axis=0)
+    table = [_stats(s, acc[s.name][:, good], truth, secs[s.name], c["default"])
+             for s in series]
     write_csv(ctx.path("budgets.csv"), table, BUDGET_COLUMNS)
     cache = AccuracyCache(ctx.cache)
     for s, row in zip(series, table, strict=True):
         if s.kind == "proxy":  # searches on this cache report this noise for their budget
-            cache.put_noise(data.key, s.budget, row["seed_sd"], len(specs), len(s.seeds),
-                            "proxy experiment")
+            cache.put_noise(data.key, s.budget, f"space:{c['space']}", row["seed_sd"],
+                            int(good.sum()), len(s.seeds), "proxy experiment")
     _plot(ctx, acc, truth, table, c["default"], c["dataset"])
     return Output("proxy", TITLE, _text(c, table, int(np.isfinite(truth).sum()), held_out),
                   ["proxy.png"], ["budgets.csv", "accuracies.csv"])
@@ -158,23 +188,24 @@ def run(ctx: Context) -> Output:
 
 def _stats(s: _Series, a: np.ndarray, truth: np.ndarray, secs: list[float], default: str
            ) -> dict[str, Any]:
-    good = np.isfinite(truth) & np.all(np.isfinite(a), axis=0)
-    single = [stats.kendalltau(row[good], truth[good]).statistic for row in a]
-    lo, hi = kendall_ci(a[0][good], truth[good]) if good.sum() > 2 else (math.nan, math.nan)
+    """One row of budgets.csv; ``a``: accuracies (seeds x architectures) on the common set."""
+    own = s.kind == TRUTH  # the ground truth against its own mean says nothing: left out
+    tau = math.nan if own else mean_tau(a, truth)
+    lo, hi = (math.nan, math.nan) if own else tau_ci(a, truth)
     b = s.budget
     return {
         "budget": s.name, "kind": s.kind, "epochs": b.epochs,
         "subset": b.subset if b.subset is not None else "all", "width_scale": b.width_scale,
         "batch_size": b.batch_size, "lr": b.lr, "seeds": len(s.seeds),
-        "seconds_per_eval": float(np.mean(secs)),
-        "tau_truth": float(np.mean(single)), "tau_truth_lo": lo, "tau_truth_hi": hi,
-        "rho_truth": float(np.mean([stats.spearmanr(row[good], truth[good]).statistic
-                                    for row in a])),
-        "tau_truth_seed_mean": float(stats.kendalltau(a[:, good].mean(axis=0),
-                                                      truth[good]).statistic),
-        "tau_seeds": (float(stats.kendalltau(a[0][good], a[1][good]).statistic)
-                      if a.shape[0] > 1 else math.nan),
-        "seed_sd": seed_sd(a[:, good]), "mean_accuracy": float(np.mean(a[:, good])),
+        "architectures_used": a.shape[1], "seconds_per_eval": float(np.mean(secs)),
+        "tau_truth": tau, "tau_truth_lo": lo, "tau_truth_hi": hi,
+        "rho_truth": math.nan if own else float(np.mean(
+            [stats.spearmanr(row, truth).statistic for row in a])),
+        "tau_truth_seed_mean": (math.nan if own else
+                                float(stats.kendalltau(a.mean(axis=0), truth).statistic)),
+        "tau_seeds": (float(stats.kendalltau(a[0], a[1]).statistic) if a.shape[0] > 1
+                      else math.nan),
+        "seed_sd": seed_sd(a), "mean_accuracy": float(np.mean(a)),
         "default": s.name == default,
     }
 
@@ -194,8 +225,10 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
     colour = {"proxy": "tab:blue", "variant": "tab:purple"}
     for r in (r for r in table if r["kind"] != TRUTH and math.isfinite(r["tau_truth"])):
         x = r["seconds_per_eval"]
+        ci = math.isfinite(r["tau_truth_lo"])
         bx.errorbar(x, r["tau_truth"], yerr=[[r["tau_truth"] - r["tau_truth_lo"]],
-                                            [r["tau_truth_hi"] - r["tau_truth"]]], fmt="o",
+                                            [r["tau_truth_hi"] - r["tau_truth"]]] if ci else None,
+                    fmt="o",
                     color="tab:red" if r["default"] else colour[r["kind"]], capsize=3)
         bx.scatter(x, r["tau_seeds"], marker="x", color="0.4")
         bx.annotate(r["budget"], (x, r["tau_truth"]), textcoords="offset points",

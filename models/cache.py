@@ -43,14 +43,15 @@ CREATE TABLE IF NOT EXISTS accuracy (
     message TEXT NOT NULL,
     created_unix_s REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS noise (
+CREATE TABLE IF NOT EXISTS proxy_noise (
     dataset TEXT NOT NULL,
     budget TEXT NOT NULL,
+    population TEXT NOT NULL,
     sd REAL NOT NULL,
     architectures INTEGER NOT NULL,
     seeds INTEGER NOT NULL,
     source TEXT NOT NULL,
-    PRIMARY KEY (dataset, budget)
+    PRIMARY KEY (dataset, budget, population)
 )
 """
 
@@ -61,9 +62,11 @@ def _compressing(cuts: Sequence[Cut]) -> list[list[float]]:
             if c.compresses]
 
 
-VARIANT_TRAINING = "inherit-1"
-"""How a compressed variant is trained: from its parent's weights, fine-tuned. Part of the key
-of every variant, so variants trained another way (before: from scratch) are never served."""
+VARIANT_TRAINING = "inherit-2"
+"""How a compressed variant is trained: from its parent's weights, its bottleneck started as
+principal components (:meth:`models.build.ChainModel.fit_codecs`), fine-tuned. Part of the key of
+every variant, so variants trained another way (before: from scratch) are never served; change it
+whenever variant training changes."""
 
 
 def _budget_key(budget: ProxyBudget, variant: bool) -> dict[str, object]:
@@ -138,28 +141,31 @@ class AccuracyCache:
         finally:
             db.close()
 
-    def noise(self, dataset: str, budget: ProxyBudget) -> tuple[float, int, int, str] | None:
+    def noise(self, dataset: str, budget: ProxyBudget, population: str
+              ) -> tuple[float, int, int, str] | None:
         """The measured seed-to-seed standard deviation of one accuracy under ``budget`` on
-        ``dataset`` (a :attr:`Dataset.key`): ``(sd, architectures, seeds, source)``, or None."""
+        ``dataset`` (a :attr:`Dataset.key`) over ``population`` (``space:tiny``, or one fixed
+        architecture): ``(sd, architectures, seeds, source)``, or None."""
         with closing(self._connect()) as db:
-            row = db.execute("SELECT sd, architectures, seeds, source FROM noise WHERE "
-                             "dataset = ? AND budget = ?",
-                             (dataset, _budget_json(budget))).fetchone()
+            row = db.execute("SELECT sd, architectures, seeds, source FROM proxy_noise WHERE "
+                             "dataset = ? AND budget = ? AND population = ?",
+                             (dataset, _budget_json(budget), population)).fetchone()
         return None if row is None else (float(row[0]), int(row[1]), int(row[2]), str(row[3]))
 
-    def put_noise(self, dataset: str, budget: ProxyBudget, sd: float, architectures: int,
-                  seeds: int, source: str) -> None:
+    def put_noise(self, dataset: str, budget: ProxyBudget, population: str, sd: float,
+                  architectures: int, seeds: int, source: str) -> None:
         """Record a measurement, unless one with more degrees of freedom is already there."""
         if not math.isfinite(sd) or architectures < 1 or seeds < 2:
             return
+        key = (dataset, _budget_json(budget), population)
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT architectures, seeds FROM noise WHERE dataset = ? AND "
-                             "budget = ?", (dataset, _budget_json(budget))).fetchone()
+            row = db.execute("SELECT architectures, seeds FROM proxy_noise WHERE dataset = ? "
+                             "AND budget = ? AND population = ?", key).fetchone()
             if row is None or row[0] * (row[1] - 1) <= architectures * (seeds - 1):
-                db.execute("INSERT OR REPLACE INTO noise VALUES (?, ?, ?, ?, ?, ?)",
-                           (dataset, _budget_json(budget), sd, architectures, seeds, source))
+                db.execute("INSERT OR REPLACE INTO proxy_noise VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (*key, sd, architectures, seeds, source))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

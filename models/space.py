@@ -143,8 +143,8 @@ class SearchSpace:
             raise ValueError(f"{spec.name!r}: blocks do not match the genome in its name")
         return genes
 
-    def enumerate(self) -> Iterator[tuple[int, ...]]:
-        """Every architecture's canonical genome, once each."""
+    def _stage_options(self) -> list[list[tuple[int, int, int]]]:
+        """Each stage's distinct (type, depth, width) genes; a skipped stage has one."""
         per_stage: list[list[tuple[int, int, int]]] = []
         for st in self.stages:
             options = []
@@ -155,8 +155,24 @@ class SearchSpace:
                     options += [(t, d, w) for d in range(len(st.depths))
                                 for w in range(len(st.widths))]
             per_stage.append(options)
-        for combo in itertools.product(*per_stage):
+        return per_stage
+
+    def enumerate(self) -> Iterator[tuple[int, ...]]:
+        """Every architecture's canonical genome, once each."""
+        for combo in itertools.product(*self._stage_options()):
             yield tuple(v for stage in combo for v in stage)
+
+    def genome(self, index: int) -> tuple[int, ...]:
+        """The ``index``-th genome of :meth:`enumerate` (0 <= index < :attr:`size`), without
+        enumerating: mixed-radix digits, the last stage varying fastest."""
+        if not 0 <= index < self.size:
+            raise ValueError(f"space {self.name!r}: index must be in 0..{self.size - 1}, "
+                             f"got {index}")
+        picks: list[tuple[int, int, int]] = []
+        for options in reversed(self._stage_options()):
+            index, digit = divmod(index, len(options))
+            picks.append(options[digit])
+        return tuple(v for stage in reversed(picks) for v in stage)
 
 
 _IR_TYPES = BLOCK_TYPES[:-1]

@@ -11,6 +11,8 @@ GA seeds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,6 @@ from models.space import get_space
 from models.spec import ArchSpec
 from models.train import TrainResult, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
-from sim.seeds import child
 
 from .config import SearchConfig, resolve_config_dataset
 from .design import Design, GenomeLayout, scenario_routes
@@ -38,6 +39,10 @@ __all__ = ["Evaluation", "Evaluator", "MapFn", "TrainJob", "run_train_job"]
 
 NUM_CLASSES = 10  # every shipped data set has ten classes
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+_NOISE_STREAM = 0x6E6F697365
+"""Mixed with ``eval_seed`` for the architectures the noise is measured on: a stream of its
+own, apart from the simulation's replications."""
 
 INFEASIBLE_ACCURACY = -1.0
 INFEASIBLE_LATENCY_S = 1e6
@@ -57,10 +62,17 @@ class TrainJob:
     cache_path: str
     final: bool = False
     """Train on training plus validation parts and score on the held-out test set."""
+    keep_weights: bool = False
+    """Keep the trained weights beside the cache, for compressed variants to start from."""
+
+
+def _dataset(name: str, seed: int, final: bool = False) -> Dataset:
+    """The data set of a job, loaded once per process (however the call spells ``final``)."""
+    return _load(name, seed, final)
 
 
 @lru_cache(maxsize=4)
-def _dataset(name: str, seed: int, final: bool = False) -> Dataset:
+def _load(name: str, seed: int, final: bool) -> Dataset:
     data = load_dataset(name, seed=seed)
     return data.final() if final else data
 
@@ -68,9 +80,10 @@ def _dataset(name: str, seed: int, final: bool = False) -> Dataset:
 def run_train_job(job: TrainJob) -> TrainResult:
     """Train one architecture (unless a worker already did: the cache is checked first).
 
-    An uncompressed architecture is trained from scratch and its weights are kept beside the
-    cache. A compressed variant starts from those weights (training the parent first if they
-    are missing) and fine-tunes; a parent whose training failed fails its variants too.
+    An uncompressed architecture is trained from scratch (its weights kept beside the cache when
+    the job asks). A compressed variant starts from those weights (training the parent first if
+    they are missing or do not fit) and fine-tunes; a parent whose training failed fails its
+    variants too.
     """
     from models.train import ProxyBudget
 
@@ -84,24 +97,32 @@ def run_train_job(job: TrainJob) -> TrainResult:
     if hit is not None:
         return hit
     parent_key = cache_key(spec, data.key, budget, job.seed)
-    parent_state = cache.load_weights(parent_key)
     parent = cache.get(parent_key)
-    if parent_state is None and (parent is None or parent.ok):
-        parent = proxy_accuracy(spec, data, budget, seed=job.seed, device=job.device,
-                                keep_state=True)
-        if parent.state is not None:
-            cache.save_weights(parent_key, parent.state)
-        cache.put(parent_key, parent, spec=spec, dataset=data.key, budget=budget, seed=job.seed)
-        parent_state = parent.state
-    if not cuts:
-        assert parent is not None
-        return dataclasses.replace(parent, state=None)  # weights stay on disk, not in a pipe
-    if parent_state is None:  # the parent's training failed: so does every variant
-        assert parent is not None
-        result = TrainResult(math.nan, 0.0, parent.status, f"parent: {parent.message}")
-    else:
-        result = proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts, device=job.device,
-                                init_state=parent_state)
+    parent_state = cache.load_weights(parent_key) if cuts else None
+    result: TrainResult | None = None
+    for attempt in range(2):
+        if parent is None or (cuts and parent.ok and parent_state is None):
+            parent = proxy_accuracy(spec, data, budget, seed=job.seed, device=job.device,
+                                    keep_state=bool(cuts) or job.keep_weights)
+            if parent.state is not None:
+                cache.save_weights(parent_key, parent.state)
+            cache.put(parent_key, parent, spec=spec, dataset=data.key, budget=budget,
+                      seed=job.seed)
+            parent_state = parent.state
+        if not cuts:
+            return dataclasses.replace(parent, state=None)  # weights on disk, not in a pipe
+        if parent_state is None:  # the parent's training failed: so does every variant
+            result = TrainResult(math.nan, 0.0, parent.status, f"parent: {parent.message}")
+            break
+        try:
+            result = proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts,
+                                    device=job.device, init_state=parent_state)
+            break
+        except ValueError:  # weights left by other code do not fit: train the parent again
+            if attempt:
+                raise
+            parent, parent_state = None, None
+    assert result is not None
     cache.put(key, result, spec=spec, dataset=data.key, budget=budget, seed=job.seed, cuts=cuts)
     return result
 
@@ -166,6 +187,7 @@ class Evaluator:
         self._budget = self.config.budget.to_budget()
         self._cache = AccuracyCache(cache_path)
         self.accuracy_sd = math.nan
+        self._noise_checked = False
         self._check_scenario()
 
     def _check_scenario(self) -> None:
@@ -216,25 +238,35 @@ class Evaluator:
                 total += cost.memory_bytes / limit - 1.0
         return total
 
+    def _noise_population(self) -> str:
+        """What the noise was measured on: the space's architectures, or the fixed one."""
+        arch = self.layout.fixed_arch
+        if arch is None:
+            return f"space:{self.layout.space.name}"
+        blocks = json.dumps(arch.to_dict()["blocks"], sort_keys=True)
+        return f"architecture:{hashlib.sha256(blocks.encode()).hexdigest()[:16]}"
+
     def _noise_jobs(self, designs: Sequence[Design]) -> list[list[TrainJob]]:
         """Trainings that measure the proxy's seed-to-seed noise, per seed (rows) and
         architecture (columns): the first ``noise_architectures`` distinct architectures of
         ``designs`` (topped up with architectures drawn from the space with ``eval_seed``) at
         ``eval_seed`` and the next seed, so that only the second seed costs extra; a fixed
         architecture with three seeds. Empty when the cache already holds a measurement for
-        this budget and data set."""
+        this budget, data set and population, or once measured by this evaluator."""
+        self._noise_checked = True
+        known = self._cache.noise(self._data_key, self._budget, self._noise_population())
+        if known is not None:
+            self.accuracy_sd = known[0]
+            return []
         n = self.config.noise_architectures
-        data_key = _dataset(self.config.dataset, self.config.dataset_seed).key
-        known = self._cache.noise(data_key, self._budget)
-        if known is not None or n == 0:
-            self.accuracy_sd = math.nan if known is None else known[0]
+        if n == 0:
             return []
         if self.layout.fixed_arch is not None:
             archs, seeds = [self.layout.fixed_arch], 3
         else:
             archs = list(dict.fromkeys(d.arch for d in designs))[:n]
             space = self.layout.space
-            rng = np.random.default_rng(child(np.random.SeedSequence(self.config.eval_seed), 11))
+            rng = np.random.default_rng([self.config.eval_seed, _NOISE_STREAM])
             for _ in range(100 * n):
                 if len(archs) >= min(n, space.size):
                     break
@@ -257,13 +289,26 @@ class Evaluator:
             seed=self.config.eval_seed,
             device=self.config.device,
             cache_path=self.cache_path,
+            keep_weights=self.config.compression,  # variants will want to start from them
         )
 
+    @property
+    def _data_key(self) -> str:
+        return _dataset(self.config.dataset, self.config.dataset_seed).key
+
+    def _job_key(self, job: TrainJob) -> str:
+        return cache_key(ArchSpec.from_json(job.arch_json), self._data_key, self._budget,
+                         job.seed, [Cut(p, b, bits) for p, b, bits in job.cuts])
+
     def _cached_accuracy(self, job: TrainJob) -> TrainResult | None:
-        data_key = _dataset(job.dataset, job.dataset_seed).key
-        key = cache_key(ArchSpec.from_json(job.arch_json), data_key, self._budget, job.seed,
-                        [Cut(p, b, bits) for p, b, bits in job.cuts])
-        return self._cache.get(key)
+        return self._cache.get(self._job_key(job))
+
+    @staticmethod
+    def _parent(job: TrainJob) -> TrainJob:
+        return dataclasses.replace(job, cuts=(), keep_weights=True)
+
+    def _has_weights(self, job: TrainJob) -> bool:
+        return self._cache.weights_path(self._job_key(job)).is_file()
 
     def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
         """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
@@ -282,8 +327,8 @@ class Evaluator:
         for job in design_jobs:
             if job is not None:
                 jobs.setdefault(job, None)
-        noise = (self._noise_jobs([d for d, m in zip(designs, mem, strict=True) if m == 0.0])
-                 if math.isnan(self.accuracy_sd) else [])
+        noise = ([] if self._noise_checked else
+                 self._noise_jobs([d for d, m in zip(designs, mem, strict=True) if m == 0.0]))
         for job in (j for row in noise for j in row):
             jobs.setdefault(job, None)
         todo = []
@@ -291,15 +336,22 @@ class Evaluator:
             jobs[job] = self._cached_accuracy(job)
             if jobs[job] is None:
                 todo.append(job)
-        for job, result in zip(todo, map_fn(run_train_job, todo), strict=True):
+        # Parents whose variants are to be trained go first, in a map of their own: otherwise
+        # two workers could each train the same parent for its variants (or for itself).
+        first = list(dict.fromkeys(parent for job in todo if job.cuts
+                                   if not self._has_weights(parent := self._parent(job))))
+        for job, result in zip(first, map_fn(run_train_job, first), strict=True):
+            if job in jobs:
+                jobs[job] = result
+        rest = [job for job in todo if jobs[job] is None]
+        for job, result in zip(rest, map_fn(run_train_job, rest), strict=True):
             jobs[job] = result
         if noise:
             acc = [[r.accuracy if (r := jobs[j]) is not None else math.nan for j in row]
                    for row in noise]
             self.accuracy_sd = seed_sd(acc)
-            self._cache.put_noise(_dataset(self.config.dataset, self.config.dataset_seed).key,
-                                  self._budget, self.accuracy_sd, len(noise[0]), len(noise),
-                                  "search")
+            self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
+                                  self.accuracy_sd, len(noise[0]), len(noise), "search")
         out = []
         for d, p, m, job in zip(designs, profiles, mem, design_jobs, strict=True):
             out.append(self._score(d, p, m, None if job is None else jobs[job]))
