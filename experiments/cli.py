@@ -168,6 +168,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         subset=args.subset, device=args.device, architecture=args.architecture,
         scheduler=args.scheduler,
     )
+    if args.resume is not None and args.dataset is None:  # the data set the run started with
+        config = config.with_changes(dataset=_saved_dataset(Path(args.resume)))
     config, reason = resolve_config_dataset(config)
     print(f"jmsnas search: {reason}", file=sys.stderr)
     out = Path(args.resume or args.out or f"runs/search-{scenario.name}-seed{config.seed}")
@@ -175,8 +177,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a search: pass --resume {out} to continue it, "
                          "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    # Written first so that even a killed run's folder says what it was; write_run adds more.
-    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    if args.resume is None:
+        # Written first so that even a killed run's folder says what it was; write_run adds
+        # more (a resumed run keeps the file until its checkpoint has matched).
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     result = run_search(scenario, config, out, resume=args.resume is not None,
                         progress=sys.stderr.isatty())
     write_run(out, result, str(scenario_path))
@@ -188,6 +192,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"  {e.accuracy:>8.3f} {1e3 * e.latency_s:>10.2f} {e.device_energy_j:>9.4f}  "
               f"{e.design}")
     return 0
+
+
+def _saved_dataset(folder: Path) -> str | None:
+    """The data set recorded in a run folder's config.yaml (None when there is none)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if isinstance(saved, dict) and isinstance(saved.get("search"), dict):
+        saved = saved["search"]  # the layout write_run leaves
+    value = saved.get("dataset") if isinstance(saved, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -323,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): Fashion-MNIST if it is on disk or can be downloaded, "
                    "else mnist5k")
     p.add_argument("--data-dir", metavar="DIR",
-                   help="folder holding the Fashion-MNIST idx files (looked in before "
-                   "$JMSNAS_DATA, ~/.cache/jmsnas and /usr/share/datasets)")
+                   help="folder holding the Fashion-MNIST idx files (looked in instead of "
+                   "$JMSNAS_DATA, before ~/.cache/jmsnas and /usr/share/datasets)")
     p.add_argument("--space", choices=["tiny", "mobile"])
     p.add_argument("--architecture", metavar="MODEL_OR_GENOME",
                    help="fix the architecture (a reference model, SPACE:G,G,..., a name such as "

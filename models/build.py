@@ -231,6 +231,8 @@ class CutCodec(nn.Module):
         if self.cut.bottleneck >= 1.0:
             return
         flat = x.permute(0, 2, 3, 1).reshape(-1, self.channels).double()
+        if not bool(torch.isfinite(flat).all()):
+            return  # a diverged parent: keep the default start, training will report it
         mean = flat.mean(dim=0)
         centred = flat - mean
         _, vectors = torch.linalg.eigh(centred.T @ centred / max(1, flat.shape[0] - 1))

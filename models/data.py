@@ -247,8 +247,23 @@ def resolve_dataset(name: str, root: str | os.PathLike[str] | None = None, *,
 
     ``auto`` means Fashion-MNIST when it is on disk or (with ``download``) can be fetched, and
     otherwise mnist5k, which ships with an installed package; any other name is itself (an
-    explicit ``fashion-mnist`` that cannot be had raises :class:`DatasetNotFoundError`).
+    explicit ``fashion-mnist`` that cannot be had raises :class:`DatasetNotFoundError`). A
+    fallback is remembered for the process (per folder and ``$JMSNAS_DATA``), so a run that
+    resolves several times tries a failing download once.
     """
+    from . import fashion_mnist as fm
+
+    key = (name, str(root), download, str(fm.search_folders(root)), fm.BASE_URL)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve(name, root, download)
+    return _RESOLVED[key]
+
+
+_RESOLVED: dict[tuple[str, str, bool, str, str], tuple[str, str]] = {}
+
+
+def _resolve(name: str, root: str | os.PathLike[str] | None, download: bool
+             ) -> tuple[str, str]:
     from . import fashion_mnist
 
     if name != "auto" and name not in DATASETS:

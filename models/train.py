@@ -170,8 +170,9 @@ def proxy_accuracy(
             try:
                 missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
             except RuntimeError as e:  # shapes differ: torch lists every tensor, one a line
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
                 raise ValueError(f"init_state does not fit {spec.name}: "
-                                 f"{str(e).splitlines()[1].strip()}") from None
+                                 f"{lines[min(1, len(lines) - 1)]}") from None
             wrong = [k for k in missing if not k.startswith("codecs.")] + list(unexpected)
             if wrong:
                 raise ValueError(f"init_state does not fit {spec.name}: {', '.join(wrong[:3])}")

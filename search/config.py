@@ -80,7 +80,8 @@ class SearchConfig(_Frozen):
     """Per-gene mutation probability; default 1 / number of genes."""
     noise_architectures: Annotated[int, Field(ge=0)] = 6
     """Architectures trained with a second seed to measure the proxy's seed-to-seed noise, once
-    per budget and data set (the cache keeps it; 0: not measured, the sd is NaN)."""
+    per budget, data set and space (the cache keeps it and serves it to later runs; 0: no
+    measurement by this run, so the sd is NaN unless the cache already holds one)."""
     sim_tasks: Annotated[int, Field(ge=10)] = 300
     """Measured tasks per source per design; the scenario's warm-up tasks run on top."""
     sim_replications: Annotated[int, Field(ge=1)] = 1

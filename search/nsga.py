@@ -60,7 +60,8 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
 CHECKPOINT = "checkpoint.pkl"
 _FORMAT = 4
 """Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
-block, 3 since offspring are made fresh."""
+block, 3 since offspring are made fresh, 4 since evaluations carry their accuracy's noise and
+compressed variants fine-tune from their parent (and ``dataset`` defaults to ``auto``)."""
 FRESH_TRIES = 20
 """An offspring equal to a design already evaluated (or to a sibling) is mutated again, one
 random gene at a time, up to this many times: otherwise a converging population spends much of

@@ -10,6 +10,29 @@ import pytest
 
 from sim import Scenario, scenario_from_dict
 
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: a URL off the loopback fails as an unreachable host does
+    (so ``dataset: auto`` falls back instead of downloading on a machine without the data),
+    and the data-set choice is not remembered from one test to the next."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import models.data
+
+    real = urllib.request.urlopen
+
+    def loopback_only(url: Any, *args: Any, **kwargs: Any) -> Any:
+        target = url.full_url if isinstance(url, urllib.request.Request) else str(url)
+        if urllib.parse.urlsplit(target).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise urllib.error.URLError(f"tests stay offline ({target})")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", loopback_only)
+    monkeypatch.setattr(models.data, "_RESOLVED", {})
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 
 

@@ -116,7 +116,7 @@ def test_proxy_study_scores_every_architecture_and_records_its_noise(quick_run: 
         assert float(r["seed_sd"]) >= 0 and float(r["seconds_per_eval"]) > 0, r
     assert sum(r["default"] == "True" for r in table) == 1
     with sqlite3.connect(quick_run / "accuracy.sqlite") as db:
-        noise = db.execute("SELECT sd, architectures, source FROM noise").fetchall()
+        noise = db.execute("SELECT sd, architectures, source FROM proxy_noise").fetchall()
     recorded = [row for row in noise if row[2] == "proxy experiment"]
     assert len(recorded) == sum(r["kind"] == "proxy" for r in table)
     assert all(arch == n for _, arch, _ in recorded)

@@ -158,13 +158,15 @@ def test_variant_keys_name_how_variants_are_trained() -> None:
 
 def test_noise_keeps_the_measurement_with_more_degrees_of_freedom(tmp_path: Path) -> None:
     """Catches a small measurement (a search's 6 architectures) overwriting a larger one (the
-    proxy experiment's 30) and a noise entry shared across budgets."""
+    proxy experiment's 30) and a noise entry shared across budgets, data sets or populations."""
     cache = AccuracyCache(tmp_path / "acc.sqlite")
-    assert cache.noise("d", BUDGET) is None
-    cache.put_noise("d", BUDGET, 0.010, 30, 2, "proxy experiment")
-    cache.put_noise("d", BUDGET, 0.020, 6, 2, "search")
-    assert cache.noise("d", BUDGET) == (0.010, 30, 2, "proxy experiment")
-    cache.put_noise("d", BUDGET, 0.012, 30, 3, "bigger")
-    assert cache.noise("d", BUDGET) == (0.012, 30, 3, "bigger")
-    assert cache.noise("d", ProxyBudget(epochs=2)) is None
-    assert cache.noise("other", BUDGET) is None
+    tiny = "space:tiny"
+    assert cache.noise("d", BUDGET, tiny) is None
+    cache.put_noise("d", BUDGET, tiny, 0.010, 30, 2, "proxy experiment")
+    cache.put_noise("d", BUDGET, tiny, 0.020, 6, 2, "search")
+    assert cache.noise("d", BUDGET, tiny) == (0.010, 30, 2, "proxy experiment")
+    cache.put_noise("d", BUDGET, tiny, 0.012, 30, 3, "bigger")
+    assert cache.noise("d", BUDGET, tiny) == (0.012, 30, 3, "bigger")
+    assert cache.noise("d", ProxyBudget(epochs=2), tiny) is None
+    assert cache.noise("other", BUDGET, tiny) is None
+    assert cache.noise("d", BUDGET, "space:mobile") is None  # another population

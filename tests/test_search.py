@@ -158,13 +158,14 @@ def test_evaluator_trains_each_architecture_once(tmp_path: Path) -> None:
                [1] * 6 + [0, 0, 0] + [0, 3, 6, 0, 0, 0, 0]]
     calls: list[int] = []
     out = ev.evaluate(genomes, counting_map(calls))
-    assert calls == [3]  # three distinct (architecture, compression) pairs
+    assert calls == [1, 2]  # three distinct (architecture, compression) pairs; the parent of the
+    # compressed one first, in a map of its own
     assert out[0].accuracy == out[1].accuracy
     assert all(e.status == "ok" and 0 < e.accuracy <= 1 for e in out)
     assert out[0].latency_s != out[1].latency_s
     calls.clear()
     again = ev.evaluate(genomes, counting_map(calls))
-    assert calls == [0] and again == out  # all from the cache, same results
+    assert sum(calls) == 0 and again == out  # all from the cache, same results
 
 
 def test_memory_limits_make_designs_infeasible(tmp_path: Path) -> None:
@@ -280,7 +281,7 @@ def test_search_command_writes_the_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.cli", "search", "three-tier", "--population", "4",
            "--generations", "1", "--epochs", "1", "--subset", "300", "--executor", "serial",
-           "--out", str(out)]
+           "--dataset", "mnist5k", "--out", str(out)]  # a subprocess: offline only by choice
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "on the front" in proc.stdout
@@ -317,8 +318,9 @@ def test_search_falls_back_to_mnist5k_and_says_why(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Catches a default search that fails (or silently changes data) on a machine without
-    Fashion-MNIST: it runs on mnist5k, says so in one line, and records it in config.yaml; an
-    explicit --dataset fashion-mnist fails in one line instead."""
+    Fashion-MNIST: it runs on mnist5k, says so in one line, and records it in config.yaml; a
+    resume keeps that data set after Fashion-MNIST appears; an explicit --dataset
+    fashion-mnist fails in one line instead."""
     import yaml
 
     from experiments.cli import main
@@ -333,6 +335,18 @@ def test_search_falls_back_to_mnist5k_and_says_why(tmp_path: Path,
     assert len(lines) == 1 and "data set mnist5k" in lines[0] and "apt-get" in lines[0]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["search"]["dataset"] == "mnist5k"
+    # Fashion-MNIST appears later: a resume goes on with the data set the run started with.
+    import models.data
+
+    real_resolve = models.data._resolve
+    monkeypatch.setattr(models.data, "_resolve", lambda name, root, download:
+                        ("fashion-mnist", "found") if name == "auto" else (name, "asked for"))
+    monkeypatch.setattr(models.data, "_RESOLVED", {})
+    assert main([*args[:-2], "--resume", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["search"]["dataset"] == "mnist5k"
+    monkeypatch.setattr(models.data, "_resolve", real_resolve)
+    monkeypatch.setattr(models.data, "_RESOLVED", {})
+    capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "other"), "--dataset", "fashion-mnist"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Fashion-MNIST not found" in err
@@ -471,31 +485,41 @@ def test_noise_is_measured_once_per_budget_and_data_set(tmp_path: Path) -> None:
     calls: list[int] = []
     genome = [0] * 9 + [0, 2, 5, 0, 0, 0, 0]
     first = ev.evaluate([genome], counting_map(calls))
-    assert calls[0] == 6  # the design's architecture and 2 more from the space, x 2 seeds
+    assert sum(calls) == 6  # the design's architecture and 2 more from the space, x 2 seeds
     sd = first[0].accuracy_sd
     assert 0 < sd < 0.15
     rows = noise_rows(cache)
-    assert len(rows) == 1 and rows[0][1:] == (3, 2, "search")
+    assert len(rows) == 1 and rows[0][1:] == (3, 2, "search", "space:tiny")
     calls.clear()
     ev.evaluate([[1] * 6 + [0, 0, 0] + [0, 2, 5, 0, 0, 0, 0]], counting_map(calls))
-    assert calls == [1]
+    assert sum(calls) == 1
     other = Evaluator(s, cfg, cache)  # a second run on the same cache reuses the measurement
     calls.clear()
     again = other.evaluate([genome], counting_map(calls))
-    assert calls == [0] and again[0].accuracy_sd == sd
+    assert sum(calls) == 0 and again[0].accuracy_sd == sd
+    fixed = Evaluator(s, cfg.with_changes(architecture="tiny-000000000"), cache)
+    calls.clear()
+    fixed.evaluate([[0, 2, 5, 0, 0, 0, 0]], counting_map(calls))
+    assert sum(calls) == 1  # its own noise from three seeds; two are in the cache already
+    assert len(noise_rows(cache)) == 2
 
 
 def noise_rows(cache: str) -> list[tuple[Any, ...]]:
     import sqlite3
 
     with sqlite3.connect(cache) as db:
-        return db.execute("SELECT sd, architectures, seeds, source FROM noise").fetchall()
+        return db.execute("SELECT sd, architectures, seeds, source, population "
+                          "FROM proxy_noise").fetchall()
 
 
-def test_a_compressed_variant_is_fine_tuned_from_its_parent(tmp_path: Path) -> None:
+def test_a_compressed_variant_is_fine_tuned_from_its_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Catches a variant trained from scratch (a quarter of the parent's steps from scratch
-    lands far below the parent) and a parent trained twice (once for itself, once for its
-    variant)."""
+    lands far below the parent), a parent trained twice (once for itself, once for its
+    variant), and a crash when weights are on disk without their accuracy row (a worker killed
+    between the two writes)."""
+    import sqlite3
+
     from models.cache import AccuracyCache, cache_key
     from models.data import load_dataset
     from models.train import ProxyBudget
@@ -510,11 +534,27 @@ def test_a_compressed_variant_is_fine_tuned_from_its_parent(tmp_path: Path) -> N
         return TrainJob(spec.to_json(), cuts, "mnist5k", 0, tuple(sorted(budget.items())), 0,
                         "cpu", cache_path)
 
+    import search.evaluate
+
+    trainings: list[bool] = []
+    real = search.evaluate.proxy_accuracy
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        trainings.append("init_state" in kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.evaluate, "proxy_accuracy", counted)
     variant = run_train_job(job(((3, 0.5, 8),)))  # trains the parent first
+    assert trainings == [False, True]  # the parent from scratch, then the variant from it
     cache = AccuracyCache(cache_path)
     assert len(cache) == 2
     key = cache_key(spec, load_dataset("mnist5k").key, ProxyBudget(**budget), 0)
     assert cache.load_weights(key) is not None
     parent = run_train_job(job(()))
+    assert trainings == [False, True]  # served from the cache
     assert len(cache) == 2 and parent.ok and variant.ok
     assert abs(variant.accuracy - parent.accuracy) < 0.1
+    with sqlite3.connect(cache_path) as db:  # weights on disk, their row lost
+        db.execute("DELETE FROM accuracy WHERE key = ?", (key,))
+    again = run_train_job(job(()))
+    assert again.ok and again.accuracy == parent.accuracy and trainings[-1] is False
