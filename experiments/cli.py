@@ -269,10 +269,14 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from models.data import resolve_dataset
+
     from .runner import run_all, run_named
 
     out = Path(args.out)
     progress = sys.stderr.isatty()
+    _, reason = resolve_dataset("auto")  # what the experiments' accuracies are trained on
+    print(f"jmsnas experiment: {reason}", file=sys.stderr)
     if args.name == "all":
         report = run_all(out, args.quick, progress)
         print(f"all experiments done; report: {report}")

@@ -129,7 +129,8 @@ class Context:
         return str(self.out.parent / "accuracy.sqlite")
 
     def search_config(self, **changes: Any) -> SearchConfig:
-        """The experiment's ``search`` mapping as a validated :class:`SearchConfig`."""
+        """The experiment's ``search`` mapping as a validated :class:`SearchConfig`, its
+        ``dataset: auto`` resolved (once per process: see :func:`models.data.resolve_dataset`)."""
         data = copy.deepcopy(self.config.get("search", {}))
         cfg = validate_config(data, f"{self.name} config: search")
         cfg, _ = resolve_config_dataset(cfg)  # auto: Fashion-MNIST where it can be had
@@ -142,6 +143,8 @@ class Context:
             version = "unknown"
         record = {"experiment": self.name, "quick": self.quick, "jmsnas_version": version,
                   "command": " ".join(sys.argv), "config": self.config}
+        if "search" in self.config:  # the data set its searches train on, resolved
+            record["dataset"] = self.search_config().dataset
         (self.out / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False),
                                               encoding="utf-8")
 

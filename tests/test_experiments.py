@@ -217,3 +217,14 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
                                                             abs=1e-3), r
         if r["stage"].startswith("transfer") and r["part"] == "propagation":
             assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]), abs=1e-3), r
+
+
+def test_the_proxy_study_measures_the_searchs_default_budget() -> None:
+    """Catches the search's default budget drifting from the budget whose rank agreement the
+    README reports (the proxy study's ``default``)."""
+    from experiments.common import load_experiment_config
+    from experiments.proxy import _budget
+    from search.config import BudgetConfig
+
+    cfg = load_experiment_config("proxy", quick=False)
+    assert _budget(cfg["budgets"][cfg["default"]], "default") == BudgetConfig().to_budget()

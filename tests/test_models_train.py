@@ -101,6 +101,19 @@ def test_proxy_training_on_cuda() -> None:
     assert again.accuracy == pytest.approx(r.accuracy, abs=0.02)  # cuDNN may not be bit-exact
 
 
+@pytest.mark.gpu
+def test_a_variant_fine_tunes_on_cuda_from_weights_kept_on_the_cpu() -> None:
+    """Catches weights kept on the GPU (a worker without CUDA could not load them) or a
+    bottleneck fitted on one device and run on another."""
+    data = load_dataset("digits", seed=0)
+    parent = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, device="cuda", keep_state=True)
+    assert parent.ok and parent.state is not None
+    assert all(v.device.type == "cpu" for v in parent.state.values())
+    variant = proxy_accuracy(tiny_arch(), data, SMALL, seed=0, device="cuda",
+                             cuts=[Cut(2, 0.5, 8)], init_state=parent.state)
+    assert variant.ok and abs(variant.accuracy - parent.accuracy) < 0.1
+
+
 def test_dropout_is_seeded_too() -> None:
     data = load_dataset("digits", seed=0)
     arch = ArchSpec("dropout", (Conv(8), Pool(), Head(hidden=(32,), dropout=0.5)))
