@@ -187,6 +187,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     front = result.front()
     print(f"{len(result.evaluations)} designs evaluated, {len(front)} on the front, "
           f"hypervolume {result.hypervolume():.4f}; results in {out}/")
+    if front and front[0].accuracy_sd == front[0].accuracy_sd:  # not NaN: it was measured
+        print(f"  proxy accuracy on {config.dataset}, +/- {front[0].accuracy_sd:.3f} "
+              "(one training's seed-to-seed standard deviation)")
     print(f"  {'accuracy':>8} {'latency ms':>10} {'device J':>9}  design")
     for e in front:
         print(f"  {e.accuracy:>8.3f} {1e3 * e.latency_s:>10.2f} {e.device_energy_j:>9.4f}  "
