@@ -17,8 +17,8 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import torch
@@ -124,15 +124,22 @@ class AccuracyCache:
     def put(self, key: str, result: TrainResult, *, spec: ArchSpec, dataset: str,
             budget: ProxyBudget, seed: int, cuts: Sequence[Cut] = ()) -> None:
         acc = None if result.accuracy != result.accuracy else result.accuracy  # NaN -> NULL
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO accuracy VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, spec.to_json(), json.dumps(_compressing(cuts)), dataset,
                  json.dumps(budget.to_dict(), sort_keys=True), seed, acc, result.train_time_s,
                  result.status, result.message, time.time()),
             )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so concurrent writers queue), committed when
+        the block ends, rolled back if it raises."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -158,21 +165,12 @@ class AccuracyCache:
         if not math.isfinite(sd) or architectures < 1 or seeds < 2:
             return
         key = (dataset, _budget_json(budget), population)
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             row = db.execute("SELECT architectures, seeds FROM proxy_noise WHERE dataset = ? "
                              "AND budget = ? AND population = ?", key).fetchone()
             if row is None or row[0] * (row[1] - 1) <= architectures * (seeds - 1):
                 db.execute("INSERT OR REPLACE INTO proxy_noise VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (*key, sd, architectures, seeds, source))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     def weights_path(self, key: str) -> Path:
         """Where the weights trained under ``key`` are kept: ``NAME.weights/KEY.pt`` beside the
