@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -146,9 +146,10 @@ class Evaluation:
     violation: float
     status: str
     message: str = ""
-    accuracy_sd: float = math.nan
-    """Seed-to-seed standard deviation of one proxy accuracy under this run's budget and data
-    set (measured once per budget and data set; NaN when not measured)."""
+    accuracy_sd: float = field(default=math.nan, compare=False)
+    """Seed-to-seed standard deviation of one proxy accuracy under this run's budget, data set
+    and space (measured once for them; NaN when not measured). Not part of equality: it
+    describes the budget, not the design, and NaN never equals itself after a pickle."""
 
     @property
     def feasible(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,19 @@ def test_proxy_study_scores_every_architecture_and_records_its_noise(quick_run: 
         seeds = cfg["truth"]["seeds"] if kinds[name] == "truth" else cfg["seeds"]
         assert len(mine) == n * len(seeds) and len({r["arch"] for r in mine}) == n, name
         assert all(r["status"] == "ok" and 0 < float(r["accuracy"]) <= 1 for r in mine), name
+    from experiments.proxy import MIN_BOOTSTRAP
+
     for r in table:
         lo, tau, hi = (float(r[k]) for k in ("tau_truth_lo", "tau_truth", "tau_truth_hi"))
-        assert -1 <= lo <= hi <= 1 and -1 <= tau <= 1, r
+        assert int(r["architectures_used"]) == n, r
+        if r["kind"] == "truth":  # the ground truth against its own mean is not reported
+            assert math.isnan(tau) and math.isnan(lo) and math.isnan(hi), r
+        else:
+            assert -1 <= tau <= 1, r
+            if n >= MIN_BOOTSTRAP:
+                assert -1 <= lo <= hi <= 1, r
+            else:  # too few architectures for an interval: none is claimed
+                assert math.isnan(lo) and math.isnan(hi), r
         assert float(r["seed_sd"]) >= 0 and float(r["seconds_per_eval"]) > 0, r
     assert sum(r["default"] == "True" for r in table) == 1
     with sqlite3.connect(quick_run / "accuracy.sqlite") as db:
