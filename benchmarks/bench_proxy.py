@@ -40,6 +40,7 @@ def main() -> None:
     budgets = {"search default": BudgetConfig().to_budget()}
     budgets |= {k: ProxyBudget(**v) for k, v in cfg["budgets"].items()}
     print(f"{name}, {len(specs)} architectures, torch threads {args.threads}, {args.device}")
+    proxy_accuracy(specs[0], data, ProxyBudget(epochs=1, subset=2000), device=args.device)  # warm
     seconds = {}
     for label, budget in budgets.items():
         times = [proxy_accuracy(s, data, budget, seed=0, device=args.device).train_time_s

@@ -168,7 +168,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         subset=args.subset, device=args.device, architecture=args.architecture,
         scheduler=args.scheduler,
     )
-    if args.resume is not None and args.dataset is None:  # the data set the run started with
+    if args.resume is not None and config.dataset == "auto":  # the one the run started with
         config = config.with_changes(dataset=_saved_dataset(Path(args.resume)))
     config, reason = resolve_config_dataset(config)
     print(f"jmsnas search: {reason}", file=sys.stderr)
@@ -278,8 +278,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     progress = sys.stderr.isatty()
-    _, reason = resolve_dataset("auto")  # what the experiments' accuracies are trained on
-    print(f"jmsnas experiment: {reason}", file=sys.stderr)
+    if args.name not in ("validate", "fidelity"):  # the others train: say on which data
+        _, reason = resolve_dataset("auto")
+        print(f"jmsnas experiment: {reason}", file=sys.stderr)
     if args.name == "all":
         report = run_all(out, args.quick, progress)
         print(f"all experiments done; report: {report}")

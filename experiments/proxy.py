@@ -182,8 +182,9 @@ def run(ctx: Context) -> Output:
         if s.kind == "proxy":  # searches on this cache report this noise for their budget
             cache.put_noise(data.key, s.budget, f"space:{c['space']}", row["seed_sd"],
                             int(good.sum()), len(s.seeds), "proxy experiment")
-    _plot(ctx, acc, truth, table, c["default"], c["dataset"])
-    return Output("proxy", TITLE, _text(c, table, int(np.isfinite(truth).sum()), held_out),
+    _plot(ctx, {name: a[:, good] for name, a in acc.items()}, truth, table, c["default"],
+          c["dataset"])
+    return Output("proxy", TITLE, _text(c, series[0].budget, table, int(good.sum()), held_out),
                   ["proxy.png"], ["budgets.csv", "accuracies.csv"])
 
 
@@ -253,8 +254,8 @@ def _plot(ctx: Context, acc: dict[str, np.ndarray], truth: np.ndarray,
     save(fig, ctx.path("proxy.png"))
 
 
-def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int, held_out: bool) -> str:
-    t = c["truth"]["budget"]
+def _text(c: dict[str, Any], t: ProxyBudget, table: list[dict[str, Any]], n: int,
+          held_out: bool) -> str:
     default = c["default"]
     truth = next(r for r in table if r["budget"] == TRUTH)
     d = next(r for r in table if r["budget"] == default)
@@ -265,13 +266,14 @@ def _text(c: dict[str, Any], table: list[dict[str, Any]], n: int, held_out: bool
         f"parent's weights takes {variant['seconds_per_eval']:.2f} s "
         f"({variant['seconds_per_eval'] / d['seconds_per_eval']:.2f}x a proxy run), with a "
         f"seed-to-seed sd of {100 * variant['seed_sd']:.2f} points.")
+    images = f"{'all' if t.subset is None else f'up to {t.subset}'} training images " + (
+        "(training and validation parts)" if held_out else "(the training part)")
+    scored = "held-out test set" if held_out else "validation part (no test set)"
     return (
         f"{n} architectures drawn uniformly from `{c['space']}` on {c['dataset']}; ground "
-        f"truth: width {t.get('width_scale', 0.5)}, {t.get('epochs', 5)} epochs on "
-        + ("all training images (training and validation parts)" if held_out else
-           "the training part") + f", seeds {c['truth']['seeds']} averaged, scored on the "
-        + ("held-out test set" if held_out else "validation part (no test set)")
-        + f" ({truth['seconds_per_eval']:.1f} s each; its two seeds agree at tau "
+        f"truth: width {t.width_scale:g}, {t.epochs} epochs on {images}, seeds "
+        f"{c['truth']['seeds']} averaged, scored on the {scored} "
+        f"({truth['seconds_per_eval']:.1f} s each; its two seeds agree at tau "
         f"{truth['tau_seeds']:.2f}, sd {100 * truth['seed_sd']:.2f} points). The default proxy "
         f"`{default}` ({d['seconds_per_eval']:.1f} s per evaluation) ranks at Kendall tau "
         f"{d['tau_truth']:.2f} (95% CI {d['tau_truth_lo']:.2f} to {d['tau_truth_hi']:.2f}, "

@@ -2,7 +2,7 @@
 
 The files are looked up, in this order, in
 
-1. the folder given by the caller (the command line's ``--data-dir``),
+1. the folder given by the caller (the command line's ``--data-dir`` sets ``JMSNAS_DATA``),
 2. the folder named by the ``JMSNAS_DATA`` environment variable,
 3. the user cache ``~/.cache/jmsnas/fashion-mnist``,
 4. ``/usr/share/datasets/fashion-mnist`` (Debian's package ``dataset-fashion-mnist``),

@@ -21,7 +21,12 @@ from .build import Cut, build_model
 from .data import Dataset
 from .spec import ArchSpec
 
-__all__ = ["ProxyBudget", "TrainResult", "proxy_accuracy", "resolve_device", "seed_sd"]
+__all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "proxy_accuracy", "resolve_device",
+           "seed_sd"]
+
+
+class InitStateMismatch(ValueError):
+    """``init_state`` does not fit the architecture (another architecture's, or old, weights)."""
 
 
 @dataclass(frozen=True)
@@ -171,11 +176,12 @@ def proxy_accuracy(
                 missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
             except RuntimeError as e:  # shapes differ: torch lists every tensor, one a line
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-                raise ValueError(f"init_state does not fit {spec.name}: "
-                                 f"{lines[min(1, len(lines) - 1)]}") from None
+                raise InitStateMismatch(f"init_state does not fit {spec.name}: "
+                                        f"{lines[min(1, len(lines) - 1)]}") from None
             wrong = [k for k in missing if not k.startswith("codecs.")] + list(unexpected)
             if wrong:
-                raise ValueError(f"init_state does not fit {spec.name}: {', '.join(wrong[:3])}")
+                raise InitStateMismatch(f"init_state does not fit {spec.name}: "
+                                        f"{', '.join(wrong[:3])}")
             model.fit_codecs(x_train[:_CODEC_FIT_SAMPLES].cpu())
         result = _train(model.to(dev), budget, x_train, y_train, x_val, y_val, gen, start,
                         finetune=init_state is not None)

@@ -28,7 +28,7 @@ from models.data import Dataset, load_dataset
 from models.profile import ModelProfile, profile_model
 from models.space import get_space
 from models.spec import ArchSpec
-from models.train import TrainResult, proxy_accuracy, seed_sd
+from models.train import InitStateMismatch, TrainResult, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
 
 from .config import SearchConfig, resolve_config_dataset
@@ -94,10 +94,11 @@ def run_train_job(job: TrainJob) -> TrainResult:
     cache = AccuracyCache(job.cache_path)
     key = cache_key(spec, data.key, budget, job.seed, cuts)
     hit = cache.get(key)
-    if hit is not None:
-        return hit
     parent_key = cache_key(spec, data.key, budget, job.seed)
-    parent = cache.get(parent_key)
+    wants_weights = not cuts and job.keep_weights and not cache.weights_path(parent_key).is_file()
+    if hit is not None and not (wants_weights and hit.ok):
+        return hit
+    parent = None if wants_weights else cache.get(parent_key)  # retrained for its weights
     parent_state = cache.load_weights(parent_key) if cuts else None
     result: TrainResult | None = None
     for attempt in range(2):
@@ -118,7 +119,7 @@ def run_train_job(job: TrainJob) -> TrainResult:
             result = proxy_accuracy(spec, data, budget, seed=job.seed, cuts=cuts,
                                     device=job.device, init_state=parent_state)
             break
-        except ValueError:  # weights left by other code do not fit: train the parent again
+        except InitStateMismatch:  # weights left by other code do not fit: train it again
             if attempt:
                 raise
             parent, parent_state = None, None
@@ -277,8 +278,9 @@ class Evaluator:
                     archs.append(a)
             seeds = 2
         base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
-        return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k)
-                 for a in archs] for k in range(seeds)]
+        return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k,
+                                     keep_weights=base.keep_weights and k == 0)  # no variant
+                 for a in archs] for k in range(seeds)]  # starts from another seed's weights
 
     def train_job(self, design: Design) -> TrainJob:
         return TrainJob(
@@ -339,8 +341,10 @@ class Evaluator:
                 todo.append(job)
         # Parents whose variants are to be trained go first, in a map of their own: otherwise
         # two workers could each train the same parent for its variants (or for itself).
-        first = list(dict.fromkeys(parent for job in todo if job.cuts
-                                   if not self._has_weights(parent := self._parent(job))))
+        first = list(dict.fromkeys(
+            parent for job in todo if job.cuts
+            if not (self._has_weights(parent := self._parent(job))
+                    and self._cached_accuracy(parent) is not None)))
         for job, result in zip(first, map_fn(run_train_job, first), strict=True):
             if job in jobs:
                 jobs[job] = result
@@ -348,11 +352,12 @@ class Evaluator:
         for job, result in zip(rest, map_fn(run_train_job, rest), strict=True):
             jobs[job] = result
         if noise:
-            acc = [[r.accuracy if (r := jobs[j]) is not None else math.nan for j in row]
-                   for row in noise]
+            acc = np.array([[r.accuracy if (r := jobs[j]) is not None else math.nan
+                             for j in row] for row in noise])
             self.accuracy_sd = seed_sd(acc)
+            measured = int(np.all(np.isfinite(acc), axis=0).sum())  # seed_sd drops the rest
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
-                                  self.accuracy_sd, len(noise[0]), len(noise), "search")
+                                  self.accuracy_sd, measured, len(noise), "search")
         out = []
         for d, p, m, job in zip(designs, profiles, mem, design_jobs, strict=True):
             out.append(self._score(d, p, m, None if job is None else jobs[job]))

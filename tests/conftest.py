@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,16 +11,14 @@ import pytest
 from sim import Scenario, scenario_from_dict
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reaches the internet: a URL off the loopback fails as an unreachable host does
-    (so ``dataset: auto`` falls back instead of downloading on a machine without the data),
-    and the data-set choice is not remembered from one test to the next."""
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> Iterator[None]:
+    """No test reaches the internet, module-scoped fixtures included (the experiments' shared
+    quick run): a URL off the loopback fails as an unreachable host does, so ``dataset: auto``
+    falls back instead of downloading on a machine without the data."""
     import urllib.error
     import urllib.parse
     import urllib.request
-
-    import models.data
 
     real = urllib.request.urlopen
 
@@ -30,10 +28,17 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
             raise urllib.error.URLError(f"tests stay offline ({target})")
         return real(url, *args, **kwargs)
 
-    monkeypatch.setattr(urllib.request, "urlopen", loopback_only)
-    monkeypatch.setattr(models.data, "_RESOLVED", {})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(urllib.request, "urlopen", loopback_only)
+        yield
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
+
+@pytest.fixture(autouse=True)
+def _fresh_dataset_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data-set choice is not remembered from one test to the next."""
+    import models.data
+
+    monkeypatch.setattr(models.data, "_RESOLVED", {})
 
 
 def single_queue(
