@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,9 @@ def _offline() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(urllib.request, "urlopen", loopback_only)
         yield
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 
 
 @pytest.fixture(autouse=True)
