@@ -30,8 +30,8 @@ class BudgetConfig(_Frozen):
     """Proxy-training budget of one accuracy evaluation (see :class:`models.train.ProxyBudget`).
 
     The defaults are the budget with the lowest noise and the best agreement between its own
-    seeds among those of about 3 s or less that the ``proxy`` experiment measured on
-    Fashion-MNIST (2 epochs on 10,000 images at half width: about 3 s per ``tiny`` architecture
+    seeds among those of 3.5 s or less that the ``proxy`` experiment measured on
+    Fashion-MNIST (2 epochs on 10,000 images at half width: about 3.5 s per ``tiny`` architecture
     on two CPU cores, Kendall tau 0.69 against long training, see the README);
     ``models.train.ProxyBudget()`` is a fuller one.
     """
