@@ -48,8 +48,10 @@ BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 """The official mirror named in the data set's README."""
 
 FILES: dict[str, str] = {
-    # file: SHA-256 of the decompressed idx bytes (identical in the official archives and in
-    # Debian's repackaged copy, whose gzip CRCs match the originals).
+    # file: SHA-256 of the decompressed idx bytes, computed from Debian's package
+    # dataset-fashion-mnist 0.0~git20200523 (its .gz files are recompressed, so the official
+    # .gz MD5s do not apply to it). Not checked against the official archives, which the machine
+    # that computed them could not reach; sizes and class counts (6,000 / 1,000 per class) match.
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
