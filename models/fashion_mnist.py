@@ -15,8 +15,9 @@ Every file is checked against the SHA-256 of its *decompressed* bytes (Debian re
 archives, so only those can match; see :data:`FILES` for where the hashes come from); a corrupt,
 truncated or foreign file is refused with one line naming it.
 
-The idx format (LeCun et al., "THE MNIST DATABASE"): a big-endian header of two zero bytes, a type code (0x08 = unsigned byte), the number of
-dimensions, one 32-bit size per dimension, then the values in row-major order.
+The idx format (LeCun et al., "THE MNIST DATABASE"): a big-endian header of two zero bytes, a
+type code (0x08 = unsigned byte), the number of dimensions, one 32-bit size per dimension, then
+the values in row-major order.
 """
 
 from __future__ import annotations
