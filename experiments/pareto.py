@@ -96,8 +96,8 @@ def run(ctx: Context) -> Output:
     lines = "\n".join(f"| {r['method']} | {r['hypervolume']:.4f} | {r['front_size']} | "
                       f"{r['designs_offered']} |" for r in ranked)
     text = ("Fronts of the joint search and of each baseline (hypervolume with reference point "
-            f"error 1, latency {cfg.hv_latency_ref_s} s):\n\n| method | hypervolume | front | "
-            f"designs |\n| --- | --- | --- | --- |\n{lines}")
+            f"error {cfg.hv_reference()[0]:g}, latency {cfg.hv_latency_ref_s:g} s):\n\n"
+            f"| method | hypervolume | front | designs |\n| --- | --- | --- | --- |\n{lines}")
     return Output("pareto", TITLE, text, ["pareto.png"],
                   ["pareto_points.csv", "pareto_hypervolume.csv"])
 

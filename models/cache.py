@@ -1,11 +1,16 @@
 """A persistent accuracy cache in SQLite, safe for concurrent worker processes.
 
-Keyed by (architecture blocks, compressing cuts, data set key, budget, seed): the architecture's
-name is left out (the same blocks under two names train alike) and the data set is identified by
-its ``Dataset.key`` (name and split), not its name alone. Each write is one transaction in
-write-ahead-log mode, so readers never see a half-written row, several processes can write at
-once (SQLite serialises them; a busy writer waits up to ``timeout_s``), and a process killed mid-run
-leaves the database as it was after its last committed write.
+Keyed by (architecture blocks, compressing cuts, data set key, budget, seed, device, code
+version): the architecture's name is left out (the same blocks under two names train alike), the
+data set is identified by its ``Dataset.key`` (name and split), not its name alone, and
+:data:`CODE_VERSION` changes whenever building, training or quantisation does, so a shared cache
+never serves an accuracy that today's code would not give. Only deterministic results are kept
+(:attr:`TrainResult.deterministic`): a transient error, out of memory say, is retried next time.
+
+Each write is one transaction in write-ahead-log mode, so readers never see a half-written row,
+several processes can write at once (SQLite serialises them; a busy writer waits up to
+``timeout_s``), and a process killed mid-run leaves the database as it was after its last
+committed write.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .build import Cut
 from .spec import ArchSpec
 from .train import ProxyBudget, TrainResult
 
-__all__ = ["AccuracyCache", "cache_key"]
+__all__ = ["CODE_VERSION", "AccuracyCache", "cache_key"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accuracy (
@@ -62,6 +67,12 @@ def _compressing(cuts: Sequence[Cut]) -> list[list[float]]:
             if c.compresses]
 
 
+CODE_VERSION = 2
+"""Version of the code an accuracy comes from (model building, proxy training, quantisation),
+part of every key: bump it whenever any of them changes what a training run gives. 1: keys
+without a version (up to issue 11); 2: a failure to run is found before training, transient
+errors are not cached, the device is in the key."""
+
 VARIANT_TRAINING = "inherit-2"
 """How a compressed variant is trained: from its parent's weights, its bottleneck started as
 principal components (:meth:`models.build.ChainModel.fit_codecs`), fine-tuned. Part of the key of
@@ -81,15 +92,17 @@ def _budget_json(budget: ProxyBudget) -> str:
 
 
 def cache_key(spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,
-              cuts: Sequence[Cut] = ()) -> str:
+              cuts: Sequence[Cut] = (), device: str = "cpu") -> str:
     """SHA-256 of the canonical JSON of everything the accuracy depends on.
 
-    ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split. The same
+    ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split;
+    ``device`` a :func:`models.train.device_tag` (``cpu``, or ``cuda:`` and the GPU). The same
     key names the architecture's trained weights (:meth:`AccuracyCache.weights_path`).
     """
     compressing = _compressing(cuts)
     parts: list[object] = [spec.to_dict()["blocks"], compressing, dataset,
-                           _budget_key(budget, bool(compressing)), seed]
+                           _budget_key(budget, bool(compressing)), seed, device,
+                           f"code-{CODE_VERSION}"]
     if compressing:
         parts.append(VARIANT_TRAINING)
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
@@ -122,7 +135,11 @@ class AccuracyCache:
         return TrainResult(acc, float(row[1]), row[2], row[3])
 
     def put(self, key: str, result: TrainResult, *, spec: ArchSpec, dataset: str,
-            budget: ProxyBudget, seed: int, cuts: Sequence[Cut] = ()) -> None:
+            budget: ProxyBudget, seed: int, cuts: Sequence[Cut] = ()) -> bool:
+        """Store a deterministic result; a transient one (``status: error``) is not stored, so
+        that the next run trains again. Returns whether it was stored."""
+        if not result.deterministic:
+            return False
         acc = None if result.accuracy != result.accuracy else result.accuracy  # NaN -> NULL
         with self._transaction() as db:
             db.execute(
@@ -131,6 +148,7 @@ class AccuracyCache:
                  json.dumps(budget.to_dict(), sort_keys=True), seed, acc, result.train_time_s,
                  result.status, result.message, time.time()),
             )
+        return True
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -208,9 +226,11 @@ class AccuracyCache:
 
     def get_or_compute(self, spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,
                        compute: Callable[[], TrainResult],
-                       cuts: Sequence[Cut] = ()) -> tuple[TrainResult, bool]:
-        """(result, was_cached). ``compute`` runs only on a miss; its result is stored."""
-        key = cache_key(spec, dataset, budget, seed, cuts)
+                       cuts: Sequence[Cut] = (), device: str = "cpu"
+                       ) -> tuple[TrainResult, bool]:
+        """(result, was_cached). ``compute`` runs only on a miss; its result is stored (when
+        deterministic)."""
+        key = cache_key(spec, dataset, budget, seed, cuts, device)
         hit = self.get(key)
         if hit is not None:
             return hit, True

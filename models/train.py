@@ -21,8 +21,8 @@ from .build import Cut, build_model
 from .data import Dataset
 from .spec import ArchSpec
 
-__all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "proxy_accuracy", "resolve_device",
-           "seed_sd"]
+__all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "device_tag", "proxy_accuracy",
+           "resolve_device", "seed_sd"]
 
 
 class InitStateMismatch(ValueError):
@@ -80,18 +80,28 @@ class ProxyBudget:
 class TrainResult:
     """Validation accuracy in [0, 1] (NaN unless ``status`` is ``ok``) and the training time.
 
-    ``state``: the trained weights (on the CPU), when asked for with ``keep_state``.
+    ``status``: ``ok``; ``diverged`` (a NaN or exploding loss) and ``failed`` (the architecture
+    cannot run on the data, or no usable batch): deterministic, the same on every rerun;
+    ``error``: anything else that went wrong while training (out of memory, say), which a rerun
+    may not repeat, so it is never cached. ``state``: the trained weights (on the CPU), when
+    asked for with ``keep_state``.
     """
 
     accuracy: float
     train_time_s: float
-    status: Literal["ok", "diverged", "failed"]
+    status: Literal["ok", "diverged", "failed", "error"]
     message: str = ""
     state: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether a rerun gives this result again (everything but ``error``): what a cache
+        may keep."""
+        return self.status != "error"
 
 
 _CODEC_FIT_SAMPLES = 256
@@ -121,6 +131,15 @@ def resolve_device(device: str) -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
     return torch.device(device)
+
+
+def device_tag(device: str) -> str:
+    """What the cache keys a result by: ``cpu``, or ``cuda:`` and the GPU's name (training is
+    deterministic on one device for a seed, not across devices)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return dev.type
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
@@ -183,13 +202,32 @@ def proxy_accuracy(
                 raise InitStateMismatch(f"init_state does not fit {spec.name}: "
                                         f"{', '.join(wrong[:3])}")
             model.fit_codecs(x_train[:_CODEC_FIT_SAMPLES].cpu())
-        result = _train(model.to(dev), budget, x_train, y_train, x_val, y_val, gen, start,
+        model = model.to(dev)
+        cannot = _cannot_run(model, x_train[:2])
+        if cannot is not None:
+            return TrainResult(math.nan, time.perf_counter() - start, "failed", cannot)
+        result = _train(model, budget, x_train, y_train, x_val, y_val, gen, start,
                         finetune=init_state is not None)
     if keep_state and result.ok:
         state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
         result = TrainResult(result.accuracy, result.train_time_s, result.status,
                              result.message, state)
     return result
+
+
+def _cannot_run(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why the model cannot run on inputs like ``x`` (an architecture too deep for the image
+    size, say), or None. Deterministic: the same on every rerun, so the caller may cache it.
+    Running out of memory is not: it is left for the training to meet and report as ``error``."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except torch.OutOfMemoryError:
+        return None
+    except RuntimeError as exc:
+        return f"cannot run on {tuple(x.shape[1:])} inputs: {str(exc).splitlines()[0][:250]}"
+    return None
 
 
 def _train(model: nn.Module, budget: ProxyBudget, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -237,7 +275,7 @@ def _train(model: nn.Module, budget: ProxyBudget, x_train: torch.Tensor, y_train
                 opt.step()
                 sched.step()
         accuracy = _accuracy(model, x_val, y_val)
-    except RuntimeError as exc:
-        return TrainResult(math.nan, time.perf_counter() - start, "failed",
+    except RuntimeError as exc:  # out of memory, say: another run may not repeat it
+        return TrainResult(math.nan, time.perf_counter() - start, "error",
                            str(exc).splitlines()[0][:300])
     return TrainResult(accuracy, time.perf_counter() - start, "ok")

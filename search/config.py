@@ -92,7 +92,12 @@ class SearchConfig(_Frozen):
     """Measured tasks per source per design; the scenario's warm-up tasks run on top."""
     sim_replications: Annotated[int, Field(ge=1)] = 1
     hv_latency_ref_s: Annotated[float, Field(gt=0)] = 1.0
-    """Latency that normalises the hypervolume: the reference point is (error 1, this latency)."""
+    """Latency of the hypervolume's reference point."""
+    hv_error_ref: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Error of the hypervolume's reference point; default chance, 1 - 1/classes (0.9 for the
+    shipped ten-class data sets): designs no better than guessing add nothing."""
+    hv_energy_ref_j: Annotated[float, Field(gt=0)] = 1.0
+    """Device energy per request of the reference point, with ``energy_objective``."""
     seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the genetic algorithm (initial population, variation, selection)."""
     eval_seed: Annotated[int, Field(ge=0)] = 0
@@ -124,6 +129,11 @@ class SearchConfig(_Frozen):
             raise ValueError("executor dask needs scheduler: the address of a running Dask "
                              "scheduler, such as tcp://10.0.0.5:8786")
         return self
+
+    def hv_reference(self, num_classes: int = 10) -> tuple[float, float, float]:
+        """The hypervolume's reference point: (error, latency_s, device energy_j)."""
+        error = 1.0 - 1.0 / num_classes if self.hv_error_ref is None else self.hv_error_ref
+        return error, self.hv_latency_ref_s, self.hv_energy_ref_j
 
     def fixed_architecture(self) -> ArchSpec | None:
         """The architecture named by ``architecture``, or None when it is searched."""

@@ -28,7 +28,7 @@ from models.data import Dataset, load_dataset
 from models.profile import ModelProfile, profile_model
 from models.space import get_space
 from models.spec import ArchSpec
-from models.train import InitStateMismatch, TrainResult, proxy_accuracy, seed_sd
+from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
 
 from .config import SearchConfig, resolve_config_dataset
@@ -92,9 +92,10 @@ def run_train_job(job: TrainJob) -> TrainResult:
     budget = ProxyBudget(**dict(job.budget))
     data = _dataset(job.dataset, job.dataset_seed, job.final)
     cache = AccuracyCache(job.cache_path)
-    key = cache_key(spec, data.key, budget, job.seed, cuts)
+    device = device_tag(job.device)
+    key = cache_key(spec, data.key, budget, job.seed, cuts, device)
     hit = cache.get(key)
-    parent_key = cache_key(spec, data.key, budget, job.seed)
+    parent_key = cache_key(spec, data.key, budget, job.seed, device=device)
     wants_weights = not cuts and job.keep_weights and not cache.weights_path(parent_key).is_file()
     if hit is not None and not (wants_weights and hit.ok):
         return hit
@@ -187,6 +188,7 @@ class Evaluator:
                                    compression=config.compression,
                                    fixed_arch=config.fixed_architecture())
         self._budget = self.config.budget.to_budget()
+        self._device = device_tag(self.config.device)
         self._cache = AccuracyCache(cache_path)
         self.accuracy_sd = math.nan
         self._noise_checked = False
@@ -300,8 +302,9 @@ class Evaluator:
         return _dataset(self.config.dataset, self.config.dataset_seed).key
 
     def _job_key(self, job: TrainJob) -> str:
-        return cache_key(ArchSpec.from_json(job.arch_json), self._data_key, self._budget,
-                         job.seed, [Cut(p, b, bits) for p, b, bits in job.cuts])
+        data = _dataset(job.dataset, job.dataset_seed, job.final)
+        return cache_key(ArchSpec.from_json(job.arch_json), data.key, self._budget, job.seed,
+                         [Cut(p, b, bits) for p, b, bits in job.cuts], self._device)
 
     def _cached_accuracy(self, job: TrainJob) -> TrainResult | None:
         return self._cache.get(self._job_key(job))

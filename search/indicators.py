@@ -1,9 +1,13 @@
 """Quality of a front: hypervolume with a fixed normalised reference point, and IGD.
 
-Objectives are turned into minimised, normalised coordinates: error = 1 - accuracy, and
-latency / ``latency_ref_s``; the reference point is (1, 1) (and 1 for normalised energy, by
-``energy_ref_j``). Points beyond the reference point add nothing. The indicators themselves are
-moocore's (Lopez-Ibanez et al.), which DEAP also uses.
+Objectives are turned into minimised, normalised coordinates by a reference point (an error, a
+latency and, with the energy objective, an energy): (1 - accuracy) / error_ref, latency /
+latency_ref_s, energy / energy_ref_j, so the reference point becomes (1, ..., 1). Points beyond it
+add nothing. The search's default error reference is chance, 1 - 1/classes (0.9 for ten
+classes): a design no better than guessing adds nothing, and the hypervolume spans 0 (nothing
+better than chance or faster than the latency reference) to 1 (a perfect, instant design).
+
+The indicators themselves are moocore's (Lopez-Ibanez et al.), which DEAP also uses.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ from numpy.typing import NDArray
 __all__ = ["hypervolume", "igd", "nondominated", "normalise"]
 
 
-def normalise(points: Sequence[Sequence[float]], latency_ref_s: float,
-              energy_ref_j: float = 1.0) -> NDArray[np.float64]:
-    """(accuracy, latency[, energy]) rows -> minimised, normalised coordinates."""
+def normalise(points: Sequence[Sequence[float]], reference: Sequence[float]
+              ) -> NDArray[np.float64]:
+    """(accuracy, latency[, energy]) rows -> minimised coordinates normalised by ``reference``
+    = (error, latency_s[, energy_j]), the point that maps to (1, ..., 1)."""
     p = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.size < p.shape[1] or not np.all(ref > 0):
+        raise ValueError(f"reference must have {p.shape[1]} values > 0, got {list(reference)}")
     out = np.empty_like(p)
-    out[:, 0] = 1.0 - p[:, 0]
-    out[:, 1] = p[:, 1] / latency_ref_s
-    if p.shape[1] > 2:
-        out[:, 2] = p[:, 2] / energy_ref_j
+    out[:, 0] = (1.0 - p[:, 0]) / ref[0]
+    out[:, 1:] = p[:, 1:] / ref[1: p.shape[1]]
     return out
 
 

@@ -93,7 +93,7 @@ def pareto_front(evaluations: list[Evaluation], config: SearchConfig) -> list[Ev
         return []
     if config.objective == "scalarized":
         return [max(feasible, key=lambda e: e.objectives(config)[0])]
-    pts = normalise([e.objectives(config) for e in feasible], config.hv_latency_ref_s)
+    pts = normalise([e.objectives(config) for e in feasible], config.hv_reference())
     mask = nondominated(pts)
     return sorted((e for e, m in zip(feasible, mask, strict=True) if m),
                   key=lambda e: e.latency_s)
@@ -106,7 +106,7 @@ def front_hypervolume(evaluations: list[Evaluation], config: SearchConfig) -> fl
         return 0.0
     pts = [(e.accuracy, e.latency_s, e.device_energy_j)[: 3 if config.energy_objective else 2]
            for e in feasible]
-    return hypervolume(normalise(pts, config.hv_latency_ref_s))
+    return hypervolume(normalise(pts, config.hv_reference()))
 
 
 def history_row(generation: int, evaluations: list[Evaluation], config: SearchConfig,

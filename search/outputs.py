@@ -99,7 +99,8 @@ def _plot(out: Path, result: SearchResult, front: list[Evaluation]) -> list[Path
     hv = [row["hypervolume"] for row in result.history]
     ax.plot(evals, hv, "o-")
     ax.set_xlabel("designs evaluated")
-    ax.set_ylabel(f"hypervolume (ref: error 1, {result.config.hv_latency_ref_s:g} s)")
+    ref = result.config.hv_reference()
+    ax.set_ylabel(f"hypervolume (ref: error {ref[0]:g}, {ref[1]:g} s)")
     ax.set_title("Search progress")
     ax.grid(alpha=0.3)
     if hv and not any(math.isnan(h) for h in hv):

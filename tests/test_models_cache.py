@@ -149,11 +149,65 @@ def test_variant_keys_name_how_variants_are_trained() -> None:
     assert cache_key(SPEC, "d", BUDGET, 0, cuts) != hashlib.sha256(old.encode()).hexdigest()
     assert VARIANT_TRAINING
     before = json.dumps([SPEC.to_dict()["blocks"], [], "d", plain, 0], sort_keys=True,
-                        separators=(",", ":"))
-    assert cache_key(SPEC, "d", BUDGET, 0) == hashlib.sha256(before.encode()).hexdigest()
+                        separators=(",", ":"))  # a key of code version 1: not served any more
+    assert cache_key(SPEC, "d", BUDGET, 0) != hashlib.sha256(before.encode()).hexdigest()
     other = ProxyBudget(epochs=1, finetune_fraction=0.5)
     assert cache_key(SPEC, "d", other, 0) == cache_key(SPEC, "d", BUDGET, 0)
     assert cache_key(SPEC, "d", other, 0, cuts) != cache_key(SPEC, "d", BUDGET, 0, cuts)
+
+
+def test_key_names_the_code_version_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches a shared cache that serves an accuracy from older training code (a version left
+    out of the key, or not followed by it) or from another device (CPU and GPU runs differ)."""
+    import models.cache as mc
+
+    k = cache_key(SPEC, "d", BUDGET, 0, [Cut(1, 0.5, 8)])
+    plain = cache_key(SPEC, "d", BUDGET, 0)
+    assert cache_key(SPEC, "d", BUDGET, 0, device="cuda:NVIDIA H100") != plain
+    assert cache_key(SPEC, "d", BUDGET, 0, device="cpu") == plain  # the default is the CPU
+    monkeypatch.setattr(mc, "CODE_VERSION", mc.CODE_VERSION + 1)
+    assert cache_key(SPEC, "d", BUDGET, 0) != plain
+    assert cache_key(SPEC, "d", BUDGET, 0, [Cut(1, 0.5, 8)]) != k
+
+
+def test_only_deterministic_failures_are_cached(tmp_path: Path) -> None:
+    """Catches a transient error (out of memory, say) stored for ever as a failure, and
+    deterministic failures (a NaN loss, an architecture too deep for the input) not stored,
+    which would retrain them on every run."""
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    for i, (status, kept) in enumerate([("error", False), ("diverged", True), ("failed", True),
+                                        ("ok", True)]):
+        key = cache_key(SPEC, "digits", BUDGET, i)
+        acc = 0.5 if status == "ok" else math.nan
+        assert cache.put(key, TrainResult(acc, 0.1, status, "why"),  # type: ignore[arg-type]
+                         spec=SPEC, dataset="digits", budget=BUDGET, seed=i) is kept
+        assert (cache.get(key) is not None) is kept, status
+    assert len(cache) == 3
+
+
+def test_out_of_memory_in_training_is_retried_not_cached(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches a transient failure of a real training run (out of memory at an optimiser step)
+    reported as a deterministic ``failed``, which the cache would keep for ever."""
+    import torch
+
+    from models.data import load_dataset
+    from models.train import proxy_accuracy
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    data = load_dataset("digits", seed=0)
+    cache = AccuracyCache(tmp_path / "acc.sqlite")
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", oom)
+        r, cached = cache.get_or_compute(SPEC, data.key, BUDGET, 0,
+                                         lambda: proxy_accuracy(SPEC, data, BUDGET))
+    assert r.status == "error" and "out of memory" in r.message and not cached
+    assert len(cache) == 0
+    r, cached = cache.get_or_compute(SPEC, data.key, BUDGET, 0,
+                                     lambda: proxy_accuracy(SPEC, data, BUDGET))
+    assert r.ok and not cached and len(cache) == 1  # the rerun trained, and kept the result
 
 
 def test_noise_keeps_the_measurement_with_more_degrees_of_freedom(tmp_path: Path) -> None:
