@@ -78,13 +78,26 @@ def _format_report(r: LatencyReport) -> str:
             f"  {s.label:<28} {', '.join(s.resources)[:24]:<24} {s.waiting_s * ms:>9.3f} "
             f"{s.service_s * ms:>11.3f} {s.propagation_s * ms:>9.3f}"
         )
-    lines += ["", f"  {'resource':<24} {'kind':<6} {'servers':>7} {'util':>6} {'J/task':>9}"]
+    lines += ["", f"  {'resource':<24} {'kind':<6} {'servers':>7} {'offered':>8} {'util':>6} "
+              f"{'J/task':>9}"]
     for q in r.resources:
+        flag = "  overloaded" if q.offered_utilisation >= 1 else ""
         lines.append(
-            f"  {q.name:<24} {q.kind:<6} {q.servers:>7} {q.utilisation:>6.3f} "
-            f"{q.energy_j_per_task:>9.4f}"
+            f"  {q.name:<24} {q.kind:<6} {q.servers:>7} {q.offered_utilisation:>8.3f} "
+            f"{q.utilisation:>6.3f} {q.energy_j_per_task:>9.4f}{flag}"
         )
+    lines.append("  (offered: arrival rate x mean work / capacity; util: busy share of the run)")
     return "\n".join(lines)
+
+
+def overload_warning(r: LatencyReport) -> str | None:
+    """One line about the resources offered a utilisation at or over 1, or None."""
+    over = r.overloaded
+    if not over:
+        return None
+    worst = ", ".join(f"{q.kind} {q.name} at {q.offered_utilisation:.3g}" for q in over)
+    return (f"warning: offered utilisation >= 1 ({worst}): its queue grows without bound, so "
+            "these latencies depend on the run's length (--tasks), not only on the pipeline")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -105,6 +118,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(result.report.to_dict(), indent=2))
     else:
         print(_format_report(result.report))
+    warning = overload_warning(result.report)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -184,17 +200,37 @@ def _cmd_search(args: argparse.Namespace) -> int:
     result = run_search(scenario, config, out, resume=args.resume is not None,
                         progress=sys.stderr.isatty())
     write_run(out, result, str(scenario_path))
-    front = result.front()
-    print(f"{len(result.evaluations)} designs evaluated, {len(front)} on the front, "
-          f"hypervolume {result.hypervolume():.4f}; results in {out}/")
-    if front and front[0].accuracy_sd == front[0].accuracy_sd:  # not NaN: it was measured
-        print(f"  proxy accuracy on {config.dataset}, +/- {front[0].accuracy_sd:.3f} "
-              "(one training's seed-to-seed standard deviation)")
-    print(f"  {'accuracy':>8} {'latency ms':>10} {'device J':>9}  design")
-    for e in front:
-        print(f"  {e.accuracy:>8.3f} {1e3 * e.latency_s:>10.2f} {e.device_energy_j:>9.4f}  "
-              f"{e.design}")
+    print(_format_front(result, config.dataset, out))
     return 0
+
+
+def _format_front(result: Any, dataset: str, out: Path) -> str:
+    """The printed front: re-measured latencies with their 95% confidence intervals."""
+    from search.outputs import front_rows
+
+    rows = front_rows(result)
+    unstable = sum(e.status == "unstable" for e in result.evaluations.values())
+    lines = [f"{len(result.evaluations)} designs evaluated ({unstable} unstable), {len(rows)} on "
+             f"the front, hypervolume {result.hypervolume():.4f}; results in {out}/"]
+    if rows and rows[0]["accuracy_sd"] == rows[0]["accuracy_sd"]:  # not NaN: it was measured
+        lines.append(f"  proxy accuracy on {dataset}, +/- {rows[0]['accuracy_sd']:.3f} "
+                     "(one training's seed-to-seed standard deviation)")
+    reps = max((r["replications"] for r in rows), default=0)
+    if reps:
+        lines.append(f"  latencies re-measured on {reps} fresh replications (mean and p95, "
+                     "+/- the 95% CI half-width); the search's own in evaluations.csv")
+    lines.append(f"  {'proxy':>6} {'test':>6} {'mean ms':>16} {'p95 ms':>16} {'device J':>9}  "
+                 "design")
+    for r in rows:
+        mean = f"{1e3 * r['mean_latency_s']:.2f}"
+        p95 = f"{1e3 * r['p95_latency_s']:.2f}"
+        if r["replications"]:
+            mean += f" +/- {1e3 * r['mean_latency_ci95_s']:.2f}"
+            p95 += f" +/- {1e3 * r['p95_latency_ci95_s']:.2f}"
+        test = "" if r["test_accuracy"] != r["test_accuracy"] else f"{r['test_accuracy']:.3f}"
+        lines.append(f"  {r['accuracy']:>6.3f} {test:>6} {mean:>16} {p95:>16} "
+                     f"{r['energy_j']:>9.4f}  {r['design']}")
+    return "\n".join(lines)
 
 
 def _saved_dataset(folder: Path) -> str | None:

@@ -101,6 +101,17 @@ class ModelProfile:
             return codec.sent_bits
         return math.prod(self.activation_shape(position)) * 32
 
+    def gradient_bits(self, position: int) -> int:
+        """Bits of the gradient that training's backward pass sends back over a split at
+        ``position``, per sample: 32-bit floats of the shape sent forward (the bottleneck's,
+        for a compressing cut: quantisation's straight-through gradient is not quantised); 0 at
+        position 0, where the node before holds no layer to train."""
+        if position == 0:
+            return 0
+        codec = self.codec(position)
+        shape = codec.sent_shape if codec is not None else self.activation_shape(position)
+        return math.prod(shape) * 32
+
     def segment_memory_bytes(self, start: int, stop: int) -> int:
         """Memory for running blocks [start, stop) on one node: their parameters plus the
         largest peak activation among them (our estimate)."""

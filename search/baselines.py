@@ -30,6 +30,7 @@ from models.spec import ArchSpec
 from models.train import TrainResult
 from sim import Scenario
 from sim.seeds import child
+from sim.stability import Load
 
 from .config import SearchConfig
 from .design import Design, GenomeLayout
@@ -204,8 +205,11 @@ class ArchitectureEvaluator(Evaluator):
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
         return 0.0
 
+    def overload(self, design: Design, profile: ModelProfile) -> Load | None:
+        return None  # no network yet: the split, in stage two, is checked
+
     def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
-               trained: TrainResult | None) -> Evaluation:
+               overload: Load | None, trained: TrainResult | None) -> Evaluation:
         assert trained is not None
         t = profile.total_flops / self._device_flops
         failed = not trained.ok

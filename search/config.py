@@ -91,6 +91,14 @@ class SearchConfig(_Frozen):
     sim_tasks: Annotated[int, Field(ge=10)] = 300
     """Measured tasks per source per design; the scenario's warm-up tasks run on top."""
     sim_replications: Annotated[int, Field(ge=1)] = 1
+    remeasure_replications: Annotated[int, Field(ge=0)] = 10
+    """After the search, every front design is simulated again on this many replications of a
+    fresh seed (:mod:`search.remeasure`): at least 5, or 0 for none."""
+    remeasure_tasks: Annotated[int, Field(ge=10)] = 1000
+    """Measured tasks per source per replication of the re-measurement."""
+    test_accuracy: bool = True
+    """Also train every front design on training plus validation data and score it on the
+    data set's held-out test set (where it has one)."""
     hv_latency_ref_s: Annotated[float, Field(gt=0)] = 1.0
     """Latency of the hypervolume's reference point."""
     hv_error_ref: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -125,6 +133,9 @@ class SearchConfig(_Frozen):
         if self.population % 2:
             raise ValueError(f"population must be even (offspring come in pairs), "
                              f"got {self.population}")
+        if 0 < self.remeasure_replications < 5:
+            raise ValueError(f"remeasure_replications must be 0 (none) or at least 5, got "
+                             f"{self.remeasure_replications}")
         if self.executor == "dask" and not self.scheduler:
             raise ValueError("executor dask needs scheduler: the address of a running Dask "
                              "scheduler, such as tcp://10.0.0.5:8786")

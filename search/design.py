@@ -33,7 +33,7 @@ from models.space import SearchSpace
 from models.spec import ArchSpec
 from sim.scenario import Scenario
 
-__all__ = ["Design", "GenomeLayout", "scenario_routes"]
+__all__ = ["Design", "GenomeLayout", "check_routes", "scenario_routes"]
 
 
 def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str, ...], ...]:
@@ -48,6 +48,38 @@ def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str
         key=lambda p: (len(p), p),
     )
     return (first, *others)[:max_routes]
+
+
+def check_routes(scenario: Scenario, routes: Sequence[tuple[str, ...]], *,
+                 back: str | None = None) -> None:
+    """Refuse routes that some source cannot follow, before any work.
+
+    One design runs on every source: a task of another source takes the same route with the
+    path's first node replaced by its source (see :func:`sim.workload.stages_for_source`), so
+    every route needs, for every source, a link from it to the route's second node. ``back``
+    (why the reverse links are needed, e.g. training's gradients) also asks for every link in
+    the other direction. Raises ``ValueError`` naming the source, the missing link and the fix.
+    """
+    graph = scenario.graph()
+    first = scenario.path[0]
+    for route in routes:
+        for src in scenario.workload.sources:
+            own = (src, *route[1:])
+            shown = " -> ".join(route)
+            if src != first and src in route[1:]:
+                raise ValueError(
+                    f"scenario {scenario.name!r}: source {src!r} cannot follow route {shown}: it "
+                    f"is on it (every source runs the same design; move {src} off the route)")
+            for u, v in itertools.pairwise(own):
+                if not graph.has_edge(u, v):
+                    raise ValueError(
+                        f"scenario {scenario.name!r}: source {src!r} cannot follow route {shown}: "
+                        f"no link {u} -> {v} (every source runs the same design: add that link, "
+                        f"or remove the link {first} -> {v} that opens the route)")
+                if back is not None and not graph.has_edge(v, u):
+                    raise ValueError(
+                        f"scenario {scenario.name!r}: {back}, so it needs a link {v} -> {u} for "
+                        f"route {shown} (add duplex: true to the link {u} -> {v})")
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,11 @@ from models.space import get_space
 from models.spec import ArchSpec
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
+from sim.stability import Load, offered_load, overloaded
+from sim.workload import Stage
 
 from .config import SearchConfig, resolve_config_dataset
-from .design import Design, GenomeLayout, scenario_routes
+from .design import Design, GenomeLayout, check_routes, scenario_routes
 from .pipeline import design_pipeline, segment_costs
 
 __all__ = ["Evaluation", "Evaluator", "MapFn", "TrainJob", "run_train_job"]
@@ -135,7 +137,9 @@ def _init_worker() -> None:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A scored design. ``violation`` > 0 means infeasible (memory, deadline or failed training)."""
+    """A scored design. ``violation`` > 0 means infeasible: ``status`` ``infeasible`` (memory or
+    deadline), ``unstable`` (some resource offered a utilisation at or over 1; the violation is
+    that utilisation) or ``failed`` (training)."""
 
     genome: tuple[int, ...]
     design: str
@@ -195,13 +199,15 @@ class Evaluator:
         self._check_scenario()
 
     def _check_scenario(self) -> None:
-        graph = self.scenario.graph()
-        if self.config.return_result:
-            for route in self.layout.routes:
-                for u, v in zip(route[1:], route[:-1], strict=True):
-                    if not graph.has_edge(u, v):
-                        raise ValueError(f"return_result needs a link {u} -> {v} in scenario "
-                                         f"{self.scenario.name!r} (add duplex: true)")
+        training = self.scenario.workload.mode == "training"
+        if training and self.config.return_result:
+            raise ValueError(f"return_result applies to inference; scenario "
+                             f"{self.scenario.name!r} is in training mode, where a request ends "
+                             "with its backward pass (set return_result: false)")
+        back = ("training mode sends gradients back" if training
+                else "return_result sends the result back" if self.config.return_result
+                else None)
+        check_routes(self.scenario, self.layout.routes, back=back)
         self._check_some_design_fits()
 
     def _check_some_design_fits(self) -> None:
@@ -233,6 +239,21 @@ class Evaluator:
     def profile(self, design: Design) -> ModelProfile:
         return profile_model(design.arch, self.scenario.input_shape, NUM_CLASSES,
                              cuts=design.compressing_cuts)
+
+    def pipeline(self, design: Design, profile: ModelProfile) -> tuple[Stage, ...]:
+        """The stages one request of the design runs: an inference, or in training mode a
+        training step (the backward pass built from the design, :mod:`search.pipeline`)."""
+        w = self.scenario.workload
+        return design_pipeline(design, profile, self.scenario.input_bits_per_element,
+                               return_result=self.config.return_result,
+                               backward_flops_factor=(w.backward_flops_factor
+                                                      if w.mode == "training" else None))
+
+    def overload(self, design: Design, profile: ModelProfile) -> Load | None:
+        """The most loaded resource if the design offers some resource a utilisation at or
+        over 1 (:mod:`sim.stability`: no steady state, so no latency to score), else None."""
+        over = overloaded(offered_load(self.scenario, self.pipeline(design, profile)))
+        return over[0] if over else None
 
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
         total = 0.0
@@ -316,27 +337,8 @@ class Evaluator:
     def _has_weights(self, job: TrainJob) -> bool:
         return self._cache.weights_path(self._job_key(job)).is_file()
 
-    def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
-        """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
-        simulated here."""
-        return self.evaluate_designs([self.layout.decode(g) for g in genomes], map_fn)
-
-    def evaluate_designs(self, designs: Sequence[Design], map_fn: MapFn = map
-                         ) -> list[Evaluation]:
-        """Score designs, also ones the genome cannot express (a reference model, for the
-        baselines; their :attr:`Evaluation.genome` is empty)."""
-        profiles = [self.profile(d) for d in designs]
-        mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
-        design_jobs = [self.train_job(d) if m == 0.0 else None
-                       for d, m in zip(designs, mem, strict=True)]
-        jobs: dict[TrainJob, TrainResult | None] = {}
-        for job in design_jobs:
-            if job is not None:
-                jobs.setdefault(job, None)
-        noise = ([] if self._noise_checked else
-                 self._noise_jobs([d for d, m in zip(designs, mem, strict=True) if m == 0.0]))
-        for job in (j for row in noise for j in row):
-            jobs.setdefault(job, None)
+    def _train_all(self, jobs: dict[TrainJob, TrainResult | None], map_fn: MapFn) -> None:
+        """Fill ``jobs`` with results: from the cache, else trained through ``map_fn``."""
         todo = []
         for job in jobs:
             jobs[job] = self._cached_accuracy(job)
@@ -354,6 +356,54 @@ class Evaluator:
         rest = [job for job in todo if jobs[job] is None]
         for job, result in zip(rest, map_fn(run_train_job, rest), strict=True):
             jobs[job] = result
+
+    @property
+    def has_test_set(self) -> bool:
+        """Whether the data set keeps a held-out test set (for :meth:`test_accuracies`)."""
+        return _dataset(self.config.dataset, self.config.dataset_seed).x_test is not None
+
+    def test_accuracies(self, designs: Sequence[Design], map_fn: MapFn = map
+                        ) -> list[TrainResult]:
+        """Each design's accuracy on the held-out test set, trained on the training and
+        validation parts with the search's budget and seed (cached like any training). A
+        ValueError when the data set has no test set."""
+        if not self.has_test_set:
+            raise ValueError(f"data set {self.config.dataset!r} has no held-out test set")
+        wanted = [dataclasses.replace(self.train_job(d), final=True) for d in designs]
+        jobs: dict[TrainJob, TrainResult | None] = dict.fromkeys(wanted)
+        self._train_all(jobs, map_fn)
+        out = []
+        for job in wanted:
+            result = jobs[job]
+            assert result is not None
+            out.append(result)
+        return out
+
+    def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
+        """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
+        simulated here."""
+        return self.evaluate_designs([self.layout.decode(g) for g in genomes], map_fn)
+
+    def evaluate_designs(self, designs: Sequence[Design], map_fn: MapFn = map
+                         ) -> list[Evaluation]:
+        """Score designs, also ones the genome cannot express (a reference model, for the
+        baselines; their :attr:`Evaluation.genome` is empty)."""
+        profiles = [self.profile(d) for d in designs]
+        mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
+        over = [self.overload(d, p) if m == 0.0 else None
+                for d, p, m in zip(designs, profiles, mem, strict=True)]
+        scored = [m == 0.0 and o is None for m, o in zip(mem, over, strict=True)]
+        design_jobs = [self.train_job(d) if ok else None
+                       for d, ok in zip(designs, scored, strict=True)]
+        jobs: dict[TrainJob, TrainResult | None] = {}
+        for job in design_jobs:
+            if job is not None:
+                jobs.setdefault(job, None)
+        noise = ([] if self._noise_checked else
+                 self._noise_jobs([d for d, ok in zip(designs, scored, strict=True) if ok]))
+        for job in (j for row in noise for j in row):
+            jobs.setdefault(job, None)
+        self._train_all(jobs, map_fn)
         if noise:
             acc = np.array([[r.accuracy if (r := jobs[j]) is not None else math.nan
                              for j in row] for row in noise])
@@ -362,12 +412,12 @@ class Evaluator:
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
                                   self.accuracy_sd, measured, len(noise), "search")
         out = []
-        for d, p, m, job in zip(designs, profiles, mem, design_jobs, strict=True):
-            out.append(self._score(d, p, m, None if job is None else jobs[job]))
+        for d, p, m, o, job in zip(designs, profiles, mem, over, design_jobs, strict=True):
+            out.append(self._score(d, p, m, o, None if job is None else jobs[job]))
         return out
 
     def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
-               trained: TrainResult | None) -> Evaluation:
+               overload: Load | None, trained: TrainResult | None) -> Evaluation:
         nan = math.nan
         try:
             canon = self.layout.encode(design)
@@ -379,13 +429,17 @@ class Evaluator:
                               p95_latency_s=nan, device_energy_j=nan,
                               violation=memory_violation, status="infeasible",
                               message="a segment does not fit its node's memory_bytes")
+        if overload is not None:  # no steady state: a finite run's latency means nothing
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
+                              p95_latency_s=nan, device_energy_j=nan,
+                              violation=overload.utilisation, status="unstable",
+                              message=f"{overload.describe()} (>= 1: its queue grows without "
+                                      "bound)")
         assert trained is not None
-        pipeline = design_pipeline(design, profile, self.scenario.input_bits_per_element,
-                                   return_result=self.config.return_result)
-        report = simulate(self.scenario, pipeline, seed=self.config.eval_seed,
-                          replications=self.config.sim_replications,
+        report = simulate(self.scenario, self.pipeline(design, profile),
+                          seed=self.config.eval_seed, replications=self.config.sim_replications,
                           tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
-                          engine="auto").report
+                          engine="auto", backward_included=True).report
         latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
         violation, status, message = 0.0, "ok", ""
         if not trained.ok:

@@ -46,6 +46,7 @@ from .design import Design
 from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
+from .remeasure import Remeasured, remeasure_front
 
 __all__ = ["CHECKPOINT", "SearchResult", "executor_map", "fingerprint", "front_hypervolume",
            "history_row", "pareto_front", "run_search"]
@@ -58,10 +59,12 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 4
+_FORMAT = 5
 """Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
 block, 3 since offspring are made fresh, 4 since evaluations carry their accuracy's noise and
-compressed variants fine-tune from their parent (and ``dataset`` defaults to ``auto``)."""
+compressed variants fine-tune from their parent (and ``dataset`` defaults to ``auto``), 5 since
+overloaded designs are ``unstable``, training mode's backward pass comes from the design and the
+hypervolume's error reference is chance."""
 FRESH_TRIES = 20
 """An offspring equal to a design already evaluated (or to a sibling) is mutated again, one
 random gene at a time, up to this many times: otherwise a converging population spends much of
@@ -76,6 +79,8 @@ class SearchResult:
     evaluations: dict[tuple[int, ...], Evaluation]
     population: list[tuple[int, ...]]
     history: list[dict[str, float]] = field(default_factory=list)
+    remeasured: list[Remeasured] = field(default_factory=list)
+    """The front re-measured on fresh seeds (:mod:`search.remeasure`), in the front's order."""
 
     def front(self) -> list[Evaluation]:
         """Non-dominated feasible evaluations, by latency (the best one if scalarized)."""
@@ -354,7 +359,9 @@ class _Search:
         finally:
             if bar is not None:
                 bar.close()
-        return SearchResult(self.config, self.evaluations, population, self.history)
+        result = SearchResult(self.config, self.evaluations, population, self.history)
+        result.remeasured = remeasure_front(self.evaluator, result.front(), self.map_fn)
+        return result
 
 
 def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str], *,

@@ -1,10 +1,15 @@
 """What a search leaves in its run folder: the resolved config, CSV tables and figures.
 
 - ``config.yaml``: the resolved search configuration, the scenario file and the package version;
-- ``front.csv``: one row per non-dominated feasible design: ``accuracy`` and its noise
-  ``accuracy_sd`` (the proxy's seed-to-seed standard deviation), ``latency_s``,
-  ``energy_j``, ``splits``, ``arch``, ``genome`` (and the design in words);
-- ``evaluations.csv``: every design evaluated, feasible or not;
+- ``front.csv``: one row per non-dominated feasible design, re-measured on fresh seeds
+  (:mod:`search.remeasure`): ``accuracy`` (the search's proxy) and its noise ``accuracy_sd``,
+  ``test_accuracy`` on the held-out test set, ``mean_latency_s`` and ``p95_latency_s`` with the
+  half-widths of their 95% confidence intervals (``*_ci95_s``) over ``replications``,
+  ``latency_s`` (the configured one of the two), ``energy_j``; ``search_latency_s`` is what the
+  search scored on its own sample path; then ``splits``, ``arch``, ``genome``, ``design``;
+- ``evaluations.csv``: every design the search scored, feasible or not, with the search's own
+  numbers (one sample path) and its ``status`` (``ok``, ``infeasible``, ``unstable``: some
+  resource offered a utilisation at or over 1, named in ``message``; ``failed``);
 - ``history.csv``: per generation: evaluations, hypervolume, best accuracy and latency;
 - ``front.png`` and ``hypervolume.png``, drawn from those CSVs.
 """
@@ -15,16 +20,22 @@ import csv
 import math
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
 
 from .evaluate import Evaluation
 from .nsga import SearchResult
 
-__all__ = ["FRONT_COLUMNS", "HISTORY_COLUMNS", "write_run"]
+__all__ = ["EVALUATION_COLUMNS", "FRONT_COLUMNS", "HISTORY_COLUMNS", "front_rows", "write_run"]
 
-FRONT_COLUMNS = ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s", "p95_latency_s",
-                 "energy_j", "splits", "arch", "genome", "design", "status", "violation"]
+FRONT_COLUMNS = ["accuracy", "accuracy_sd", "test_accuracy", "latency_s", "mean_latency_s",
+                 "mean_latency_ci95_s", "p95_latency_s", "p95_latency_ci95_s", "replications",
+                 "energy_j", "search_latency_s", "splits", "arch", "genome", "design"]
+EVALUATION_COLUMNS = ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s", "p95_latency_s",
+                      "energy_j", "splits", "arch", "genome", "design", "status", "violation",
+                      "message"]
 HISTORY_COLUMNS = ["generation", "evaluations", "feasible", "hypervolume", "best_accuracy",
                    "best_latency_s", "elapsed_s"]
 
@@ -40,7 +51,30 @@ def _row(e: Evaluation) -> list[object]:
     splits = e.design.split(" (")[0]
     return [e.accuracy, e.accuracy_sd, e.latency_s, e.mean_latency_s, e.p95_latency_s,
             e.device_energy_j, splits, e.arch, " ".join(map(str, e.genome)), e.design, e.status,
-            e.violation]
+            e.violation, e.message]
+
+
+def front_rows(result: SearchResult) -> list[dict[str, Any]]:
+    """The front as reported: re-measured numbers where there are some (the search's own
+    otherwise, with ``replications`` 0 and NaN intervals)."""
+    again = {r.genome: r for r in result.remeasured}
+    rows = []
+    for e in result.front():
+        r = again.get(e.genome)
+        nan = math.nan
+        mean, p95 = (r.mean_latency_s, r.p95_latency_s) if r else (e.mean_latency_s,
+                                                                      e.p95_latency_s)
+        rows.append({
+            "accuracy": e.accuracy, "accuracy_sd": e.accuracy_sd,
+            "test_accuracy": r.test_accuracy if r else nan,
+            "latency_s": mean if result.config.latency == "mean" else p95,
+            "mean_latency_s": mean, "mean_latency_ci95_s": r.mean_ci95_s if r else nan,
+            "p95_latency_s": p95, "p95_latency_ci95_s": r.p95_ci95_s if r else nan,
+            "replications": r.replications if r else 0,
+            "energy_j": r.device_energy_j if r else e.device_energy_j,
+            "search_latency_s": e.latency_s, "splits": e.design.split(" (")[0], "arch": e.arch,
+            "genome": " ".join(map(str, e.genome)), "design": e.design})
+    return rows
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
@@ -57,47 +91,66 @@ def write_run(out_dir: str | Path, result: SearchResult, scenario_file: str) -> 
     cfg = {"jmsnas_version": _version(), "scenario": scenario_file,
            "search": result.config.model_dump()}
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    front = result.front()
-    _write_csv(out / "front.csv", FRONT_COLUMNS, [_row(e) for e in front])
+    front = front_rows(result)
+    _write_csv(out / "front.csv", FRONT_COLUMNS, [[r[c] for c in FRONT_COLUMNS] for r in front])
     everything = sorted(result.evaluations.values(), key=lambda e: (not e.feasible, e.latency_s))
-    _write_csv(out / "evaluations.csv", FRONT_COLUMNS, [_row(e) for e in everything])
+    _write_csv(out / "evaluations.csv", EVALUATION_COLUMNS, [_row(e) for e in everything])
     _write_csv(out / "history.csv", HISTORY_COLUMNS,
                [[row[c] for c in HISTORY_COLUMNS] for row in result.history])
     return [out / n for n in ("config.yaml", "front.csv", "evaluations.csv", "history.csv")] + \
         _plot(out, result, front)
 
 
-def _plot(out: Path, result: SearchResult, front: list[Evaluation]) -> list[Path]:
+def _plot(out: Path, result: SearchResult, front: list[dict[str, Any]]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    feasible = [e for e in result.evaluations.values() if e.feasible]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    cfg = result.config
+    evals = list(result.evaluations.values())
+    feasible = [e for e in evals if e.feasible]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     ax.scatter([1e3 * e.latency_s for e in feasible], [100 * e.accuracy for e in feasible],
-               s=14, color="0.7", label=f"evaluated ({len(feasible)} feasible)")
-    ax.plot([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front], "o-",
-            color="C3", label=f"Pareto front ({len(front)})", drawstyle="steps-post")
-    sd = front[0].accuracy_sd if front else math.nan
-    if math.isfinite(sd):  # one noise level for the whole run: its budget's seed-to-seed sd
-        ax.errorbar([1e3 * e.latency_s for e in front], [100 * e.accuracy for e in front],
-                    yerr=100 * sd, fmt="none", ecolor="C3", alpha=0.6, capsize=3,
-                    label=f"+/- 1 sd of a proxy accuracy ({100 * sd:.2f} points)")
+               s=14, color="0.7", label=f"evaluated, search's path ({len(feasible)} feasible)")
+    x = np.array([1e3 * float(r["latency_s"]) for r in front])
+    y = np.array([100 * float(r["accuracy"]) for r in front])
+    ci = np.array([1e3 * float(r[f"{cfg.latency}_latency_ci95_s"])
+                   for r in front])
+    reps = max((int(r["replications"]) for r in front), default=0)
+    sd = float(front[0]["accuracy_sd"]) if front else math.nan
+    where = f"re-measured, {reps} fresh replications" if reps else "search's path"
+    ax.plot(x, y, "o-", color="C3", drawstyle="steps-post",
+            label=f"Pareto front ({len(front)}; {where})")
+    if reps or math.isfinite(sd):  # latency: 95% CI; accuracy: the budget's seed-to-seed sd
+        ax.errorbar(x, y, xerr=np.nan_to_num(ci) if reps else None,
+                    yerr=100 * sd if math.isfinite(sd) else None, fmt="none", ecolor="C3",
+                    alpha=0.6, capsize=3,
+                    label="95% CI of the latency" + (f"; +/- 1 sd of a proxy accuracy "
+                                                     f"({100 * sd:.2f} points)"
+                                                     if math.isfinite(sd) else ""))
+    test = np.array([100 * float(r["test_accuracy"]) for r in front])
+    if np.any(np.isfinite(test)):
+        ax.scatter(x, test, marker="x", color="C0", zorder=3,
+                   label="accuracy on the held-out test set")
+    unstable = sum(e.status == "unstable" for e in evals)
+    if unstable:
+        ax.text(0.01, 0.01, f"{unstable} unstable design(s) left out: some resource offered "
+                "utilisation >= 1", transform=ax.transAxes, fontsize=7, color="0.3")
     ax.set_xscale("log")
-    ax.set_xlabel(f"{result.config.latency} completion latency (ms, log scale)")
-    ax.set_ylabel(f"proxy accuracy on {result.config.dataset} (%)")
+    ax.set_xlabel(f"{cfg.latency} completion latency (ms, log scale)")
+    ax.set_ylabel(f"accuracy on {cfg.dataset} (%)")
     ax.set_title("Joint architecture and split search")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "front.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    evals = [row["evaluations"] for row in result.history]
+    counts = [row["evaluations"] for row in result.history]
     hv = [row["hypervolume"] for row in result.history]
-    ax.plot(evals, hv, "o-")
+    ax.plot(counts, hv, "o-")
     ax.set_xlabel("designs evaluated")
     ref = result.config.hv_reference()
     ax.set_ylabel(f"hypervolume (ref: error {ref[0]:g}, {ref[1]:g} s)")

@@ -7,6 +7,14 @@ floats. A node that runs no block adds no compute stage; it still forwards. A re
 where its last block runs: the nodes after it on the route receive nothing (so "all on the
 device" sends nothing at all). With ``return_result`` the logits (32-bit floats) then travel back
 along the route to the device.
+
+Split learning (the scenario's ``mode: training``, :func:`design_pipeline` with
+``backward_flops_factor``): after the forward stages, the backward pass starts where the last
+block ran and visits, in reverse, only the nodes that hold blocks: each runs ``factor`` x its
+forward FLOPs (our choice, about 2: gradients with respect to inputs and to weights), and the
+gradient of what a hop carried forward travels back over the same hops in 32-bit floats
+(:meth:`models.profile.ModelProfile.gradient_bits`), through nodes that only forwarded; nothing
+goes back to a node that holds no block (a split at position 0), and no result returns.
 """
 
 from __future__ import annotations
@@ -59,8 +67,10 @@ def segment_costs(design: Design, profile: ModelProfile,
 
 
 def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_element: int, *,
-                    return_result: bool = False) -> tuple[Stage, ...]:
-    """The stages one inference request goes through."""
+                    return_result: bool = False,
+                    backward_flops_factor: float | None = None) -> tuple[Stage, ...]:
+    """The stages one request goes through: an inference, or with ``backward_flops_factor`` a
+    training step (forward and backward; see the module docstring)."""
     stages: list[Stage] = []
     costs = segment_costs(design, profile, input_bits_per_element)
     for j, cost in enumerate(costs):
@@ -69,6 +79,17 @@ def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_elemen
         if j < len(costs) - 1:
             stages.append(Transfer(cost.node, design.route[j + 1], float(cost.sent_bits)))
     used = design.route[: len(costs)]
+    if backward_flops_factor is not None:
+        if return_result:
+            raise ValueError("return_result applies to inference; in training mode the "
+                             "request ends with the backward pass")
+        for j in range(len(costs) - 1, -1, -1):
+            if costs[j].flops > 0:
+                stages.append(Compute(costs[j].node, backward_flops_factor * costs[j].flops))
+            grad = profile.gradient_bits(costs[j].start) if j > 0 else 0
+            if grad > 0:  # hop j - 1 carried the output of blocks [0, start): a node before
+                stages.append(Transfer(used[j], used[j - 1], float(grad)))  # holds some
+        return tuple(stages)
     if return_result and len(used) > 1:
         logits_bits = float(profile.num_classes * 32)
         for u, v in zip(used[:0:-1], used[-2::-1], strict=True):

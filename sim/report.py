@@ -52,6 +52,9 @@ class ResourceStats:
     """Busy server-seconds per replication."""
     energy_j_per_task: float
     """power_w x busy time, per measured task."""
+    offered_utilisation: float = math.nan
+    """Arrival rate x mean work / capacity (:mod:`sim.stability`): at or over 1 the queue has
+    no steady state and the run's latencies depend on its length."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,12 @@ class LatencyReport:
     stages: list[StageStats]
     resources: list[ResourceStats]
     replication_means_s: list[float] = field(default_factory=list)
+
+    @property
+    def overloaded(self) -> list[ResourceStats]:
+        """Resources offered a utilisation at or over 1, most loaded first."""
+        return sorted((r for r in self.resources if r.offered_utilisation >= 1.0),
+                      key=lambda r: -r.offered_utilisation)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (NaN becomes None)."""
@@ -100,13 +109,15 @@ def confidence_half_width(means: Sequence[float] | NDArray[np.float64]) -> float
 
 
 def summarise(
-    records: Sequence[RunRecord], plan: Plan, *, scenario: str, engine: str, seed: int
+    records: Sequence[RunRecord], plan: Plan, *, scenario: str, engine: str, seed: int,
+    offered: dict[str, float] | None = None,
 ) -> LatencyReport:
     """Pool replications into one report.
 
     The CI is over replication means when there are two or more replications, else over
     ``BATCHES`` batch means of the single run (consecutive tasks in order of arrival).
-    Percentiles are of the pooled measured latencies.
+    Percentiles are of the pooled measured latencies. ``offered``: each resource's offered
+    utilisation, by name.
     """
     lat = [r.latency_s for r in records]
     counts = np.array([x.size for x in lat])
@@ -146,6 +157,7 @@ def summarise(
                 utilisation=float(busy[i] / (res.servers * float(np.sum(span)))),
                 busy_s=float(busy[i] / len(records)),
                 energy_j_per_task=e,
+                offered_utilisation=(offered or {}).get(res.name, math.nan),
             )
         )
     wait = np.sum([r.stage_wait_s for r in records], axis=0) / n_meas

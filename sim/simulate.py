@@ -15,6 +15,7 @@ from .network import Plan, compile_plan
 from .report import LatencyReport, summarise
 from .scenario import Scenario
 from .seeds import child, children
+from .stability import offered_load
 from .workload import Stage, pipeline_from_specs, sample_tasks, training_pipeline
 
 __all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
@@ -45,7 +46,8 @@ def replication_seeds(
     return arrivals, channels, service
 
 
-def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None) -> tuple[Stage, ...]:
+def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None,
+                      backward_included: bool = False) -> tuple[Stage, ...]:
     if pipeline is None:
         if scenario.pipeline is None:
             raise ScenarioError(
@@ -57,7 +59,7 @@ def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None) -> t
         stages = tuple(pipeline)
         if not stages:
             raise ValueError("pipeline: needs at least one stage")
-    if scenario.workload.mode == "training":
+    if scenario.workload.mode == "training" and not backward_included:
         stages = training_pipeline(stages, scenario.workload.backward_flops_factor)
     return stages
 
@@ -72,13 +74,20 @@ def simulate(
     engine: Engine = "simpy",
     keep_timeline: bool = False,
     progress: bool = False,
+    backward_included: bool = False,
 ) -> SimulationResult:
     """Simulate ``pipeline`` (default: the scenario's) under the scenario's workload.
 
     ``tasks`` overrides ``workload.tasks`` (tasks per source per replication). In training mode
-    the backward pass is appended to the given forward stages. ``engine``: ``simpy`` (the
-    discrete-event simulation), ``fast`` (the exact recursion of :mod:`sim.fast`; refuses
-    pipelines that visit a queue twice) or ``auto`` (fast where it applies).
+    the backward pass is appended to the given forward stages by reversing them
+    (:func:`sim.workload.training_pipeline`), unless ``backward_included`` says the pipeline
+    already holds it (a split design's, built from the model: see
+    :func:`search.pipeline.design_pipeline`). The report gives each resource's offered
+    utilisation (:mod:`sim.stability`); at or over 1 the latencies depend on the run's length.
+
+    ``engine``: ``simpy`` (the discrete-event simulation), ``fast`` (the exact recursion of
+    :mod:`sim.fast`; refuses pipelines that visit a queue twice) or ``auto`` (fast where it
+    applies).
     """
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
@@ -91,7 +100,11 @@ def simulate(
         )
     if engine not in ("simpy", "fast", "auto"):
         raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
-    stages = _resolve_pipeline(scenario, pipeline)
+    stages = _resolve_pipeline(scenario, pipeline, backward_included)
+    try:
+        loads = offered_load(scenario, stages)
+    except ValueError as exc:
+        raise ScenarioError(f"{scenario.name}: {exc}") from None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -127,7 +140,8 @@ def simulate(
         if bar is not None:
             bar.close()
     assert plan is not None
-    report = summarise(records, plan, scenario=scenario.name, engine=used_engine, seed=seed)
+    report = summarise(records, plan, scenario=scenario.name, engine=used_engine, seed=seed,
+                       offered={x.resource: x.utilisation for x in loads})
     return SimulationResult(report=report, records=records, plan=plan)
 
 
