@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from models.build import Cut
+from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
 from models.profile import profile_model
 from models.resolve import resolve_architecture
+from models.spec import ArchSpec, Conv, Head
 from search.baselines import (
     all_designs,
     neurosurgeon_baseline,
@@ -23,8 +25,8 @@ from search.design import Design
 from search.dp import brute_force_split, no_queue_latency, optimal_split
 from search.evaluate import Evaluator
 from search.indicators import nondominated, normalise
-from search.nsga import run_search
-from search.sweep import lambda_sweep
+from search.nsga import SearchResult, run_search
+from search.sweep import LambdaSweep, lambda_sweep
 from sim import scenario_from_dict
 
 from .conftest import three_tier
@@ -146,7 +148,7 @@ def test_two_stage_splits_its_accuracy_flops_front_optimally(tmp_path: Path) -> 
     result = two_stage_baseline(s, cfg, tmp_path, map_fn=map)
     stage1 = result.first_stage
     assert len(stage1) >= cfg.population
-    pts = normalise([(e.accuracy, e.latency_s) for e in stage1], 1.0)
+    pts = normalise([(e.accuracy, e.latency_s) for e in stage1], (1.0, 1.0))
     front = {e.arch for e, m in zip(stage1, nondominated(pts), strict=True) if m}
     assert {e.arch for e in result.offered} == front
     for e in stage1:  # stage one's "latency" is compute alone: FLOPs at the device's rate
@@ -159,8 +161,54 @@ def test_two_stage_splits_its_accuracy_flops_front_optimally(tmp_path: Path) -> 
     assert 0 < result.hypervolume() <= 1
 
 
-def test_lambda_sweep_trades_accuracy_for_latency(tmp_path: Path) -> None:
-    s = quiet_three_tier()
+def test_lambda_sweep_picks_the_true_maximiser_of_each_lambda(tmp_path: Path) -> None:
+    """Each lambda's pick must maximise accuracy - lambda x latency over the WHOLE design space,
+    found by brute force: every design of a 4-block architecture on a one-hop route (20 designs:
+    the split and the compression of the cut), scored by a separate Evaluator with its own cache
+    (so its accuracies come from training afresh, not from the sweep's cache), its latencies
+    checked against the closed-form no-queueing latency. The space has a real trade-off: the
+    most accurate design is not the fastest, and the designs picked do not all coincide.
+
+    Catches: a pick by the wrong objective (sign, units, another run's lambda), a sweep whose
+    runs do not search (the pooled evaluations would miss an optimum), and a sweep that trains
+    a model twice or whose cache answers for two models (the count of trainings). The pooling is
+    then checked on runs built by hand from the brute force, which catches picks taken from
+    each run's own evaluations (or from one run's) instead of the pool, and an infeasible
+    design picked."""
+    d = three_tier()
+    d["input_shape"] = [3, 64, 64]
+    d["nodes"] = {"phone": {"kind": "device", "flops": 3e8, "power_w": 2.0},
+                  "edge": {"kind": "edge", "flops": 1e11, "servers": 2}}
+    d["links"] = d["links"][:1]
+    d["path"] = ["phone", "edge"]
+    d["pipeline"] = d["pipeline"][:3]
+    d["workload"] = {"sources": ["phone"], "tasks": 30, "warmup_tasks": 0,
+                     "arrivals": {"process": "periodic", "rate_hz": 1.0}}  # nothing queues
+    s = scenario_from_dict(d)
+    arch = ArchSpec("c4", (Conv(8, stride=2), Conv(16, stride=2), Conv(32, stride=2), Head()))
+    arch_file = tmp_path / "c4.json"
+    arch_file.write_text(arch.to_json(), encoding="utf-8")
+    deadline = 0.012  # some designs miss it: they may not be picked
+    base = config(architecture=str(arch_file), compression=True, dataset="digits",
+                  budget={"epochs": 2, "subset": 600, "batch_size": 32}, deadline_s=deadline)
+
+    # brute force: every design, trained afresh in a cache of its own
+    brute = Evaluator(s, base, str(tmp_path / "brute.sqlite"))
+    designs = list(all_designs(brute.layout))
+    assert len(designs) == 2 + 3 * len(BOTTLENECKS) * len(BIT_WIDTHS)  # ends + 3 inner cuts
+    truth = {e.genome: e for e in brute.evaluate(designs)}
+    assert len(truth) == len(designs) and all(e.status in ("ok", "infeasible")
+                                              for e in truth.values())
+    for g, e in truth.items():  # latency: the closed form (one request alone on the network)
+        design = brute.layout.decode(g)
+        assert e.latency_s == pytest.approx(
+            no_queue_latency(design, brute.profile(design), s), rel=1e-9), e.design
+    feasible = [e for e in truth.values() if e.latency_s <= deadline]
+    assert 0 < len(feasible) < len(truth)
+
+    def best(lam: float) -> float:
+        return max(e.accuracy - lam * e.latency_s for e in feasible)
+
     calls: list[int] = []
 
     def counting(fn: Any, jobs: Any) -> Any:
@@ -168,22 +216,43 @@ def test_lambda_sweep_trades_accuracy_for_latency(tmp_path: Path) -> None:
         calls.append(len(jobs))
         return map(fn, jobs)
 
-    lams = [0.0, 2.0, 1000.0]
-    sweep = lambda_sweep(s, config(population=6, generations=2), lams, tmp_path,
-                         map_fn=counting)
+    lams = [0.0, 1.0, 10.0, 30.0, 1000.0]
+    sweep = lambda_sweep(s, base.with_changes(population=8, generations=3), lams,
+                         tmp_path / "sweep", map_fn=counting)
     assert [r.config.lam for r in sweep.runs] == lams
     assert all(r.config.objective == "scalarized" for r in sweep.runs)
     models = {(e.arch, e.design.partition(" (")[2]) for r in sweep.runs
               for e in r.evaluations.values()}  # architecture and its compressing cuts
     assert sum(calls) == len(models)  # one cache for the sweep: each model trained once
     chosen = sweep.choices()
-    lat = [e.latency_s for e in chosen]
-    acc = [e.accuracy for e in chosen]
-    assert lat == sorted(lat, reverse=True) and acc == sorted(acc, reverse=True)
-    pool = sweep.pool()
-    assert chosen[0].accuracy == max(e.accuracy for e in pool)  # latency-blind
-    assert chosen[-1].latency_s == min(e.latency_s for e in pool)  # latency-dominated
-    assert lat[0] > lat[-1]
+    for lam, pick in zip(lams, chosen, strict=True):
+        ref = truth[pick.genome]  # the same design, trained and simulated independently
+        assert (pick.accuracy, pick.latency_s) == (ref.accuracy, pytest.approx(ref.latency_s))
+        assert pick.latency_s <= deadline, (lam, pick.design)
+        assert pick.accuracy - lam * pick.latency_s == pytest.approx(best(lam), abs=1e-12), \
+            (lam, pick.design)
+    # the ends of the sweep: the most accurate feasible design, and the fastest one
+    assert chosen[0].accuracy == max(e.accuracy for e in feasible)
+    assert chosen[-1].latency_s == pytest.approx(min(e.latency_s for e in feasible))
+    assert chosen[0].accuracy > chosen[-1].accuracy and chosen[0].latency_s > chosen[-1].latency_s
+
+    # the pooling itself, on runs made by hand from the brute force: run i saw every design but
+    # its own lambda's optimum (another run saw that one), and all saw an infeasible decoy that
+    # beats everything on both objectives
+    optimum = []
+    for lam in lams:
+        top = best(lam)
+        optimum.append(next(e.genome for e in feasible
+                            if e.accuracy - lam * e.latency_s == top))
+    assert len(set(optimum)) > 1
+    decoy = dataclasses.replace(feasible[0], genome=(-1,), accuracy=1.0, latency_s=0.0,
+                                violation=1.0, status="infeasible")
+    runs = [SearchResult(base.with_changes(objective="scalarized", lam=lam),
+                         {g: e for g, e in [*truth.items(), ((-1,), decoy)] if g != opt}, [])
+            for lam, opt in zip(lams, optimum, strict=True)]
+    for lam, pick in zip(lams, LambdaSweep(tuple(lams), runs).choices(), strict=True):
+        assert pick.accuracy - lam * pick.latency_s == pytest.approx(best(lam), abs=1e-12), \
+            (lam, pick.design)
     with pytest.raises(ValueError, match="lams"):
         lambda_sweep(s, config(), [-1.0], tmp_path)
 

@@ -330,8 +330,27 @@ def test_a_tc_shaped_deployment_returns_the_whole_models_outputs(tmp_path: Path)
     assert not _our_namespaces()
 
 
+def _percentile(values: list[float], q: float) -> float:
+    """The q-th percentile by linear interpolation between order statistics (numpy's default
+    definition), written out: rank q/100 x (n - 1) in the sorted values."""
+    v = sorted(values)
+    rank = q / 100 * (len(v) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (rank - lo) * (v[hi] - v[lo])
+
+
 def test_deploy_command_predicts_beside_the_measurement(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The printed measurement must be the statistics of the per-request records the run
+    wrote (requests.csv), recomputed here from the arrival and completion times of the
+    measured requests (those after the scenario's two warm-up ones), and each relative error
+    the prediction over that measurement, minus one.
+
+    Catches a summary computed over the warm-up requests too (or over another set than the
+    records written), a latency taken from the wrong columns, a wrong percentile, a relative
+    error taken the wrong way round or against another statistic, and printed stage means that
+    are not the means of the records' stage times."""
     import json
 
     import yaml
@@ -346,9 +365,26 @@ def test_deploy_command_predicts_beside_the_measurement(
                  "--predict", "--json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     predicted = printed["predicted"]
-    assert [s["label"] for s in predicted["stages"]] == [s["label"] for s in printed["stages"]]
-    for m in ("mean", "p50", "p95"):
+    with open(out / "requests.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["request"]) for r in rows] == list(range(12))  # the scenario's 12 tasks
+    measured = [r for r in rows if int(r["request"]) >= 2]  # after the 2 warm-up requests
+    assert [int(r["measured"]) for r in rows] == [0, 0] + [1] * 10
+    latency = [float(r["completion_s"]) - float(r["arrival_s"]) for r in measured]
+    assert all(x > 0 for x in latency)
+    expect = {"mean": sum(latency) / len(latency), "p50": _percentile(latency, 50),
+              "p95": _percentile(latency, 95)}
+    assert printed["tasks"] == len(measured) == 10
+    for m, value in expect.items():
+        assert printed[f"{m}_latency_s"] == pytest.approx(value, rel=1e-9, abs=1e-12), m
         assert predicted[f"{m}_relative_error"] == pytest.approx(
-            predicted[f"{m}_latency_s"] / printed[f"{m}_latency_s"] - 1)
+            predicted[f"{m}_latency_s"] / value - 1, rel=1e-9, abs=1e-12), m
+    labels = [s["label"] for s in printed["stages"]]
+    for st in printed["stages"]:
+        for part in ("wait", "service", "propagation"):
+            column = [float(r[f"{st['label']} {part}_s"]) for r in measured]
+            key = "waiting_s" if part == "wait" else f"{part}_s"
+            assert st[key] == pytest.approx(sum(column) / len(column), rel=1e-9, abs=1e-12)
+    assert [s["label"] for s in predicted["stages"]] == labels
     assert json.loads((out / "prediction.json").read_text()) == predicted
     assert load_design(str(out / "design.json"), two_node()).positions == (2,)

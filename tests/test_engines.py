@@ -87,11 +87,62 @@ def test_lindley_vectorised_equals_the_loop() -> None:
     np.testing.assert_allclose(lindley_departures(a, s), d, rtol=1e-13)
 
 
-def test_stage_means_add_up_to_the_mean_latency() -> None:
-    s = load_scenario(EXAMPLES / "shared-edge.yaml")
-    r = simulate(s, seed=2).report
-    total = sum(st.waiting_s + st.service_s + st.propagation_s for st in r.stages)
-    assert total == pytest.approx(r.mean_latency_s, rel=1e-9)
+@pytest.mark.parametrize("engine", ["simpy", "fast"])
+@pytest.mark.parametrize(("edge_servers", "warmup", "waits"), [
+    (1, 0, [[0.0, 0.015, 0.0, 0.01], [0.0, 0.01, 0.01, 0.02], [0.0, 0.01, 0.02, 0.03]]),
+    (2, 2, [[0.0, 0.01], [0.01, 0.02], [0.0, 0.0]]),  # the warm-up requests waited too
+])
+def test_stage_waiting_service_and_propagation_by_hand(
+        tmp_path: Any, engine: str, edge_servers: int, warmup: int,
+        waits: list[list[float]]) -> None:
+    """Four requests at t = 0, 0.005, 0.05 and 0.06 s through phone (0.02 s of work) -> a
+    constant link (0.03 s to send, 0.001 s propagation) -> edge (0.04 s of work), worked out by
+    hand (w: waited):
+
+    phone: 0-0.02, 0.02-0.04 (w 0.015), 0.05-0.07, 0.07-0.09 (w 0.01)
+    link:  sends 0.02-0.05, 0.05-0.08 (w 0.01), 0.08-0.11 (w 0.01), 0.11-0.14 (w 0.02)
+    edge:  reached at 0.051, 0.081, 0.111, 0.141; one server: 0.051-0.091, 0.091-0.131
+           (w 0.01), 0.131-0.171 (w 0.02), 0.171-0.211 (w 0.03); two servers: nobody waits
+           (0.051-0.091, 0.081-0.121, 0.111-0.151, 0.141-0.181)
+
+    Stage means are over the measured requests (after the warm-up ones). Catches waiting
+    counted from the request's arrival instead of its arrival at the stage, propagation counted
+    as service or as occupying the link, a multi-server node served as one queue (or the
+    reverse), warm-up requests left in the means, and per-stage sums divided by the wrong
+    count."""
+    d = three_tier()
+    d["nodes"] = {"phone": {"kind": "device", "flops": 1e9},
+                  "edge": {"kind": "edge", "flops": 1e11, "servers": edge_servers}}
+    d["links"] = [{"src": "phone", "dst": "edge", "propagation_s": 0.001,
+                   "channel": {"model": "constant", "rate_bps": 10e6}}]
+    d["path"] = ["phone", "edge"]
+    d["workload"] = {"sources": ["phone"], "warmup_tasks": warmup,
+                     "arrivals": {"process": "file", "file": "arrivals.csv"}}
+    d["pipeline"] = [{"compute": "phone", "flops": 2e7},
+                     {"transfer": ["phone", "edge"], "bits": 3e5},
+                     {"compute": "edge", "flops": 4e9}]
+    (tmp_path / "arrivals.csv").write_text("time_s\n0.0\n0.005\n0.05\n0.06\n")
+    s = scenario_from_dict(d, base_dir=tmp_path)
+    result = simulate(s, seed=0, engine=engine, keep_timeline=True)  # type: ignore[arg-type]
+    r, rec = result.report, result.records[0]
+    service, propagation = [0.02, 0.03, 0.04], [0.0, 0.001, 0.0]
+    arrivals = np.array([0.0, 0.005, 0.05, 0.06])
+    completion = (np.array([0.091, 0.131, 0.171, 0.211]) if edge_servers == 1
+                  else np.array([0.091, 0.121, 0.151, 0.181]))
+    assert r.engine == engine and r.tasks == 4 - warmup
+    assert [st.label for st in r.stages] == ["compute@phone", "transfer phone->edge",
+                                             "compute@edge"]
+    for st, w, sv, pr in zip(r.stages, waits, service, propagation, strict=True):
+        assert st.waiting_s == pytest.approx(np.mean(w), abs=1e-12), st.label
+        assert st.service_s == pytest.approx(sv, abs=1e-12), st.label
+        assert st.propagation_s == pytest.approx(pr, abs=1e-12), st.label
+    tl = rec.timeline
+    assert tl is not None
+    np.testing.assert_allclose(tl.waiting_s[warmup:], np.array(waits).T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tl.service_s, np.tile(service, (4, 1)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rec.completion_s, completion, rtol=0, atol=1e-12)
+    assert r.mean_latency_s == pytest.approx(
+        float(np.mean((completion - arrivals)[warmup:])), abs=1e-12)
 
 
 def test_same_seed_same_result_bit_for_bit() -> None:

@@ -81,12 +81,49 @@ def test_every_file_exists_with_its_documented_columns(quick_run: Path) -> None:
                 assert f"({name}/{fname})" in report
 
 
+HALF_WIDTH_LIMIT = {"M/M/1": 0.10, "M/D/1": 0.05, "Rayleigh rate": 0.03}
+"""Largest 95% half-width of each validate check, relative to its closed form. The quick run
+(10 replications of 20,000 tasks) gives at most 4.6% for M/M/1 (at rho 0.8: over 60 seeds
+median 4.3%, largest 7.2%), 1.2% for M/D/1 and 1.0% for the Rayleigh rate."""
+
+
 def test_validate_agrees_with_the_closed_forms(quick_run: Path) -> None:
+    """Every point lies within three 95% half-widths of a closed form recomputed here (M/M/1
+    1/(mu - lambda); M/D/1 Pollaczek-Khinchine; the Rayleigh rate by numerical quadrature of
+    B E[log2(1 + g X)], X ~ Exp(1), not the experiment's exponential-integral formula), AND
+    each half-width is a small fraction of the closed form (:data:`HALF_WIDTH_LIMIT`), so that
+    "within three half-widths" means agreement to a few percent.
+
+    Catches a biased simulator or a wrong closed form in the experiment, and also a simulator
+    with a huge variance, or an interval made too wide (the sd instead of the standard error,
+    say), which the three-half-widths check alone would let through; and points left out."""
+    from scipy import integrate
+
+    from experiments.common import load_experiment_config
+
+    c = load_experiment_config("validate", quick=True)
+    mu, bw = float(c["service_rate_hz"]), float(c["bandwidth_hz"])
+
+    def rayleigh(snr_db: float) -> float:
+        g = 10 ** (snr_db / 10)
+        value, err = integrate.quad(lambda x: math.log2(1 + g * x) * math.exp(-x), 0, math.inf)
+        assert err < 1e-8
+        return bw * value
+
+    closed_forms = {
+        ("M/M/1", rho): 1 / (mu - rho * mu) for rho in c["rhos"]
+    } | {
+        ("M/D/1", rho): 1 / mu + rho / (2 * mu * (1 - rho)) for rho in c["rhos"]
+    } | {("Rayleigh rate", snr): rayleigh(snr) for snr in c["snr_db"]}
     _, rows = read(quick_run / "validate" / "validate.csv")
+    assert len(rows) == len(closed_forms)
     for r in rows:
-        sim, half, closed = float(r["simulated"]), float(r["ci95_half_width"]), \
-            float(r["closed_form"])
+        closed = closed_forms.pop((r["check"], float(r["x"])))
+        sim, half = float(r["simulated"]), float(r["ci95_half_width"])
+        assert float(r["closed_form"]) == pytest.approx(closed, rel=1e-5), r  # 6 digits
+        assert 0 < half <= HALF_WIDTH_LIMIT[r["check"]] * closed, r
         assert abs(sim - closed) <= 3 * half, r
+    assert not closed_forms
 
 
 def test_proxy_study_scores_every_architecture_and_records_its_noise(quick_run: Path) -> None:
