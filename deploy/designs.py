@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 from models.build import Cut
 from models.resolve import resolve_architecture
 from models.spec import ArchSpec
-from search.design import Design
+from search.design import Design, check_design, design_from_description
 from sim.scenario import Scenario
 
 __all__ = ["design_from_description", "design_from_dict", "load_design"]
 
-_PART = re.compile(r"^([^\[\]]+)\[(\d+):(\d+)\]$")
-_COMP = re.compile(r"^(\d+):([0-9.]+)x(\d+)b$")
 
 
 def design_from_dict(data: dict[str, object]) -> Design:
@@ -29,44 +26,7 @@ def design_from_dict(data: dict[str, object]) -> Design:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"a design needs arch, route and cuts [[position, bottleneck, bits]]: "
                          f"{exc}") from None
-    return _checked(Design(arch, route, cuts))
-
-
-def design_from_description(arch: ArchSpec, text: str) -> Design:
-    """Parse what :meth:`Design.describe` writes (``front.csv``'s ``design`` column):
-    ``phone[0:3] -> edge[3:9] (3:0.5x8b)``."""
-    body, _, comp = text.partition(" (")
-    compression: dict[int, Cut] = {}
-    for item in filter(None, comp.rstrip(")").split(",")):
-        m = _COMP.match(item.strip())
-        if m is None:
-            raise ValueError(f"design {text!r}: cannot read the compression {item!r}")
-        p = int(m.group(1))
-        compression[p] = Cut(p, float(m.group(2)), int(m.group(3)))
-    route, bounds = [], []
-    for part in body.split(" -> "):
-        m = _PART.match(part.strip())
-        if m is None:
-            raise ValueError(f"design {text!r}: cannot read {part!r} (expected NODE[start:stop])")
-        route.append(m.group(1))
-        bounds.append((int(m.group(2)), int(m.group(3))))
-    cuts = tuple(compression.get(b, Cut(b)) for _, b in bounds[:-1])
-    design = _checked(Design(arch, tuple(route), cuts))
-    if design.segments() != bounds:
-        raise ValueError(f"design {text!r}: the blocks do not chain from 0 to {arch.n_blocks}")
-    return design
-
-
-def _checked(design: Design) -> Design:
-    if len(design.cuts) != len(design.route) - 1:
-        raise ValueError(f"a design on {len(design.route)} nodes needs {len(design.route) - 1} "
-                         f"cuts, got {len(design.cuts)}")
-    positions = design.positions
-    if list(positions) != sorted(positions) or any(
-            not 0 <= p <= design.arch.n_blocks for p in positions):
-        raise ValueError(f"split positions must be sorted and within 0..{design.arch.n_blocks}, "
-                         f"got {list(positions)}")
-    return design
+    return check_design(Design(arch, route, cuts))
 
 
 def load_design(text: str, scenario: Scenario, *, row: int = 0,
@@ -106,4 +66,4 @@ def load_design(text: str, scenario: Scenario, *, row: int = 0,
         raise ValueError(f"--splits: the path {scenario.path} has {hops} hop(s), "
                          f"got {len(positions)} positions")
     positions += [arch.n_blocks] * (hops - len(positions))
-    return _checked(Design(arch, tuple(scenario.path), tuple(Cut(p) for p in positions)))
+    return check_design(Design(arch, tuple(scenario.path), tuple(Cut(p) for p in positions)))

@@ -32,16 +32,17 @@ from matplotlib.figure import Figure
 
 from search.config import SearchConfig, resolve_config_dataset, validate_config
 from search.evaluate import Evaluation, Evaluator
-from search.nsga import CHECKPOINT, SearchResult, fingerprint, run_search
+from search.nsga import CHECKPOINT, SearchResult, executor_map, fingerprint, run_search
 from search.pipeline import segment_costs
+from search.remeasure import Remeasured, remeasure_front
 from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
 from sim.scenario import load_yaml
 
 from .cli import resolve_scenario_path
 
 __all__ = ["Context", "Output", "device_share", "experiment_main", "front_axes", "front_of",
-           "latency_label",
-           "load_experiment_config", "scenario_variant", "search", "variant_dict", "write_csv"]
+           "latency_label", "load_experiment_config", "remeasure", "scenario_variant", "search",
+           "variant_dict", "write_csv"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -169,6 +170,14 @@ def front_of(result: SearchResult, what: str) -> list[Evaluation]:
         raise ValueError(f"{what}: no feasible design was found (memory limits or deadline too "
                          "tight, or every training failed); see its evaluations")
     return front
+
+
+def remeasure(ctx: Context, scenario: Scenario, config: SearchConfig,
+              front: Sequence[Evaluation]) -> list[Remeasured]:
+    """``front`` re-measured on fresh seeds with confidence intervals and test-set accuracy
+    (:mod:`search.remeasure`), for fronts that no search re-measured (a baseline's)."""
+    with executor_map(config) as pool:
+        return remeasure_front(Evaluator(scenario, config, ctx.cache), front, pool)
 
 
 def latency_label(config: SearchConfig) -> str:

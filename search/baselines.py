@@ -205,11 +205,11 @@ class ArchitectureEvaluator(Evaluator):
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
         return 0.0
 
-    def overload(self, design: Design, profile: ModelProfile) -> Load | None:
+    def busiest(self, design: Design, profile: ModelProfile) -> Load | None:
         return None  # no network yet: the split, in stage two, is checked
 
     def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
-               overload: Load | None, trained: TrainResult | None) -> Evaluation:
+               busiest: Load | None, trained: TrainResult | None) -> Evaluation:
         assert trained is not None
         t = profile.total_flops / self._device_flops
         failed = not trained.ok

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,7 +34,8 @@ from models.space import SearchSpace
 from models.spec import ArchSpec
 from sim.scenario import Scenario
 
-__all__ = ["Design", "GenomeLayout", "check_routes", "scenario_routes"]
+__all__ = ["Design", "GenomeLayout", "check_design", "check_routes", "design_from_description",
+           "scenario_routes"]
 
 
 def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str, ...], ...]:
@@ -225,3 +227,45 @@ class GenomeLayout:
     def canonical(self, genome: Sequence[int]) -> tuple[int, ...]:
         """One genome per distinct design."""
         return self.encode(self.decode(genome))
+
+
+_PART = re.compile(r"^([^\[\]]+)\[(\d+):(\d+)\]$")
+_COMP = re.compile(r"^(\d+):([0-9.]+)x(\d+)b$")
+
+
+def design_from_description(arch: ArchSpec, text: str) -> Design:
+    """Parse what :meth:`Design.describe` writes (``front.csv``'s ``design`` column):
+    ``phone[0:3] -> edge[3:9] (3:0.5x8b)``."""
+    body, _, comp = text.partition(" (")
+    compression: dict[int, Cut] = {}
+    for item in filter(None, comp.rstrip(")").split(",")):
+        m = _COMP.match(item.strip())
+        if m is None:
+            raise ValueError(f"design {text!r}: cannot read the compression {item!r}")
+        p = int(m.group(1))
+        compression[p] = Cut(p, float(m.group(2)), int(m.group(3)))
+    route, bounds = [], []
+    for part in body.split(" -> "):
+        m = _PART.match(part.strip())
+        if m is None:
+            raise ValueError(f"design {text!r}: cannot read {part!r} (expected NODE[start:stop])")
+        route.append(m.group(1))
+        bounds.append((int(m.group(2)), int(m.group(3))))
+    cuts = tuple(compression.get(b, Cut(b)) for _, b in bounds[:-1])
+    design = check_design(Design(arch, tuple(route), cuts))
+    if design.segments() != bounds:
+        raise ValueError(f"design {text!r}: the blocks do not chain from 0 to {arch.n_blocks}")
+    return design
+
+
+def check_design(design: Design) -> Design:
+    """``design``, if its cuts fit its route and architecture; else a ValueError."""
+    if len(design.cuts) != len(design.route) - 1:
+        raise ValueError(f"a design on {len(design.route)} nodes needs {len(design.route) - 1} "
+                         f"cuts, got {len(design.cuts)}")
+    positions = design.positions
+    if list(positions) != sorted(positions) or any(
+            not 0 <= p <= design.arch.n_blocks for p in positions):
+        raise ValueError(f"split positions must be sorted and within 0..{design.arch.n_blocks}, "
+                         f"got {list(positions)}")
+    return design

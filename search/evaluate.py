@@ -30,7 +30,7 @@ from models.space import get_space
 from models.spec import ArchSpec
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
-from sim.stability import Load, offered_load, overloaded
+from sim.stability import Load, offered_load
 from sim.workload import Stage
 
 from .config import SearchConfig, resolve_config_dataset
@@ -152,6 +152,9 @@ class Evaluation:
     violation: float
     status: str
     message: str = ""
+    utilisation: float = field(default=math.nan, compare=False)
+    """The highest offered utilisation of any resource the design uses (:mod:`sim.stability`;
+    at or over 1 the design is ``unstable``); NaN when not computed (memory violations)."""
     accuracy_sd: float = field(default=math.nan, compare=False)
     """Seed-to-seed standard deviation of one proxy accuracy under this run's budget, data set
     and space (measured once for them; NaN when not measured). Not part of equality: it
@@ -249,11 +252,11 @@ class Evaluator:
                                backward_flops_factor=(w.backward_flops_factor
                                                       if w.mode == "training" else None))
 
-    def overload(self, design: Design, profile: ModelProfile) -> Load | None:
-        """The most loaded resource if the design offers some resource a utilisation at or
-        over 1 (:mod:`sim.stability`: no steady state, so no latency to score), else None."""
-        over = overloaded(offered_load(self.scenario, self.pipeline(design, profile)))
-        return over[0] if over else None
+    def busiest(self, design: Design, profile: ModelProfile) -> Load | None:
+        """The resource the design offers the highest utilisation (:mod:`sim.stability`; at or
+        over 1 there is no steady state, so no latency to score)."""
+        loads = offered_load(self.scenario, self.pipeline(design, profile))
+        return max(loads, key=lambda x: x.utilisation) if loads else None
 
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
         total = 0.0
@@ -390,9 +393,10 @@ class Evaluator:
         baselines; their :attr:`Evaluation.genome` is empty)."""
         profiles = [self.profile(d) for d in designs]
         mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
-        over = [self.overload(d, p) if m == 0.0 else None
-                for d, p, m in zip(designs, profiles, mem, strict=True)]
-        scored = [m == 0.0 and o is None for m, o in zip(mem, over, strict=True)]
+        busiest = [self.busiest(d, p) if m == 0.0 else None
+                   for d, p, m in zip(designs, profiles, mem, strict=True)]
+        scored = [m == 0.0 and (b is None or b.stable)
+                  for m, b in zip(mem, busiest, strict=True)]
         design_jobs = [self.train_job(d) if ok else None
                        for d, ok in zip(designs, scored, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}
@@ -412,12 +416,12 @@ class Evaluator:
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
                                   self.accuracy_sd, measured, len(noise), "search")
         out = []
-        for d, p, m, o, job in zip(designs, profiles, mem, over, design_jobs, strict=True):
-            out.append(self._score(d, p, m, o, None if job is None else jobs[job]))
+        for d, p, m, b, job in zip(designs, profiles, mem, busiest, design_jobs, strict=True):
+            out.append(self._score(d, p, m, b, None if job is None else jobs[job]))
         return out
 
     def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
-               overload: Load | None, trained: TrainResult | None) -> Evaluation:
+               busiest: Load | None, trained: TrainResult | None) -> Evaluation:
         nan = math.nan
         try:
             canon = self.layout.encode(design)
@@ -429,12 +433,13 @@ class Evaluator:
                               p95_latency_s=nan, device_energy_j=nan,
                               violation=memory_violation, status="infeasible",
                               message="a segment does not fit its node's memory_bytes")
-        if overload is not None:  # no steady state: a finite run's latency means nothing
-            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
-                              p95_latency_s=nan, device_energy_j=nan,
-                              violation=overload.utilisation, status="unstable",
-                              message=f"{overload.describe()} (>= 1: its queue grows without "
-                                      "bound)")
+        rho = nan if busiest is None else busiest.utilisation
+        if busiest is not None and not busiest.stable:  # no steady state: a finite run's
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan,  # latency means
+                              mean_latency_s=nan, p95_latency_s=nan,  # nothing
+                              device_energy_j=nan, violation=rho, status="unstable",
+                              message=f"{busiest.describe()} (>= 1: its queue grows without "
+                                      "bound)", utilisation=rho)
         assert trained is not None
         report = simulate(self.scenario, self.pipeline(design, profile),
                           seed=self.config.eval_seed, replications=self.config.sim_replications,
@@ -452,4 +457,4 @@ class Evaluator:
                           p95_latency_s=report.p95_latency_s,
                           device_energy_j=report.device_energy_j_per_task,
                           violation=violation, status=status, message=message,
-                          accuracy_sd=self.accuracy_sd)
+                          utilisation=rho, accuracy_sd=self.accuracy_sd)

@@ -8,7 +8,8 @@
   ``latency_s`` (the configured one of the two), ``energy_j``; ``search_latency_s`` is what the
   search scored on its own sample path; then ``splits``, ``arch``, ``genome``, ``design``;
 - ``evaluations.csv``: every design the search scored, feasible or not, with the search's own
-  numbers (one sample path) and its ``status`` (``ok``, ``infeasible``, ``unstable``: some
+  numbers (one sample path), the highest offered ``utilisation`` of any resource it uses, and
+  its ``status`` (``ok``, ``infeasible``, ``unstable``: some
   resource offered a utilisation at or over 1, named in ``message``; ``failed``);
 - ``history.csv``: per generation: evaluations, hypervolume, best accuracy and latency;
 - ``front.png`` and ``hypervolume.png``, drawn from those CSVs.
@@ -34,8 +35,8 @@ FRONT_COLUMNS = ["accuracy", "accuracy_sd", "test_accuracy", "latency_s", "mean_
                  "mean_latency_ci95_s", "p95_latency_s", "p95_latency_ci95_s", "replications",
                  "energy_j", "search_latency_s", "splits", "arch", "genome", "design"]
 EVALUATION_COLUMNS = ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s", "p95_latency_s",
-                      "energy_j", "splits", "arch", "genome", "design", "status", "violation",
-                      "message"]
+                      "energy_j", "utilisation", "splits", "arch", "genome", "design", "status",
+                      "violation", "message"]
 HISTORY_COLUMNS = ["generation", "evaluations", "feasible", "hypervolume", "best_accuracy",
                    "best_latency_s", "elapsed_s"]
 
@@ -50,17 +51,17 @@ def _version() -> str:
 def _row(e: Evaluation) -> list[object]:
     splits = e.design.split(" (")[0]
     return [e.accuracy, e.accuracy_sd, e.latency_s, e.mean_latency_s, e.p95_latency_s,
-            e.device_energy_j, splits, e.arch, " ".join(map(str, e.genome)), e.design, e.status,
-            e.violation, e.message]
+            e.device_energy_j, e.utilisation, splits, e.arch, " ".join(map(str, e.genome)),
+            e.design, e.status, e.violation, e.message]
 
 
 def front_rows(result: SearchResult) -> list[dict[str, Any]]:
     """The front as reported: re-measured numbers where there are some (the search's own
     otherwise, with ``replications`` 0 and NaN intervals)."""
-    again = {r.genome: r for r in result.remeasured}
+    again = {(r.arch, r.design): r for r in result.remeasured}
     rows = []
     for e in result.front():
-        r = again.get(e.genome)
+        r = again.get((e.arch, e.design))
         nan = math.nan
         mean, p95 = (r.mean_latency_s, r.p95_latency_s) if r else (e.mean_latency_s,
                                                                       e.p95_latency_s)

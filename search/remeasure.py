@@ -24,12 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.resolve import resolve_architecture
 from sim import simulate
 from sim.report import confidence_half_width
 
+from .design import Design, design_from_description
 from .evaluate import Evaluation, Evaluator, MapFn
 
-__all__ = ["REMEASURE_STREAM", "Remeasured", "remeasure_front", "remeasure_seed"]
+__all__ = ["REMEASURE_STREAM", "Remeasured", "design_of", "remeasure_front", "remeasure_seed"]
 
 REMEASURE_STREAM = 0x72656D65
 """Mixed with ``eval_seed`` into the seed of the re-measurement: a stream of its own."""
@@ -47,6 +49,9 @@ class Remeasured:
     """A front design simulated again on fresh seeds (times in seconds)."""
 
     genome: tuple[int, ...]
+    design: str
+    """:meth:`Design.describe` of the design (with ``arch``, what names a genome-less one)."""
+    arch: str
     replications: int
     seed: int
     mean_latency_s: float
@@ -59,17 +64,25 @@ class Remeasured:
     """Accuracy on the held-out test set (NaN where the data set has none, or training failed)."""
 
 
+def design_of(evaluator: Evaluator, e: Evaluation) -> Design:
+    """The design an evaluation scored: from its genome, or (a baseline's reference model,
+    which no genome expresses) from its architecture's name and its description."""
+    if e.genome:
+        return evaluator.layout.decode(e.genome)
+    return design_from_description(resolve_architecture(e.arch), e.design)
+
+
 def remeasure_front(evaluator: Evaluator, front: Sequence[Evaluation], map_fn: MapFn = map
                     ) -> list[Remeasured]:
-    """Re-measure each design of ``front`` (see the module docstring). Designs without a genome
-    (a baseline's reference model) are decoded from nothing and left out."""
+    """Re-measure each design of ``front`` (see the module docstring), in its order; nothing
+    when ``remeasure_replications`` is 0."""
     config = evaluator.config
     reps = config.remeasure_replications
-    chosen = [e for e in front if e.genome]
+    chosen = list(front)
     if reps == 0 or not chosen:
         return []
     seed = remeasure_seed(config.eval_seed)
-    designs = [evaluator.layout.decode(e.genome) for e in chosen]
+    designs = [design_of(evaluator, e) for e in chosen]
     if config.test_accuracy and evaluator.has_test_set:
         tests = [r.accuracy if r.ok else math.nan
                  for r in evaluator.test_accuracies(designs, map_fn)]
@@ -84,7 +97,7 @@ def remeasure_front(evaluator: Evaluator, front: Sequence[Evaluation], map_fn: M
         means = [float(r.latency_s.mean()) for r in result.records]
         p95s = [float(np.percentile(r.latency_s, 95)) for r in result.records]
         out.append(Remeasured(
-            genome=e.genome, replications=reps, seed=seed,
+            genome=e.genome, design=e.design, arch=e.arch, replications=reps, seed=seed,
             mean_latency_s=float(np.mean(means)), mean_ci95_s=confidence_half_width(means),
             p95_latency_s=float(np.mean(p95s)), p95_ci95_s=confidence_half_width(p95s),
             device_energy_j=result.report.device_energy_j_per_task, test_accuracy=test))
