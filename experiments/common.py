@@ -168,7 +168,8 @@ def front_of(result: SearchResult, what: str) -> list[Evaluation]:
     front = result.front()
     if not front:
         raise ValueError(f"{what}: no feasible design was found (memory limits or deadline too "
-                         "tight, or every training failed); see its evaluations")
+                         "tight, every design overloading some node or link, or every training "
+                         "failed); see its evaluations")
     return front
 
 

@@ -60,7 +60,8 @@ def run(ctx: Context) -> Output:
         result = search(ctx, scenario, cfg, label.replace(" ", "-"))
         front = front_of(result, label)
         again = {r.genome: r for r in result.remeasured}
-        fronts[label] = [(e, again[e.genome]) for e in front]  # re-measured on fresh seeds
+        fronts[label] = sorted(((e, again[e.genome]) for e in front),  # re-measured on fresh
+                               key=lambda pair: pair[1].mean_latency_s)  # seeds
         evs = list(result.evaluations.values())
         rows.append({"topology": label, "split_points": splits,
                      "hypervolume": front_hypervolume(evs, cfg), "front_size": len(front),

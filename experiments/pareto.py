@@ -81,7 +81,8 @@ def run(ctx: Context) -> Output:
     for method, evs in methods.items():
         front = pareto_front(evs, cfg)
         again = remeasure(ctx, scenario, cfg, front)  # fresh seeds, for every method alike
-        fronts[method] = list(zip(front, again, strict=True))
+        fronts[method] = sorted(zip(front, again, strict=True),
+                                key=lambda pair: _latency(pair[1], cfg.latency))
         by_id = {id(e): r for e, r in fronts[method]}
         for e in evs:
             if e.feasible:
@@ -93,7 +94,8 @@ def run(ctx: Context) -> Output:
                                "latency_ci95_s": _ci(rm, cfg.latency) if rm else nan,
                                "test_accuracy": rm.test_accuracy if rm else nan,
                                "arch": e.arch, "design": e.design})
-        again_evs = [dataclasses.replace(e, latency_s=_latency(rm, cfg.latency))
+        again_evs = [dataclasses.replace(e, latency_s=_latency(rm, cfg.latency),
+                                         device_energy_j=rm.device_energy_j)
                      for e, rm in fronts[method]]
         table.append({"method": method, "hypervolume": front_hypervolume(evs, cfg),
                       "remeasured_hypervolume": front_hypervolume(again_evs, cfg),

@@ -88,7 +88,10 @@ def _budget_key(budget: ProxyBudget, variant: bool) -> dict[str, object]:
 
 
 def _budget_json(budget: ProxyBudget) -> str:
-    return json.dumps(_budget_key(budget, variant=False), sort_keys=True)
+    """The budget as the noise table keys it, with the code version: noise measured with other
+    training code is not served either."""
+    return json.dumps({**_budget_key(budget, variant=False), "code": CODE_VERSION},
+                      sort_keys=True)
 
 
 def cache_key(spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,

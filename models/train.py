@@ -223,10 +223,12 @@ def _cannot_run(model: nn.Module, x: torch.Tensor) -> str | None:
     try:
         with torch.no_grad():
             model(x)
-    except torch.OutOfMemoryError:
-        return None
-    except RuntimeError as exc:
-        return f"cannot run on {tuple(x.shape[1:])} inputs: {str(exc).splitlines()[0][:250]}"
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one too (torch >= 1.13)
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or any(
+                m in text.lower() for m in ("out of memory", "can't allocate")):
+            return None
+        return f"cannot run on {tuple(x.shape[1:])} inputs: {text[:250]}"
     return None
 
 

@@ -229,7 +229,8 @@ def two_stage_baseline(scenario: Scenario, config: SearchConfig,
     evaluated like any design."""
     out = Path(out_dir)
     stage1_cfg = config.with_changes(compression=False, dp_seeding=False,
-                                     energy_objective=False, objective="pareto")
+                                     energy_objective=False, objective="pareto",
+                                     remeasure_replications=0)  # no network to re-measure on
     cache = cache_path or str(out / "accuracy.sqlite")
     stage1 = run_search(scenario, stage1_cfg, out / "stage1", cache_path=cache, map_fn=map_fn,
                         evaluator=ArchitectureEvaluator(scenario, stage1_cfg, cache))

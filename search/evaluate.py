@@ -255,7 +255,8 @@ class Evaluator:
     def busiest(self, design: Design, profile: ModelProfile) -> Load | None:
         """The resource the design offers the highest utilisation (:mod:`sim.stability`; at or
         over 1 there is no steady state, so no latency to score)."""
-        loads = offered_load(self.scenario, self.pipeline(design, profile))
+        loads = offered_load(self.scenario, self.pipeline(design, profile),
+                             self.scenario.workload.warmup_tasks + self.config.sim_tasks)
         return max(loads, key=lambda x: x.utilisation) if loads else None
 
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
@@ -447,8 +448,10 @@ class Evaluator:
                           engine="auto", backward_included=True).report
         latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
         violation, status, message = 0.0, "ok", ""
-        if not trained.ok:
+        if not trained.ok:  # a transient error is not cached: another run trains it again
             violation, status, message = 10.0, "failed", trained.message
+            if not trained.deterministic:
+                status, message = "error", f"{message} (transient: not cached)"
         elif self.config.deadline_s is not None and latency > self.config.deadline_s:
             violation = latency / self.config.deadline_s - 1.0
             status, message = "infeasible", f"latency over the {self.config.deadline_s} s deadline"

@@ -168,7 +168,10 @@ def _dask_map(address: str) -> Iterator[MapFn]:
 def fingerprint(scenario: Scenario, config: SearchConfig) -> str:
     """What a checkpoint must match to be resumed: the scenario and every setting that changes
     results."""
-    where = {"workers", "executor", "scheduler"}  # where training runs does not change results
+    # Where training runs does not change results; the re-measurement after the search does
+    # not change the search.
+    where = {"workers", "executor", "scheduler", "remeasure_replications", "remeasure_tasks",
+             "test_accuracy"}
     arch = config.fixed_architecture()  # its blocks, not the name of a file that may change
     text = (f"format {_FORMAT}\n" + scenario.model_dump_json()
             + config.model_dump_json(exclude=where) + (arch.to_json() if arch else ""))

@@ -60,9 +60,11 @@ def front_rows(result: SearchResult) -> list[dict[str, Any]]:
     otherwise, with ``replications`` 0 and NaN intervals)."""
     again = {(r.arch, r.design): r for r in result.remeasured}
     rows = []
+    nan = math.nan
     for e in result.front():
         r = again.get((e.arch, e.design))
-        nan = math.nan
+        if r is not None and r.replications == 0:
+            r = None  # not re-measured: the search's own numbers
         mean, p95 = (r.mean_latency_s, r.p95_latency_s) if r else (e.mean_latency_s,
                                                                       e.p95_latency_s)
         rows.append({
@@ -75,7 +77,7 @@ def front_rows(result: SearchResult) -> list[dict[str, Any]]:
             "energy_j": r.device_energy_j if r else e.device_energy_j,
             "search_latency_s": e.latency_s, "splits": e.design.split(" (")[0], "arch": e.arch,
             "genome": " ".join(map(str, e.genome)), "design": e.design})
-    return rows
+    return sorted(rows, key=lambda row: row["latency_s"])  # re-measured: the order may move
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:

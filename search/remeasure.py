@@ -65,21 +65,33 @@ class Remeasured:
 
 
 def design_of(evaluator: Evaluator, e: Evaluation) -> Design:
-    """The design an evaluation scored: from its genome, or (a baseline's reference model,
-    which no genome expresses) from its architecture's name and its description."""
+    """The design an evaluation scored: from its genome where the evaluator's layout reads it
+    as that design, else (a baseline's genome of another layout, or a reference model that no
+    genome expresses) from its architecture's name and its description."""
     if e.genome:
-        return evaluator.layout.decode(e.genome)
+        try:
+            design = evaluator.layout.decode(e.genome)
+        except ValueError:
+            pass
+        else:
+            if design.describe() == e.design and design.arch.name == e.arch:
+                return design
     return design_from_description(resolve_architecture(e.arch), e.design)
 
 
 def remeasure_front(evaluator: Evaluator, front: Sequence[Evaluation], map_fn: MapFn = map
                     ) -> list[Remeasured]:
-    """Re-measure each design of ``front`` (see the module docstring), in its order; nothing
-    when ``remeasure_replications`` is 0."""
+    """Re-measure each design of ``front`` (see the module docstring), in its order. With
+    ``remeasure_replications`` 0 nothing is simulated or trained: each entry repeats the
+    search's own numbers, with 0 replications and NaN intervals."""
     config = evaluator.config
     reps = config.remeasure_replications
     chosen = list(front)
-    if reps == 0 or not chosen:
+    if reps == 0:
+        nan = math.nan
+        return [Remeasured(e.genome, e.design, e.arch, 0, config.eval_seed, e.mean_latency_s,
+                           nan, e.p95_latency_s, nan, e.device_energy_j, nan) for e in chosen]
+    if not chosen:
         return []
     seed = remeasure_seed(config.eval_seed)
     designs = [design_of(evaluator, e) for e in chosen]

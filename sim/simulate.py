@@ -102,7 +102,7 @@ def simulate(
         raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
     stages = _resolve_pipeline(scenario, pipeline, backward_included)
     try:
-        loads = offered_load(scenario, stages)
+        loads = offered_load(scenario, stages, n)
     except ValueError as exc:
         raise ScenarioError(f"{scenario.name}: {exc}") from None
     bar = None

@@ -122,3 +122,20 @@ def test_a_route_some_source_cannot_follow_is_refused_before_any_training(
                        "channel": {"model": "constant", "rate_bps": 5e6}})
     ev = Evaluator(scenario_from_dict(d), small(), str(tmp_path / "ok.sqlite"))
     assert ("phone", "cloud") in ev.layout.routes
+
+
+def test_no_remeasurement_repeats_the_search_numbers(tmp_path: Path) -> None:
+    """Catches ``remeasure_replications: 0`` leaving the front without entries (experiments
+    pair every front design with one) or inventing intervals for numbers never re-measured."""
+    from search.outputs import front_rows
+
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    result = run_search(s, small(remeasure_replications=0), tmp_path / "run")
+    front = result.front()
+    assert [(r.arch, r.design) for r in result.remeasured] == [(e.arch, e.design) for e in front]
+    for e, r in zip(front, result.remeasured, strict=True):
+        assert r.replications == 0 and r.mean_latency_s == e.mean_latency_s
+        assert math.isnan(r.mean_ci95_s) and math.isnan(r.test_accuracy)
+    for row in front_rows(result):
+        assert row["replications"] == 0 and math.isnan(row["mean_latency_ci95_s"])
+        assert row["latency_s"] == row["search_latency_s"]
