@@ -123,8 +123,13 @@ def _plot(out: Path, result: SearchResult, front: list[dict[str, Any]]) -> list[
     reps = max((int(r["replications"]) for r in front), default=0)
     sd = float(front[0]["accuracy_sd"]) if front else math.nan
     where = f"re-measured, {reps} fresh replications" if reps else "search's path"
-    ax.plot(x, y, "o-", color="C3", drawstyle="steps-post",
-            label=f"Pareto front ({len(front)}; {where})")
+    best, keep = -math.inf, []  # rows are by latency: the line joins those still ahead
+    for i, yi in enumerate(y):  # in accuracy once re-measured (markers: the whole front)
+        if yi > best:
+            best = yi
+            keep.append(i)
+    ax.plot(x[keep], y[keep], "-", color="C3", drawstyle="steps-post")
+    ax.plot(x, y, "o", color="C3", label=f"Pareto front ({len(front)}; {where})")
     if reps or math.isfinite(sd):  # latency: 95% CI; accuracy: the budget's seed-to-seed sd
         ax.errorbar(x, y, xerr=np.nan_to_num(ci) if reps else None,
                     yerr=100 * sd if math.isfinite(sd) else None, fmt="none", ecolor="C3",
