@@ -143,8 +143,8 @@ def _plot(out: Path, result: SearchResult, front: list[dict[str, Any]]) -> list[
                    label="accuracy on the held-out test set")
     unstable = sum(e.status == "unstable" for e in evals)
     if unstable:
-        ax.text(0.01, 0.01, f"{unstable} unstable design(s) left out: some resource offered "
-                "utilisation >= 1", transform=ax.transAxes, fontsize=7, color="0.3")
+        ax.text(0.01, 0.99, f"{unstable} unstable design(s) left out: some resource offered "
+                "utilisation >= 1", transform=ax.transAxes, fontsize=7, color="0.3", va="top")
     ax.set_xscale("log")
     ax.set_xlabel(f"{cfg.latency} completion latency (ms, log scale)")
     ax.set_ylabel(f"accuracy on {cfg.dataset} (%)")
