@@ -139,7 +139,8 @@ def _init_worker() -> None:
 class Evaluation:
     """A scored design. ``violation`` > 0 means infeasible: ``status`` ``infeasible`` (memory or
     deadline), ``unstable`` (some resource offered a utilisation at or over 1; the violation is
-    that utilisation) or ``failed`` (training)."""
+    that utilisation), ``failed`` (training, deterministically) or ``error`` (training, in a way
+    that another run may not repeat: out of memory, say; not cached)."""
 
     genome: tuple[int, ...]
     design: str

@@ -10,7 +10,8 @@
 - ``evaluations.csv``: every design the search scored, feasible or not, with the search's own
   numbers (one sample path), the highest offered ``utilisation`` of any resource it uses, and
   its ``status`` (``ok``, ``infeasible``, ``unstable``: some
-  resource offered a utilisation at or over 1, named in ``message``; ``failed``);
+  resource offered a utilisation at or over 1, named in ``message``; ``failed``: training
+  failed deterministically; ``error``: it failed in a way a rerun may not repeat);
 - ``history.csv``: per generation: evaluations, hypervolume, best accuracy and latency;
 - ``front.png`` and ``hypervolume.png``, drawn from those CSVs.
 """
