@@ -171,9 +171,16 @@ def test_design_descriptions_parse_back(tmp_path: Path) -> None:
         load_design(str(front), scenario, row=3)
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and children
+    # inherit that; the command under test must get Ctrl-C as a terminal would deliver it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _jmsnas(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_nodes(proc: subprocess.Popen[str], names: set[str]) -> dict[str, psutil.Process]:
