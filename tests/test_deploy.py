@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,23 +97,47 @@ def _paced_transfer(rate: Any, nbytes: int, t0_offset: float = 0.0) -> tuple[flo
     return start - link.t0, got[0] - link.t0
 
 
+def _within_3_percent(attempt: Callable[[], tuple[float, float]]) -> None:
+    """Run a paced transfer ``attempt`` (returning its duration and the channel's exact one)
+    up to three times: every attempt must take at least 97% of the exact duration (pacing never
+    sends faster than the channel), and one must finish within 3% of it. A busy machine only
+    delays a sender (late wake-ups cost tens of milliseconds even on an idle two-core box), so
+    the fastest of three attempts is the test of the pacing; wrong pacing, a rate off by more
+    than 3%, fails all three."""
+    tried = []
+    for _ in range(3):
+        took, exact = attempt()
+        tried.append((took, exact))
+        assert took >= 0.97 * exact, tried  # never faster than the channel
+        if took <= 1.03 * exact:
+            return
+    raise AssertionError(f"no attempt within 3% of the channel's duration: {tried}")
+
+
 @pytest.mark.parametrize("rate_bps", [2e6, 20e6])
 def test_a_paced_link_carries_n_bits_in_n_over_r_seconds(rate_bps: float) -> None:
     nbytes = int(rate_bps * 0.25 / 8)  # a quarter of a second of traffic
-    start, end = _paced_transfer(ConstantRate(rate_bps), nbytes)
-    expected = 8 * nbytes / rate_bps
-    assert end - start == pytest.approx(expected, rel=0.03)
+
+    def attempt() -> tuple[float, float]:
+        start, end = _paced_transfer(ConstantRate(rate_bps), nbytes)
+        return end - start, 8 * nbytes / rate_bps
+
+    _within_3_percent(attempt)
 
 
 def test_a_paced_link_follows_a_time_varying_channel() -> None:
     rate = GilbertElliottRate(good_rate_bps=20e6, bad_rate_bps=2e6, mean_good_s=0.05,
                               mean_bad_s=0.05, seed=np.random.SeedSequence(3))
     nbytes = 400_000  # 3.2 Mbit: several good and bad periods
-    start, end = _paced_transfer(rate, nbytes, t0_offset=0.0)
-    expected = rate.finish_time(start, 8.0 * nbytes) - start
     constant_guess = 8.0 * nbytes / 20e6
-    assert end - start == pytest.approx(expected, rel=0.03)
-    assert expected > 1.5 * constant_guess  # the bad periods really slowed it
+
+    def attempt() -> tuple[float, float]:
+        start, end = _paced_transfer(rate, nbytes, t0_offset=0.0)
+        expected = rate.finish_time(start, 8.0 * nbytes) - start
+        assert expected > 1.5 * constant_guess  # the bad periods really slowed it
+        return end - start, expected
+
+    _within_3_percent(attempt)
 
 
 def whole_model_outputs(scenario: Any, design: Design, n: int, seed: int) -> list[torch.Tensor]:
