@@ -31,6 +31,7 @@ from models.train import TrainResult
 from sim import Scenario
 from sim.seeds import child
 from sim.stability import Load
+from sim.workload import Stage
 
 from .config import SearchConfig
 from .design import Design, GenomeLayout
@@ -205,13 +206,13 @@ class ArchitectureEvaluator(Evaluator):
     def memory_violation(self, design: Design, profile: ModelProfile) -> float:
         return 0.0
 
-    def busiest(self, design: Design, profile: ModelProfile) -> Load | None:
+    def busiest(self, pipeline: Sequence[Stage]) -> Load | None:
         return None  # no network yet: the split, in stage two, is checked
 
-    def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
+    def _score(self, design: Design, memory_violation: float, pipeline: Sequence[Stage] | None,
                busiest: Load | None, trained: TrainResult | None) -> Evaluation:
         assert trained is not None
-        t = profile.total_flops / self._device_flops
+        t = self.profile(design).total_flops / self._device_flops
         failed = not trained.ok
         return Evaluation(self.layout.encode(design), design.describe(), design.arch.name,
                           accuracy=trained.accuracy, latency_s=t, mean_latency_s=t,

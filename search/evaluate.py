@@ -253,10 +253,10 @@ class Evaluator:
                                backward_flops_factor=(w.backward_flops_factor
                                                       if w.mode == "training" else None))
 
-    def busiest(self, design: Design, profile: ModelProfile) -> Load | None:
-        """The resource the design offers the highest utilisation (:mod:`sim.stability`; at or
-        over 1 there is no steady state, so no latency to score)."""
-        loads = offered_load(self.scenario, self.pipeline(design, profile),
+    def busiest(self, pipeline: Sequence[Stage]) -> Load | None:
+        """The resource a design's ``pipeline`` offers the highest utilisation
+        (:mod:`sim.stability`; at or over 1 there is no steady state, so no latency to score)."""
+        loads = offered_load(self.scenario, pipeline,
                              self.scenario.workload.warmup_tasks + self.config.sim_tasks)
         return max(loads, key=lambda x: x.utilisation) if loads else None
 
@@ -395,8 +395,9 @@ class Evaluator:
         baselines; their :attr:`Evaluation.genome` is empty)."""
         profiles = [self.profile(d) for d in designs]
         mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
-        busiest = [self.busiest(d, p) if m == 0.0 else None
-                   for d, p, m in zip(designs, profiles, mem, strict=True)]
+        pipes = [self.pipeline(d, p) if m == 0.0 else None  # built once: checked, simulated
+                 for d, p, m in zip(designs, profiles, mem, strict=True)]
+        busiest = [None if pipe is None else self.busiest(pipe) for pipe in pipes]
         scored = [m == 0.0 and (b is None or b.stable)
                   for m, b in zip(mem, busiest, strict=True)]
         design_jobs = [self.train_job(d) if ok else None
@@ -418,11 +419,11 @@ class Evaluator:
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
                                   self.accuracy_sd, measured, len(noise), "search")
         out = []
-        for d, p, m, b, job in zip(designs, profiles, mem, busiest, design_jobs, strict=True):
-            out.append(self._score(d, p, m, b, None if job is None else jobs[job]))
+        for d, m, pipe, b, job in zip(designs, mem, pipes, busiest, design_jobs, strict=True):
+            out.append(self._score(d, m, pipe, b, None if job is None else jobs[job]))
         return out
 
-    def _score(self, design: Design, profile: ModelProfile, memory_violation: float,
+    def _score(self, design: Design, memory_violation: float, pipeline: Sequence[Stage] | None,
                busiest: Load | None, trained: TrainResult | None) -> Evaluation:
         nan = math.nan
         try:
@@ -442,8 +443,8 @@ class Evaluator:
                               device_energy_j=nan, violation=rho, status="unstable",
                               message=f"{busiest.describe()} (>= 1: its queue grows without "
                                       "bound)", utilisation=rho)
-        assert trained is not None
-        report = simulate(self.scenario, self.pipeline(design, profile),
+        assert trained is not None and pipeline is not None
+        report = simulate(self.scenario, pipeline,
                           seed=self.config.eval_seed, replications=self.config.sim_replications,
                           tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
                           engine="auto", backward_included=True).report
