@@ -7,6 +7,8 @@
 - :mod:`search.nsga`: NSGA-II with checkpoints and resume (:func:`run_search`).
 - :mod:`search.baselines`: random and exhaustive search, fixed placements, Neurosurgeon-style
   fixed models and the two-stage search-then-split, through the same evaluation.
+- :mod:`search.optuna_search`: Optuna's TPE and NSGA-II samplers, through the same evaluation
+  (the ``compare`` extra).
 - :mod:`search.sweep`: the scalarised objective swept over lambda (trade-off curves).
 - :mod:`search.indicators`, :mod:`search.outputs`: hypervolume and IGD; the run folder.
 """

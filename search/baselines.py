@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,17 +71,28 @@ class BaselineResult:
         return front_hypervolume(self.offered, self.config)
 
 
-def _evaluate_in_batches(evaluator: Evaluator, genomes: list[tuple[int, ...]], batch: int,
-                         config: SearchConfig) -> SearchResult:
+def _evaluate_in_batches(evaluator: Evaluator, batches: Iterable[Sequence[tuple[int, ...]]],
+                         config: SearchConfig, map_fn: MapFn | None = None,
+                         scored: Callable[[list[Evaluation]], None] | None = None
+                         ) -> SearchResult:
+    """Evaluate ``batches`` in turn, one history row after each; ``scored`` hears each batch's
+    evaluations before the next batch is drawn (a sampler that learns from them)."""
     evaluations: dict[tuple[int, ...], Evaluation] = {}
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    with executor_map(config) as map_fn:
-        for i in range(0, len(genomes), batch):
-            for ev in evaluator.evaluate(genomes[i:i + batch], map_fn):
+    with _map_or_pool(config, map_fn) as pool_map:
+        for i, batch in enumerate(batches):
+            new = evaluator.evaluate(batch, pool_map)
+            for ev in new:
                 evaluations[ev.genome] = ev
-            history.append(history_row(i // batch, list(evaluations.values()), config, started))
+            if scored is not None:
+                scored(new)
+            history.append(history_row(i, list(evaluations.values()), config, started))
     return SearchResult(config, evaluations, list(evaluations)[-config.population:], history)
+
+
+def _chunks(genomes: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
+    return (genomes[i:i + size] for i in range(0, len(genomes), size))
 
 
 def random_search(scenario: Scenario, config: SearchConfig, evaluations: int,
@@ -98,7 +110,7 @@ def random_search(scenario: Scenario, config: SearchConfig, evaluations: int,
     while len(seen) < evaluations and tries < 100 * evaluations:
         tries += 1
         seen.setdefault(layout.canonical([int(rng.integers(b)) for b in layout.bounds]), None)
-    return _evaluate_in_batches(evaluator, list(seen), config.population, config)
+    return _evaluate_in_batches(evaluator, _chunks(list(seen), config.population), config)
 
 
 def all_designs(layout: GenomeLayout) -> Iterator[tuple[int, ...]]:
@@ -131,7 +143,7 @@ def exhaustive_search(scenario: Scenario, config: SearchConfig,
         if len(genomes) > limit:
             raise ValueError(f"more than {limit} designs: exhaustive search is for small spaces "
                              "(space: tiny, compression: false)")
-    return _evaluate_in_batches(evaluator, genomes, 512, config)
+    return _evaluate_in_batches(evaluator, _chunks(genomes, 512), config)
 
 
 def _placed(arch: ArchSpec, route: tuple[str, ...], node: int, head: int = 0) -> Design:
@@ -260,7 +272,15 @@ def _evaluator(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathL
 
 def _evaluate(evaluator: Evaluator, designs: list[Design], config: SearchConfig,
               map_fn: MapFn | None) -> list[Evaluation]:
-    if map_fn is not None:
-        return evaluator.evaluate_designs(designs, map_fn)
-    with executor_map(config) as pool_map:
+    with _map_or_pool(config, map_fn) as pool_map:
         return evaluator.evaluate_designs(designs, pool_map)
+
+
+@contextlib.contextmanager
+def _map_or_pool(config: SearchConfig, map_fn: MapFn | None) -> Iterator[MapFn]:
+    """``map_fn`` if given, else the map of ``config.executor``."""
+    if map_fn is not None:
+        yield map_fn
+        return
+    with executor_map(config) as pool_map:
+        yield pool_map
