@@ -7,15 +7,21 @@ The genome (a flat list of integers, what the genetic algorithm evolves) is
 - the architecture genes are those of the search space (:mod:`models.space`);
 - the route picks one of the scenario's routes from the source to the path's last node (the
   scenario's ``path`` is route 0; other simple paths in the graph follow, sorted);
-- hop h of the route carries the output of the first ``p_h`` blocks: positions are clipped to the
-  architecture's depth and sorted, so consecutive blocks run on consecutive nodes and a node may
-  run nothing (it forwards what it receives);
-- each hop's compression (bottleneck 1, 1/2, 1/4; 32 or 8 bits) applies only strictly between
-  blocks: the raw input (position 0) and the logits (the last position) are sent as they are, and
-  two hops at the same position share the first one's compression.
+- split gene h carries a position, clipped to the architecture's depth; the positions are sorted,
+  so consecutive blocks run on consecutive nodes and a node may run nothing (it forwards what it
+  receives);
+- compression genes h (bottleneck 1, 1/2, 1/4; 32 or 8 bits) belong to split gene h and travel
+  with its position when sorting reorders the positions (a split that creeps past another keeps
+  its compression). A compression applies only strictly between blocks: the raw input (position
+  0) and the logits (the last position) are sent as they are, and two splits at the same
+  position share the compression of the one with the lower gene index.
 
 :meth:`GenomeLayout.decode` is a pure function; :meth:`GenomeLayout.canonical` gives the one genome
-of each distinct design, so equal designs are recognised and evaluated once.
+of each distinct design, so equal designs are recognised and evaluated once. The genetic
+algorithm keeps the raw genomes it breeds and uses the canonical genome only as the design's
+key: a compression gene on a split at an end of the model, or a position beyond a shallow
+architecture's depth, has no effect now but comes back into play when a mutation moves the split
+or deepens the architecture (canonicalising the population would erase that latent material).
 """
 
 from __future__ import annotations
@@ -202,9 +208,11 @@ class GenomeLayout:
         hops = len(route) - 1
         split = g[self.n_arch + 1: self.n_arch + 1 + self.hops]
         comp = g[self.n_arch + 1 + self.hops:]
-        positions = sorted(min(p, arch.n_blocks) for p in split[:hops])
+        # each split gene with its own compression genes, in order of position (ties: gene order)
+        order = sorted(range(hops), key=lambda h: (min(split[h], arch.n_blocks), h))
         cuts: list[Cut] = []
-        for h, p in enumerate(positions):
+        for h in order:
+            p = min(split[h], arch.n_blocks)
             same = [c for c in cuts if c.position == p]
             if same:
                 cuts.append(same[0])

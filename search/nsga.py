@@ -15,9 +15,17 @@ operators and the binary tournament are written here because DEAP's draw from Py
   snapped to an end of its range (the hop carries the raw input, or the request ends before the
   hop: moves that drop a node, which creeping reaches only through worse designs).
 
-The initial population mixes random genomes with architectures whose plain split is the exact
-optimum of :func:`search.dp.optimal_split` (half of it). Every generation is checkpointed (the
-population, the RNG state, the history and every evaluation); ``resume`` continues a killed run.
+The population holds the raw genomes bred, not their canonical form: a compression gene on a
+split at an end of the model, or a position beyond the architecture's depth, is latent material
+that a later mutation brings back (see :mod:`search.design`); evaluations, the freshness check
+and the archive are keyed by the canonical genome, so a design is still evaluated once.
+
+With ``dp_seeding``, half of the initial population are random architectures with the cuts that
+minimise their no-queueing latency (:func:`search.dp.optimal_design`), taking in turn three kinds
+of cut: plain float32 (what a split that must not touch the model would do), 8-bit at full width
+(almost lossless) and any compression (the fewest bits, whatever they cost in accuracy); the
+rest are random genomes. Every generation is checkpointed (the population, the RNG state, the
+history and every evaluation); ``resume`` continues a killed run.
 """
 
 from __future__ import annotations
@@ -37,13 +45,11 @@ from typing import Any
 import numpy as np
 from deap import base, creator, tools
 
-from models.build import Cut
 from sim import Scenario
 from sim.seeds import child
 
 from .config import SearchConfig, resolve_config_dataset
-from .design import Design
-from .dp import optimal_split
+from .dp import COMPRESSIONS, PLAIN, optimal_design
 from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 from .remeasure import Remeasured, remeasure_front
@@ -59,12 +65,15 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 5
+_FORMAT = 6
 """Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
 block, 3 since offspring are made fresh, 4 since evaluations carry their accuracy's noise and
 compressed variants fine-tune from their parent (and ``dataset`` defaults to ``auto``), 5 since
 overloaded designs are ``unstable``, training mode's backward pass comes from the design and the
-hypervolume's error reference is chance."""
+hypervolume's error reference is chance, 6 since compression genes travel with their split, the
+population keeps raw genomes and seeding considers compression."""
+SEED_CUTS: tuple[tuple[tuple[float, int], ...], ...] = ((PLAIN,), (PLAIN, (1.0, 8)), COMPRESSIONS)
+"""The cuts the seeding DP may use, one kind per seeded genome in turn."""
 FRESH_TRIES = 20
 """An offspring equal to a design already evaluated (or to a sibling) is mutated again, one
 random gene at a time, up to this many times: otherwise a converging population spends much of
@@ -206,31 +215,32 @@ class _Search:
     # -- genomes --------------------------------------------------------------------------
 
     def random_genome(self) -> tuple[int, ...]:
-        return self.layout.canonical([int(self.rng.integers(b)) for b in self.bounds])
+        return tuple(int(self.rng.integers(b)) for b in self.bounds)
 
-    def dp_genome(self) -> tuple[int, ...]:
-        g = list(self.random_genome())
-        design = self.layout.decode(g)
-        profile = self.evaluator.profile(Design(design.arch, design.route, ()))
-        plan = optimal_split(profile, self.scenario, design.route)
-        d = Design(design.arch, design.route, tuple(Cut(p) for p in plan.positions))
-        return self.layout.encode(d)
+    def dp_genome(self, kind: int) -> tuple[int, ...]:
+        """A random architecture and route with the cuts of least no-queueing latency, of one
+        of three kinds (see the module docstring)."""
+        design = self.layout.decode(self.random_genome())
+        options = (PLAIN,) if not self.layout.compression else SEED_CUTS[kind % len(SEED_CUTS)]
+        best, _ = optimal_design(design.arch, self.scenario, design.route, options)
+        return self.layout.encode(best)
 
     def initial_population(self) -> list[tuple[int, ...]]:
-        pop: list[tuple[int, ...]] = []
+        pop: dict[tuple[int, ...], tuple[int, ...]] = {}  # canonical -> the genome bred
         tries = 0
         while len(pop) < self.config.population and tries < 50 * self.config.population:
             tries += 1
             seeded = self.config.dp_seeding and len(pop) < self.config.population // 2
-            g = self.dp_genome() if seeded else self.random_genome()
-            if g not in pop:
-                pop.append(g)
-        while len(pop) < self.config.population:  # a space too small for distinct genomes
-            pop.append(self.random_genome())
-        return pop
+            g = self.dp_genome(len(pop)) if seeded else self.random_genome()
+            pop.setdefault(self.layout.canonical(g), g)
+        genomes = list(pop.values())
+        while len(genomes) < self.config.population:  # a space too small for distinct designs
+            genomes.append(self.random_genome())
+        return genomes
 
     def vary(self, parents: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         kids: list[tuple[int, ...]] = []
+        keys: set[tuple[int, ...]] = set()
         for a, b in zip(parents[::2], parents[1::2], strict=True):
             x, y = np.array(a), np.array(b)
             if self.rng.random() < self.config.crossover_prob:
@@ -239,13 +249,14 @@ class _Search:
             for z in (x, y):
                 for i in np.flatnonzero(self.rng.random(z.size) < self.pm):
                     self.mutate_gene(z, int(i))
-                kid = self.layout.canonical(z.tolist())
+                key = self.layout.canonical(z.tolist())
                 for _ in range(FRESH_TRIES):  # spend evaluations on designs not seen yet
-                    if kid not in self.evaluations and kid not in kids:
+                    if key not in self.evaluations and key not in keys:
                         break
                     self.mutate_gene(z, int(self.rng.integers(z.size)))
-                    kid = self.layout.canonical(z.tolist())
-                kids.append(kid)
+                    key = self.layout.canonical(z.tolist())
+                kids.append(tuple(int(v) for v in z))
+                keys.add(key)
         return kids
 
     def mutate_gene(self, z: np.ndarray[Any, Any], i: int) -> None:
@@ -279,14 +290,18 @@ class _Search:
 
     # -- evaluation and selection ---------------------------------------------------------
 
+    def evaluation(self, genome: tuple[int, ...]) -> Evaluation:
+        return self.evaluations[self.layout.canonical(genome)]
+
     def evaluate(self, genomes: list[tuple[int, ...]]) -> None:
-        new = list(dict.fromkeys(g for g in genomes if g not in self.evaluations))
+        keys = (self.layout.canonical(g) for g in genomes)
+        new = list(dict.fromkeys(k for k in keys if k not in self.evaluations))
         if new:
             for ev in self.evaluator.evaluate(new, self.map_fn):
                 self.evaluations[ev.genome] = ev
 
     def select(self, genomes: list[tuple[int, ...]]) -> list[Any]:
-        inds = [_individual(self.config, g, self.evaluations[g]) for g in genomes]
+        inds = [_individual(self.config, g, self.evaluation(g)) for g in genomes]
         return list(tools.selNSGA2(inds, self.config.population))
 
     def record(self, generation: int, started: float) -> dict[str, float]:
@@ -348,7 +363,7 @@ class _Search:
         try:
             while generation < self.config.generations:
                 generation += 1
-                inds = [_individual(self.config, g, self.evaluations[g]) for g in population]
+                inds = [_individual(self.config, g, self.evaluation(g)) for g in population]
                 offspring = self.vary(self.tournament(inds))
                 self.evaluate(offspring)
                 population = [tuple(i) for i in self.select(population + offspring)]

