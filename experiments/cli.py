@@ -442,14 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "experiment",
-        help="run an experiment (tradeoff, pareto, channel, load, hops, convergence, validate, "
-        "fidelity) or all of them with a report",
+        help="run an experiment (tradeoff, pareto, channel, load, hops, speedup, convergence, "
+        "validate, fidelity) or all of them with a report",
         description="Run an experiment of experiments/configs/NAME.yaml. Writes CSV and PNG files "
         "and the resolved config into OUT/NAME; 'all' also writes OUT/report.md. Rerunning with "
         "the same --out resumes finished searches.",
     )
     p.add_argument("name", metavar="NAME", help="validate, tradeoff, pareto, channel, load, hops, "
-                   "convergence, fidelity, or all")
+                   "speedup, convergence, fidelity, or all")
     p.add_argument("--quick", action="store_true",
                    help="the small size: a few minutes on two cores")
     p.add_argument("--out", default="runs/experiments", help="output folder "

@@ -51,6 +51,7 @@ EXPECTED = {
     "channel": {"channel.csv": "", "channel_robustness.csv": "matrix", "channel.png": None},
     "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
     "hops": {"hops.csv": "", "hops_fronts.csv": "point", "hops.png": None},
+    "speedup": {"speedup.csv": "", "speedup.png": None},
     "convergence": {"convergence.csv": "", "convergence.png": None},
     "fidelity": {"fidelity.csv": "", "fidelity_stages.csv": "stage", "fidelity.png": None},
 }
@@ -224,6 +225,28 @@ def test_rerun_resumes_the_finished_searches(quick_run: Path,
     assert sorted((quick_run / "hops" / "searches").glob("*/checkpoint.pkl")) == checkpoints
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     assert (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8") == before
+
+
+def test_speedup_table_agrees_with_closed_forms(quick_run: Path) -> None:
+    """Every row of the quick run's speedup.csv (reference models and the joint search's
+    designs, every uplink) against closed forms by hand (6 significant digits in the CSV), and
+    single split <= min(device, edge, cloud only), multi-split <= single split."""
+    from experiments.common import load_experiment_config
+
+    from .test_speedup import check_speedup_row, placement_closed_forms
+
+    c = load_experiment_config("speedup", quick=True)
+    _, rows = read(quick_run / "speedup" / "speedup.csv")
+    uplinks = {float(u) for u in c["uplinks_bps"]}
+    for label in [*c["models"], "joint fastest", "joint most accurate"]:
+        assert {float(r["uplink_bps"]) for r in rows if r["model"] == label} == uplinks, label
+    for r in rows:
+        check_speedup_row(r, placement_closed_forms(r["arch"], float(r["uplink_bps"]), c), 2e-5)
+        if r["model"].startswith("joint"):
+            assert float(r["searched_s"]) > 0 and 0 < float(r["accuracy"]) <= 1, r
+    report = (quick_run / "report.md").read_text(encoding="utf-8")
+    assert "no_queue_latency" in report
+    assert "| model | " + " | ".join(f"{u / 1e6:g} Mbit/s" for u in sorted(uplinks)) in report
 
 
 def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
