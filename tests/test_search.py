@@ -552,6 +552,37 @@ def test_nsga2_reaches_the_true_front_and_beats_random_search(tmp_path: Path) ->
     assert np.mean([q[1] for q in ga]) < np.mean([q[1] for q in rs]), (ga, rs)
 
 
+@pytest.mark.slow
+def test_nsga2_beats_random_search_on_the_compression_space(tmp_path: Path) -> None:
+    """With compression genes (the default space), NSGA-II's mean hypervolume over seeds is
+    above random search's with the same evaluations, at the final budget and at every budget
+    from 48 evaluations on. Measured with this setup: at 48 evaluations 0.7766 against 0.7569
+    (means of seeds 0-2), at 60 0.7781 against 0.7571; per seed at 60, 0.7813 / 0.7692,
+    0.7818 / 0.7594, 0.7711 / 0.7426 (seed 3, not run here: 0.7750 / 0.7691). Each design is
+    scored the same in every run (one cache, one evaluation seed), so the margin is the
+    optimisers' alone."""
+    from search.baselines import random_search
+
+    s = contested_three_tier()
+    cache = str(tmp_path / "shared.sqlite")
+    budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}
+    cfg = SearchConfig(budget=budget, workers=2, sim_tasks=60,  # type: ignore[arg-type]
+                       **PLAIN, compression=True, population=12, generations=4,
+                       hv_latency_ref_s=0.1, remeasure_replications=0, test_accuracy=False)
+    ga, rs = [], []
+    for seed in range(3):
+        c = cfg.with_changes(seed=seed)
+        r = run_search(s, c, tmp_path / f"ga{seed}", cache_path=cache)
+        b = random_search(s, c, len(r.evaluations), tmp_path / f"rs{seed}", cache_path=cache)
+        assert [h["evaluations"] for h in b.history] == [h["evaluations"] for h in r.history]
+        ga.append([h["hypervolume"] for h in r.history])
+        rs.append([h["hypervolume"] for h in b.history])
+    mean_ga, mean_rs = np.mean(ga, axis=0), np.mean(rs, axis=0)
+    for k, evaluations in enumerate(h["evaluations"] for h in r.history):
+        if evaluations >= 48:
+            assert mean_ga[k] > mean_rs[k], (k, ga, rs)
+
+
 def test_route_gene_picks_among_the_scenario_paths() -> None:
     d = three_tier()
     d["links"].append({"src": "phone", "dst": "cloud", "propagation_s": 0.03,
