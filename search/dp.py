@@ -11,7 +11,8 @@ and adds its propagation delay; the request is done at the node that runs the la
     best       = min_j D_j(n)
 
 where C_j(a, b) is node j's time for blocks [a, b) and T_j(p) hop j's time for what a split at p
-sends: O(H n^2) instead of the C(n + H, H) split vectors. A node whose segment does not fit its
+sends: O(H n^2) instead of the C(n + H, H) split vectors (O(H n^2 K^2) with K compression
+options per cut, :func:`optimal_design`). A node whose segment does not fit its
 ``memory_bytes`` makes that choice infeasible (infinite cost).
 
 In training mode (split learning, :mod:`search.pipeline`) a request also runs the backward pass:
@@ -129,7 +130,8 @@ def optimal_design(arch: ArchSpec, scenario: Scenario, route: tuple[str, ...],
     The same recursion as :func:`optimal_split` over states (position, compression of the cut
     at it): a node that runs blocks [q, p) pays the decoder of the cut at q and the encoder of
     the cut at p; a node that runs nothing forwards the cut as it came (two hops at one position
-    share its compression). Accuracy is not considered: the fewest bits win."""
+    share its compression). Accuracy is not considered: the lowest latency wins, codec FLOPs
+    and memory included (a plain cut where compressing would not pay)."""
     options = [PLAIN, *(c for c in dict.fromkeys(compressions) if c != PLAIN)]
     n = arch.n_blocks
     profiles = [profile_model(arch, scenario.input_shape, num_classes)]

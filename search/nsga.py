@@ -23,7 +23,7 @@ and the archive are keyed by the canonical genome, so a design is still evaluate
 With ``dp_seeding``, half of the initial population are random architectures with the cuts that
 minimise their no-queueing latency (:func:`search.dp.optimal_design`), taking in turn three kinds
 of cut: plain float32 (what a split that must not touch the model would do), 8-bit at full width
-(almost lossless) and any compression (the fewest bits, whatever they cost in accuracy); the
+(almost lossless) and any compression (the lowest latency, whatever it costs in accuracy); the
 rest are random genomes. Every generation is checkpointed (the population, the RNG state, the
 history and every evaluation); ``resume`` continues a killed run.
 """
@@ -50,7 +50,7 @@ from sim.seeds import child
 
 from .config import SearchConfig, resolve_config_dataset
 from .dp import COMPRESSIONS, PLAIN, optimal_design
-from .evaluate import Evaluation, Evaluator, MapFn, _init_worker
+from .evaluate import NUM_CLASSES, Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
 from .remeasure import Remeasured, remeasure_front
 
@@ -87,6 +87,8 @@ class SearchResult:
     config: SearchConfig
     evaluations: dict[tuple[int, ...], Evaluation]
     population: list[tuple[int, ...]]
+    """The GA's last population as bred (raw genomes: see :mod:`search.design`); the baselines'
+    last batch, canonical."""
     history: list[dict[str, float]] = field(default_factory=list)
     remeasured: list[Remeasured] = field(default_factory=list)
     """The front re-measured on fresh seeds (:mod:`search.remeasure`), in the front's order."""
@@ -222,16 +224,22 @@ class _Search:
         of three kinds (see the module docstring)."""
         design = self.layout.decode(self.random_genome())
         options = (PLAIN,) if not self.layout.compression else SEED_CUTS[kind % len(SEED_CUTS)]
-        best, _ = optimal_design(design.arch, self.scenario, design.route, options)
+        best, _ = optimal_design(design.arch, self.scenario, design.route, options,
+                                 num_classes=NUM_CLASSES)
         return self.layout.encode(best)
 
     def initial_population(self) -> list[tuple[int, ...]]:
         pop: dict[tuple[int, ...], tuple[int, ...]] = {}  # canonical -> the genome bred
+        half = self.config.population // 2 if self.config.dp_seeding else 0
+        for kind in range(3 * half):  # seeds until half the population (or enough tries)
+            if len(pop) >= half:
+                break
+            g = self.dp_genome(kind)
+            pop.setdefault(self.layout.canonical(g), g)
         tries = 0
         while len(pop) < self.config.population and tries < 50 * self.config.population:
             tries += 1
-            seeded = self.config.dp_seeding and len(pop) < self.config.population // 2
-            g = self.dp_genome(len(pop)) if seeded else self.random_genome()
+            g = self.random_genome()
             pop.setdefault(self.layout.canonical(g), g)
         genomes = list(pop.values())
         while len(genomes) < self.config.population:  # a space too small for distinct designs

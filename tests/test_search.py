@@ -25,8 +25,8 @@ from search.config import SearchConfig
 from search.design import Design, GenomeLayout, scenario_routes
 from search.dp import brute_force_split, no_queue_latency, optimal_split
 from search.evaluate import Evaluator, TrainJob, run_train_job
-from search.nsga import SearchResult, run_search
-from search.pipeline import design_pipeline
+from search.nsga import SearchResult, _Search, run_search
+from search.pipeline import design_pipeline, segment_costs
 from sim import Compute, Transfer, load_scenario, scenario_from_dict
 
 from .conftest import EXAMPLES, three_tier
@@ -85,7 +85,7 @@ def test_compression_genes_travel_with_their_split() -> None:
     lay = layout(slow_phone_scenario())
     arch_genes = [0] * 9
     n = lay.decode([*arch_genes, 0, 0, 0, 0, 0, 0, 0]).arch.n_blocks
-    assert n >= 5
+    assert n >= 6  # position 5 is interior
     # gene 0 at 4 with 1/4 x 8 bit, gene 1 at 2 with 1/2 x 32 bit: sorted, each keeps its own
     d = lay.decode([*arch_genes, 0, 4, 2, 2, 1, 1, 0])
     assert d.cuts == (Cut(2, 0.5, 32), Cut(4, 0.25, 8))
@@ -122,6 +122,14 @@ def test_the_population_keeps_latent_genes(tmp_path: Path) -> None:
     assert all(g == lay.canonical(g) for g in r.evaluations)
     assert all(lay.canonical(g) in r.evaluations for g in r.population)
     assert any(g != lay.canonical(g) for g in r.population)  # latent material is kept
+    # offspring keep their parents' latent genes: with no crossover or mutation, a kid is its
+    # parent as bred, not the parent's canonical genome
+    (tmp_path / "v").mkdir()
+    search = _Search(s, cfg.with_changes(crossover_prob=0.0, mutation_prob=1e-9), tmp_path / "v",
+                     map, progress=False)
+    latent = next(g for g in r.population if g != lay.canonical(g))
+    other = next(g for g in r.population if lay.canonical(g) != lay.canonical(latent))
+    assert search.vary([latent, other]) == [latent, other]
 
 
 def test_pipeline_of_a_design_by_hand() -> None:
@@ -172,11 +180,15 @@ def test_dp_split_equals_brute_force(route: tuple[str, ...], memory: float | Non
             assert no_queue_latency(d, p, s) == pytest.approx(dp.latency_s, rel=1e-12)
 
 
-@pytest.mark.parametrize("scenario", ["inference", "training", "memory"])
+@pytest.mark.slow  # the brute force profiles every combination of cuts: minutes on two cores
+@pytest.mark.parametrize("scenario", ["inference", "training", "forward", "memory"])
 def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
     """The DP over positions x compression options against every split vector with every
     compression of every interior cut, each scored by no_queue_latency (which builds the
-    design's pipeline: codec FLOPs on the right nodes, compressed bits on the wire)."""
+    design's pipeline: codec FLOPs on the right nodes, compressed bits on the wire). The cases
+    make each part of the recursion decide an optimum: training's gradient return, a node that
+    forwards a compressed cut as it came (a slow edge between the phone and a fast cloud), and
+    a memory limit just under what the unconstrained optimum's phone segment needs."""
     from search.dp import brute_force_design, optimal_design
 
     d = three_tier()
@@ -187,16 +199,31 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
         d["links"][0]["channel"]["rate_bps"] = 5e5
         for link in d["links"]:
             link["duplex"] = True
-    if scenario == "memory":
-        d["nodes"]["phone"]["memory_bytes"] = 3e5
+    if scenario == "forward":
+        d["nodes"]["edge"]["flops"] = 1e7
+        d["links"][0]["channel"]["rate_bps"] = 2e6
+        d["links"][1]["channel"]["rate_bps"] = 1e9
     s = scenario_from_dict(d)
     route = ("phone", "edge", "cloud")
-    options = ((1.0, 8), (0.25, 8), (0.5, 32))  # a subset keeps the brute force short
+    options = ((1.0, 8), (0.25, 8))  # a subset keeps the brute force short
     sp = get_space("tiny")
     compressed = 0
-    for g in list(sp.enumerate())[5::97]:  # four architectures, 6 to 10 blocks
+    forwarded = 0
+    for g in list(sp.enumerate())[5::97][:3]:  # three architectures, 6 to 8 blocks
         arch = sp.decode(g)
+        if scenario == "memory":  # the phone just cannot hold what it ran without a limit
+            free, _ = optimal_design(arch, s, route, options)
+            prof = profile_model(arch, s.input_shape, 10, cuts=free.compressing_cuts)
+            need = segment_costs(free, prof, 8)[0].memory_bytes
+            limited = copy.deepcopy(d)
+            limited["nodes"]["phone"]["memory_bytes"] = need - 1
+            s = scenario_from_dict(limited)
         design, latency = optimal_design(arch, s, route, options)
+        if scenario == "memory":
+            assert design != free
+        segs = design.segments()
+        forwarded += segs[1][0] == segs[1][1] and bool(design.compressing_cuts) and segs[2][1] > \
+            segs[2][0]
         truth, best = brute_force_design(arch, s, route, options)
         assert latency == pytest.approx(best, rel=1e-12), (design.describe(), truth.describe())
         prof = profile_model(arch, s.input_shape, 10, cuts=design.compressing_cuts)
@@ -209,6 +236,8 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
             optimal_split(profile_model(arch, s.input_shape, 10), s, route).latency_s)
         assert latency <= plain_latency
     assert compressed > 0  # the case this test is for occurred
+    if scenario == "forward":
+        assert forwarded >= 2  # phone[0:p] -> edge[p:p] -> cloud[p:n], compressed at p
 
 
 def test_dp_split_moves_with_the_uplink() -> None:
