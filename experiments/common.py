@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import statistics
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,15 @@ from search.nsga import CHECKPOINT, SearchResult, executor_map, fingerprint, run
 from search.pipeline import segment_costs
 from search.remeasure import Remeasured, remeasure_front
 from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
+from sim.report import confidence_half_width
 from sim.scenario import load_yaml
 
 from .cli import resolve_scenario_path
 
-__all__ = ["Context", "Output", "device_share", "experiment_main", "front_axes", "front_of",
-           "latency_label", "load_experiment_config", "remeasure", "scenario_variant", "search",
-           "variant_dict", "write_csv"]
+__all__ = ["SEED_STATS", "Context", "Output", "device_share", "experiment_main", "front_axes",
+           "front_of", "latency_label", "load_experiment_config", "median_seed", "over_seeds",
+           "remeasure", "scenario_variant", "search", "seed_list", "seed_panel", "variant_dict",
+           "write_csv"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -151,6 +154,85 @@ class Context:
 
     def path(self, name: str) -> Path:
         return self.out / name
+
+    def seeds(self) -> list[int]:
+        """The config's ``seeds``, checked (see :func:`seed_list`)."""
+        return seed_list(self.config.get("seeds"), f"{self.name} config: seeds")
+
+
+def seed_list(value: Any, where: str) -> list[int]:
+    """GA seeds: a non-empty list of distinct non-negative integers, else a ValueError that
+    says where and what was given."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+            or len(set(value)) != len(value)):
+        raise ValueError(f"{where}: a non-empty list of distinct non-negative integers is "
+                         f"needed, got {value!r}")
+    return list(value)
+
+
+SEED_STATS = ["seeds", "hv_mean", "hv_sd", "hv_ci95_lo", "hv_ci95_hi", "hv_min", "hv_max"]
+"""Summary columns of a hypervolume over seeds (see :func:`over_seeds`)."""
+
+
+def over_seeds(values: Sequence[float]) -> dict[str, float | int]:
+    """A hypervolume over GA seeds (:data:`SEED_STATS`): the number of seeds, the mean, the
+    sample standard deviation (n - 1), the Student-t 95% confidence interval of the mean,
+    mean +- t(0.975, n - 1) sd / sqrt(n) (the seeds are independent runs and the interval
+    assumes their hypervolumes roughly normal: the textbook t interval, as in
+    :func:`sim.report.confidence_half_width`), the smallest and the largest. One seed: sd and
+    interval NaN (no spread is claimed)."""
+    if not values:
+        raise ValueError("over_seeds: no values")
+    x = [float(v) for v in values]
+    mean = statistics.fmean(x)
+    half = confidence_half_width(x)
+    return {"seeds": len(x), "hv_mean": mean,
+            "hv_sd": statistics.stdev(x) if len(x) > 1 else math.nan,
+            "hv_ci95_lo": mean - half, "hv_ci95_hi": mean + half, "hv_min": min(x),
+            "hv_max": max(x)}
+
+
+def median_seed(values: Mapping[int, float]) -> int:
+    """The seed whose value is the (lower) median: a representative run, not the best one."""
+    ranked = sorted(values, key=lambda s: (values[s], s))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def seed_panel(ax: Any, per_seed: Mapping[str, Sequence[float]], xlabel: str,
+               title: str) -> None:
+    """One row per label: its value for each seed (listed in seed order) as points, spread
+    vertically in that order so that none hides another; its mean as a black tick with the
+    95% CI over seeds (:func:`over_seeds`) as an error bar (none for a label of one value)."""
+    labels = list(per_seed)
+    legend: set[str] = set()
+
+    def once(name: str) -> str | None:
+        if name in legend:
+            return None
+        legend.add(name)
+        return name
+
+    for row, label in enumerate(labels):
+        values = list(per_seed[label])
+        n = len(values)
+        offsets = [0.0] if n == 1 else [-0.2 + 0.4 * i / (n - 1) for i in range(n)]
+        ax.plot(values, [row + o for o in offsets], "o", color="tab:blue", ms=4, alpha=0.7,
+                label=once("one seed"))
+        stats = over_seeds(values)
+        mean, lo, hi = stats["hv_mean"], stats["hv_ci95_lo"], stats["hv_ci95_hi"]
+        if math.isnan(lo):
+            ax.plot([mean], [row], "|", color="black", ms=16, mew=2)
+        else:
+            ax.errorbar([mean], [row], xerr=[[mean - lo], [hi - mean]], fmt="|", color="black",
+                        ms=16, mew=2, capsize=4, elinewidth=1.2,
+                        label=once("mean, 95% CI over seeds"))
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first label on top
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8)
 
 
 def search(ctx: Context, scenario: Scenario, config: SearchConfig, label: str) -> SearchResult:
