@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from experiments.cli import main
@@ -52,7 +53,8 @@ EXPECTED = {
     "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
     "hops": {"hops.csv": "", "hops_fronts.csv": "point", "hops.png": None},
     "speedup": {"speedup.csv": "", "speedup.png": None},
-    "convergence": {"convergence.csv": "", "convergence.png": None},
+    "convergence": {"convergence.csv": "", "convergence_summary.csv": "summary",
+                    "convergence.png": None},
     "fidelity": {"fidelity.csv": "", "fidelity_stages.csv": "stage", "fidelity.png": None},
 }
 
@@ -247,6 +249,81 @@ def test_speedup_table_agrees_with_closed_forms(quick_run: Path) -> None:
     report = (quick_run / "report.md").read_text(encoding="utf-8")
     assert "no_queue_latency" in report
     assert "| model | " + " | ".join(f"{u / 1e6:g} Mbit/s" for u in sorted(uplinks)) in report
+
+
+def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> None:
+    """Every method has a curve per seed with the same budgets as that seed's NSGA-II run, and
+    the summary's numbers are what the curves say: the final mean, the reference (no run above
+    it), the evaluations to 95% of it, the paired difference to NSGA-II."""
+    import yaml
+
+    from experiments.convergence import METHODS
+
+    cfg = yaml.safe_load((quick_run / "convergence" / "config.yaml").read_text())
+    seeds, methods = cfg["seeds"], [METHODS[m] for m in cfg["methods"]]
+    _, rows = read(quick_run / "convergence" / "convergence.csv")
+    _, summary = read(quick_run / "convergence" / "convergence_summary.csv")
+    assert [r["method"] for r in summary] == methods
+    curve = {(r["method"], int(r["seed"]), int(r["step"])): r for r in rows}
+    steps = {k[2] for k in curve}
+    for m in methods:
+        for seed in seeds:
+            for k in steps:  # the same budgets as NSGA-II at every step
+                assert curve[(m, seed, k)]["evaluations"] == curve[("NSGA-II", seed, k)][
+                    "evaluations"]
+    last = max(steps)
+    reference = float(summary[0]["reference_hv"])
+    finals = {}
+    for r in summary:
+        finals[r["method"]] = [float(curve[(r["method"], s, last)]["hypervolume"]) for s in seeds]
+        assert float(r["hv_mean"]) == pytest.approx(np.mean(finals[r["method"]]), abs=1e-12)
+        assert max(finals[r["method"]]) <= reference + 1e-12
+        reached = []
+        for seed in seeds:
+            hit = [int(curve[(r["method"], seed, k)]["evaluations"]) for k in sorted(steps)
+                   if float(curve[(r["method"], seed, k)]["hypervolume"]) >= 0.95 * reference]
+            if hit:
+                reached.append(hit[0])
+        assert int(r["to95_reached"]) == len(reached)
+        # the median over all runs, one that never got there above every budget
+        never = [math.inf] * (len(seeds) - len(reached))
+        median = float(np.median(sorted(reached + never)))
+        if math.isfinite(median):
+            assert float(r["to95_median"]) == pytest.approx(median)
+        else:
+            assert math.isnan(float(r["to95_median"]))
+    for r in summary[1:]:
+        diff = np.subtract(finals["NSGA-II"], finals[r["method"]])
+        assert float(r["diff_vs_nsga2"]) == pytest.approx(diff.mean(), abs=1e-12)
+
+
+def test_paired_comparison_against_exact_enumeration() -> None:
+    """The Wilcoxon signed-rank p-value against the exact null distribution by enumerating all
+    2^n sign patterns, and the CI half-width against the t formula written out."""
+    import itertools
+
+    from scipy import stats as st
+
+    from experiments.convergence import paired, to_reference
+
+    a = [0.81, 0.79, 0.84, 0.80, 0.83, 0.82, 0.85]
+    b = [0.78, 0.80, 0.79, 0.77, 0.80, 0.76, 0.81]
+    d = np.subtract(a, b)
+    ranks = st.rankdata(np.abs(d))
+    observed = ranks[d > 0].sum()
+    n = d.size
+    sums = [sum(r for r, s in zip(ranks, signs, strict=True) if s)
+            for signs in itertools.product((0, 1), repeat=n)]
+    total = ranks.sum()
+    extreme = max(observed, total - observed)
+    exact = sum(1 for t in sums if t >= extreme or t <= total - extreme) / 2 ** n
+    mean, half, p = paired(a, b)
+    assert mean == pytest.approx(d.mean())
+    assert half == pytest.approx(2.446912 * d.std(ddof=1) / np.sqrt(n), rel=1e-6)  # t(.975, 6)
+    assert p == pytest.approx(exact, rel=1e-9)
+    assert paired(a, a)[2] == 1.0  # no difference at all
+    history = [{"evaluations": 12, "hypervolume": 0.5}, {"evaluations": 24, "hypervolume": 0.7}]
+    assert to_reference(history, 0.6) == 24 and np.isnan(to_reference(history, 0.8))
 
 
 def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
