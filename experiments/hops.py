@@ -2,6 +2,15 @@
 
 The two-tier network is the scenario's path cut after the edge; the four-tier one adds a regional
 server between edge and cloud (the search may still route past it: edge -> cloud stays).
+
+Every topology is searched once per GA seed of the config's ``seeds``, each in a folder of its
+own (``searches/TOPOLOGY-seedS-*``), all sharing the accuracy cache; only the GA seed varies (the
+same ``eval_seed`` everywhere: common random numbers). Hypervolume: of the search's own scores,
+as before (the fronts' latencies re-measured on fresh replications are in ``hops_fronts.csv``
+and the figure). One row per topology and seed in ``hops.csv``; the number of seeds, mean, sd,
+Student-t 95% CI, min and max in ``hops_summary.csv``. The front figure shows one seed, the
+three-tier search's median one by hypervolume (a typical run, not the best); the right panel
+shows every seed.
 """
 
 from __future__ import annotations
@@ -10,25 +19,34 @@ from typing import Any
 
 from matplotlib import pyplot as plt
 
+from search.evaluate import Evaluation
 from search.nsga import front_hypervolume
+from search.remeasure import Remeasured
 
 from .common import (
+    SEED_STATS,
     Context,
     Output,
     experiment_main,
     front_axes,
     front_of,
+    median_seed,
+    over_seeds,
     save,
     scenario_variant,
     search,
+    seed_panel,
     write_csv,
 )
 
 TITLE = "Two, three and four tiers"
-COLUMNS = ["topology", "split_points", "hypervolume", "front_size", "evaluations",
+COLUMNS = ["topology", "seed", "split_points", "hypervolume", "front_size", "evaluations",
            "best_accuracy", "lowest_latency_s"]
-POINT_COLUMNS = ["topology", "accuracy", "test_accuracy", "latency_s", "latency_ci95_s",
+SUMMARY_COLUMNS = ["topology", "split_points", *SEED_STATS]
+POINT_COLUMNS = ["topology", "seed", "accuracy", "test_accuracy", "latency_s", "latency_ci95_s",
                  "search_latency_s", "design", "arch"]
+MEDIAN_OF = "three tiers"
+"""The topology whose median seed the front figure shows."""
 
 
 def topologies(c: dict[str, Any]) -> dict[str, tuple[int, Any]]:
@@ -52,43 +70,75 @@ def topologies(c: dict[str, Any]) -> dict[str, tuple[int, Any]]:
 
 def run(ctx: Context) -> Output:
     c = ctx.config
+    seeds = ctx.seeds()
     cfg = ctx.search_config()
     rows: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
-    fronts = {}
-    for label, (splits, scenario) in topologies(c).items():
-        result = search(ctx, scenario, cfg, label.replace(" ", "-"))
-        front = front_of(result, label)
-        again = {r.genome: r for r in result.remeasured}
-        fronts[label] = sorted(((e, again[e.genome]) for e in front),  # re-measured on fresh
-                               key=lambda pair: pair[1].mean_latency_s)  # seeds
-        evs = list(result.evaluations.values())
-        rows.append({"topology": label, "split_points": splits,
-                     "hypervolume": front_hypervolume(evs, cfg), "front_size": len(front),
-                     "evaluations": len(evs), "best_accuracy": front[-1].accuracy,
-                     "lowest_latency_s": min(r.mean_latency_s for _, r in fronts[label])})
-        points += [{"topology": label, "accuracy": e.accuracy, "test_accuracy": r.test_accuracy,
-                    "latency_s": r.mean_latency_s, "latency_ci95_s": r.mean_ci95_s,
-                    "search_latency_s": e.latency_s, "design": e.design, "arch": e.arch}
-                   for e, r in fronts[label]]
+    fronts: dict[int, dict[str, list[tuple[Evaluation, Remeasured]]]] = {s: {} for s in seeds}
+    tiers = topologies(c)
+    for label, (splits, scenario) in tiers.items():
+        for seed in seeds:
+            result = search(ctx, scenario, cfg.with_changes(seed=seed),
+                            f"{label.replace(' ', '-')}-seed{seed}")
+            front = front_of(result, f"{label}, seed {seed}")
+            again = {r.genome: r for r in result.remeasured}
+            pairs = sorted(((e, again[e.genome]) for e in front),  # re-measured on fresh
+                           key=lambda pair: pair[1].mean_latency_s)  # seeds
+            fronts[seed][label] = pairs
+            evs = list(result.evaluations.values())
+            rows.append({"topology": label, "seed": seed, "split_points": splits,
+                         "hypervolume": front_hypervolume(evs, cfg), "front_size": len(front),
+                         "evaluations": len(evs), "best_accuracy": front[-1].accuracy,
+                         "lowest_latency_s": min(r.mean_latency_s for _, r in pairs)})
+            points += [{"topology": label, "seed": seed, "accuracy": e.accuracy,
+                        "test_accuracy": r.test_accuracy, "latency_s": r.mean_latency_s,
+                        "latency_ci95_s": r.mean_ci95_s, "search_latency_s": e.latency_s,
+                        "design": e.design, "arch": e.arch} for e, r in pairs]
+    per_seed = {label: [r["hypervolume"] for r in rows if r["topology"] == label]
+                for label in tiers}  # in seed order
+    summary = [{"topology": label, "split_points": splits, **over_seeds(per_seed[label])}
+               for label, (splits, _) in tiers.items()]
     write_csv(ctx.path("hops.csv"), rows, COLUMNS)
+    write_csv(ctx.path("hops_summary.csv"), summary, SUMMARY_COLUMNS)
     write_csv(ctx.path("hops_fronts.csv"), points, POINT_COLUMNS)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, pairs in fronts.items():
+
+    shown = median_seed(dict(zip(seeds, per_seed[MEDIAN_OF], strict=True)))
+    fig, (ax, ax_hv) = plt.subplots(1, 2, figsize=(12.5, 4.5), width_ratios=[1.5, 1])
+    for label, pairs in fronts[shown].items():
         x = [1e3 * r.mean_latency_s for _, r in pairs]
         y = [100 * e.accuracy for e, _ in pairs]
         (line,) = ax.step(x, y, "o-", where="post", label=label)
         ax.errorbar(x, y, xerr=[1e3 * r.mean_ci95_s for _, r in pairs], fmt="none",
                     ecolor=line.get_color(), capsize=2)
-    front_axes(ax, cfg, "Pareto fronts by number of tiers")
+    front_axes(ax, cfg, f"Pareto fronts by number of tiers, GA seed {shown}")
+    seed_panel(ax_hv, per_seed, "hypervolume (search's scores)",
+               f"Hypervolume over GA seeds {', '.join(map(str, seeds))}")
     save(fig, ctx.path("hops.png"))
-    text = ("Hypervolume of the joint search's front (one GA seed each: an anecdote); lowest "
-            f"mean latency re-measured on {cfg.remeasure_replications} fresh replications: "
-            ) + ", ".join(
-        f"{r['topology']} ({r['split_points']} split point{'s' if r['split_points'] > 1 else ''})"
-        f" {r['hypervolume']:.4f}, lowest latency {1e3 * r['lowest_latency_s']:.1f} ms"
-        for r in rows) + "."
-    return Output("hops", TITLE, text, ["hops.png"], ["hops.csv", "hops_fronts.csv"])
+    return Output("hops", TITLE, _text(cfg.remeasure_replications, seeds, shown, summary, rows),
+                  ["hops.png"], ["hops.csv", "hops_summary.csv", "hops_fronts.csv"])
+
+
+def _text(replications: int, seeds: list[int], shown: int, summary: list[dict[str, Any]],
+          rows: list[dict[str, Any]]) -> str:
+    def interval(r: dict[str, Any]) -> str:
+        return ("(one value)" if r["seeds"] < 2
+                else f"{r['hv_ci95_lo']:.4f} to {r['hv_ci95_hi']:.4f}")
+
+    def fastest(label: str) -> str:
+        lat = sorted(1e3 * r["lowest_latency_s"] for r in rows if r["topology"] == label)
+        return f"{lat[0]:.1f} to {lat[-1]:.1f}" if len(lat) > 1 else f"{lat[0]:.1f}"
+
+    lines = "\n".join(
+        f"| {r['topology']} | {r['split_points']} | {r['seeds']} | {r['hv_mean']:.4f} | "
+        f"{interval(r)} | {r['hv_min']:.4f} to {r['hv_max']:.4f} | {fastest(r['topology'])} |"
+        for r in summary)
+    return ("Hypervolume of the joint search's front (the search's own scores) over GA seeds "
+            f"{', '.join(map(str, seeds))}: mean, Student-t 95% CI of the mean and range over "
+            "seeds; lowest mean latency of each seed's front re-measured on "
+            f"{replications} fresh replications (range over seeds). The front figure shows "
+            f"seed {shown}, the three-tier search's median.\n\n"
+            "| topology | split points | seeds | mean hv | 95% CI | min to max | "
+            "lowest latency (ms) |\n| --- | --- | --- | --- | --- | --- | --- |\n" + lines)
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,12 @@ EXPECTED = {
     "validate": {"validate.csv": "", "validate.png": None},
     "proxy": {"budgets.csv": "budget", "accuracies.csv": "accuracy", "proxy.png": None},
     "tradeoff": {"tradeoff.csv": "", "tradeoff.png": None},
-    "pareto": {"pareto_points.csv": "point", "pareto_hypervolume.csv": "hv", "pareto.png": None},
+    "pareto": {"pareto_points.csv": "point", "pareto_hypervolume.csv": "hv",
+               "pareto_summary.csv": "summary", "pareto.png": None},
     "channel": {"channel.csv": "", "channel_robustness.csv": "matrix", "channel.png": None},
     "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
-    "hops": {"hops.csv": "", "hops_fronts.csv": "point", "hops.png": None},
+    "hops": {"hops.csv": "", "hops_summary.csv": "summary", "hops_fronts.csv": "point",
+             "hops.png": None},
     "speedup": {"speedup.csv": "", "speedup.png": None},
     "convergence": {"convergence.csv": "", "convergence_summary.csv": "summary",
                     "convergence.png": None},
@@ -211,15 +214,17 @@ def test_p95_latency_of_a_fixed_design_grows_with_the_request_rate(quick_run: Pa
         assert p95 == sorted(p95) and p95[-1] > p95[0], (label, p95)
 
 
-def test_rerun_resumes_the_finished_searches(quick_run: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_resumes_the_finished_hops_searches(quick_run: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.common import load_experiment_config
     from search.evaluate import Evaluator
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished search evaluated designs again")
 
+    seeds = load_experiment_config("hops", quick=True)["seeds"]
     checkpoints = sorted((quick_run / "hops" / "searches").glob("*/checkpoint.pkl"))
-    assert len(checkpoints) == 3
+    assert len(checkpoints) == 3 * len(seeds)  # a folder per topology and seed
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     before = (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8")
     monkeypatch.setattr(Evaluator, "evaluate_designs", refuse)
@@ -227,6 +232,148 @@ def test_rerun_resumes_the_finished_searches(quick_run: Path,
     assert sorted((quick_run / "hops" / "searches").glob("*/checkpoint.pkl")) == checkpoints
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     assert (quick_run / "hops" / "hops.csv").read_text(encoding="utf-8") == before
+
+
+def seed_statistics(values: list[float]) -> dict[str, float]:
+    """Mean, sd, Student-t 95% interval, min and max over seeds, from numpy and scipy (not the
+    experiments' code): ``scipy.stats.t.interval`` with scale sd / sqrt(n)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if x.size < 2:
+        nan = math.nan
+        return {"hv_mean": mean, "hv_sd": nan, "hv_ci95_lo": nan, "hv_ci95_hi": nan,
+                "hv_min": mean, "hv_max": mean}
+    sd = float(x.std(ddof=1))
+    lo, hi = stats.t.interval(0.95, x.size - 1, loc=mean, scale=sd / math.sqrt(x.size))
+    return {"hv_mean": mean, "hv_sd": sd, "hv_ci95_lo": float(lo), "hv_ci95_hi": float(hi),
+            "hv_min": float(x.min()), "hv_max": float(x.max())}
+
+
+def assert_summary(row: dict[str, Any], values: list[float]) -> None:
+    """A summary row against :func:`seed_statistics` of the per-seed values. Both CSVs carry
+    six significant digits: the per-seed values here are off by up to 5e-7 of a hypervolume
+    below 1, which the interval multiplies by up to t(0.975, n - 1) (12.7 for two seeds)."""
+    from scipy import stats
+
+    assert int(row["seeds"]) == len(values), row
+    n = len(values)
+    spread = 2e-6 * (1 + (stats.t.ppf(0.975, n - 1) if n > 1 else 0))
+    for key, want in seed_statistics(values).items():
+        got = float(row[key])
+        if math.isnan(want):
+            assert math.isnan(got), (key, row)
+        else:
+            tol = 2e-6 if key in ("hv_mean", "hv_min", "hv_max") else spread
+            assert got == pytest.approx(want, rel=2e-6, abs=tol), (key, row, values)
+
+
+def test_over_seeds_of_pareto_and_hops_is_the_t_interval() -> None:
+    """The summary's statistics against a hand computation: 1..5 has mean 3, sd sqrt(2.5) and
+    t(0.975, 4) = 2.7764451 (tables), so a half-width of 2.7764451 sqrt(2.5) / sqrt(5)."""
+    from experiments.common import median_seed, over_seeds
+
+    s = over_seeds([3.0, 1.0, 5.0, 2.0, 4.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+    assert s["seeds"] == 5 and s["hv_mean"] == pytest.approx(3.0)
+    assert s["hv_sd"] == pytest.approx(math.sqrt(2.5))
+    assert (s["hv_ci95_lo"], s["hv_ci95_hi"]) == pytest.approx((3 - half, 3 + half), rel=1e-7)
+    assert (s["hv_min"], s["hv_max"]) == (1.0, 5.0)
+    one = over_seeds([0.25])  # one value: no spread claimed
+    assert one["hv_mean"] == 0.25 and math.isnan(one["hv_sd"]) and math.isnan(one["hv_ci95_lo"])
+    assert median_seed({0: 0.3, 1: 0.1, 2: 0.2}) == 2
+    assert median_seed({0: 0.3, 1: 0.1}) == 1  # the lower median
+
+
+def test_pareto_and_hops_refuse_bad_seeds() -> None:
+    from experiments.common import Context
+
+    for bad in (None, [], [0, 0], [1, -2], "0, 1", [0.5], [True]):
+        ctx = Context("pareto", Path("/tmp/unused"), True, False, {"seeds": bad})
+        with pytest.raises(ValueError, match=r"^pareto config: seeds: a non-empty list"):
+            ctx.seeds()
+
+
+def test_pareto_runs_every_seeded_method_on_every_seed_and_reports_the_spread(
+        quick_run: Path) -> None:
+    """Catches a seeded method run on one seed only (or the same seed twice: the joint searches
+    must differ), a seed's placements built on another seed's architectures, Neurosurgeon
+    (which no GA seed changes) counted once per seed, a summary that does not follow from the
+    per-seed rows, and a report without the table."""
+    from experiments.common import load_experiment_config
+    from experiments.pareto import FIXED, JOINT
+
+    cfg = load_experiment_config("pareto", quick=True)
+    seeds = cfg["seeds"]
+    assert len(seeds) >= 2 and len(load_experiment_config("pareto", quick=False)["seeds"]) >= 5
+    path = scenario_variant(cfg["scenario"], cfg.get("overrides")).path
+    seeded = {JOINT, "random search", "two-stage", *(f"{node} only" for node in path)}
+    _, rows = read(quick_run / "pareto" / "pareto_hypervolume.csv")
+    assert {r["method"] for r in rows} == seeded | {FIXED}
+    for method in seeded:
+        assert sorted(int(r["seed"]) for r in rows if r["method"] == method) == sorted(seeds)
+    assert [r["seed"] for r in rows if r["method"] == FIXED] == [""]
+    _, summary = read(quick_run / "pareto" / "pareto_summary.csv")
+    assert [r["method"] for r in summary] == list(dict.fromkeys(r["method"] for r in rows))
+    for row in summary:
+        mine = [r for r in rows if r["method"] == row["method"]]
+        assert_summary(row, [float(r["remeasured_hypervolume"]) for r in mine])
+        assert float(row["search_hv_mean"]) == pytest.approx(
+            sum(float(r["hypervolume"]) for r in mine) / len(mine), rel=2e-5, abs=2e-6)
+
+    searches = {}  # every design each seed's joint search evaluated, from its checkpoint
+    for s in seeds:
+        (folder,) = (quick_run / "pareto" / "searches").glob(f"joint-seed{s}-*")
+        with open(folder / "checkpoint.pkl", "rb") as fh:
+            searches[s] = pickle.load(fh)["evaluations"]
+    assert len({frozenset(evs) for evs in searches.values()}) == len(seeds)  # seeds differ
+    _, points = read(quick_run / "pareto" / "pareto_points.csv")
+    for s in seeds:  # (a node may be too slow for every architecture: no feasible point)
+        archs = {e.arch for e in searches[s].values()}
+        placed = {node: {p["arch"] for p in points
+                         if p["method"] == f"{node} only" and p["seed"] == str(s)}
+                  for node in path}
+        assert any(placed.values()) and all(a <= archs for a in placed.values()), (s, placed)
+    report = (quick_run / "report.md").read_text(encoding="utf-8")
+    assert "| method | seeds | mean hv (re-measured) | 95% CI | min to max |" in report
+    best = max(summary, key=lambda r: float(r["hv_mean"]))
+    assert f"| {best['method']} | " in report
+
+
+def test_hops_searches_every_topology_on_every_seed_and_reports_the_spread(
+        quick_run: Path) -> None:
+    """Catches a topology searched on one seed only (or the same seed twice), a summary that
+    does not follow from the per-seed rows, fronts of one seed only, and a report without the
+    table."""
+    from experiments.common import load_experiment_config
+
+    seeds = load_experiment_config("hops", quick=True)["seeds"]
+    assert len(seeds) >= 2 and len(load_experiment_config("hops", quick=False)["seeds"]) >= 5
+    _, rows = read(quick_run / "hops" / "hops.csv")
+    topologies = ["two tiers", "three tiers", "four tiers"]
+    assert list(dict.fromkeys(r["topology"] for r in rows)) == topologies
+    for t in topologies:
+        assert sorted(int(r["seed"]) for r in rows if r["topology"] == t) == sorted(seeds)
+    _, summary = read(quick_run / "hops" / "hops_summary.csv")
+    assert [r["topology"] for r in summary] == topologies
+    for row in summary:
+        mine = [r for r in rows if r["topology"] == row["topology"]]
+        assert {r["split_points"] for r in mine} == {row["split_points"]}
+        assert_summary(row, [float(r["hypervolume"]) for r in mine])
+    _, points = read(quick_run / "hops" / "hops_fronts.csv")
+    for t in topologies:
+        fronts = {s: {(p["arch"], p["design"]) for p in points
+                      if p["topology"] == t and p["seed"] == str(s)} for s in seeds}
+        assert all(fronts.values()), t
+        sizes = {int(r["seed"]): int(r["front_size"]) for r in rows if r["topology"] == t}
+        assert {s: len(f) for s, f in fronts.items()} == sizes, t
+    runs = [p.parent.name for p in (quick_run / "hops" / "searches").glob("*/checkpoint.pkl")]
+    assert sorted(f.rsplit("-", 1)[0] for f in runs) == sorted(
+        f"{t.replace(' ', '-')}-seed{s}" for t in topologies for s in seeds)
+    report = (quick_run / "report.md").read_text(encoding="utf-8")
+    assert "| topology | split points | seeds | mean hv | 95% CI | min to max |" in report
 
 
 def test_speedup_table_agrees_with_closed_forms(quick_run: Path) -> None:
