@@ -398,8 +398,6 @@ def test_speedup_table_agrees_with_closed_forms(quick_run: Path) -> None:
     assert "| model | " + " | ".join(f"{u / 1e6:g} Mbit/s" for u in sorted(uplinks)) in report
 
 
-@pytest.mark.xfail(reason="failed on the quick run in the last CI run of issue 13's session, cause "
-                          "not yet found: see the closing note", strict=False)
 def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> None:
     """Every method has a curve per seed with the same budgets as that seed's NSGA-II run, and
     the summary's numbers are what the curves say: the final mean, the reference (no run above
@@ -408,7 +406,7 @@ def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> Non
 
     from experiments.convergence import METHODS
 
-    cfg = yaml.safe_load((quick_run / "convergence" / "config.yaml").read_text())
+    cfg = yaml.safe_load((quick_run / "convergence" / "config.yaml").read_text())["config"]
     seeds, methods = cfg["seeds"], [METHODS[m] for m in cfg["methods"]]
     _, rows = read(quick_run / "convergence" / "convergence.csv")
     _, summary = read(quick_run / "convergence" / "convergence_summary.csv")
@@ -421,12 +419,13 @@ def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> Non
                 assert curve[(m, seed, k)]["evaluations"] == curve[("NSGA-II", seed, k)][
                     "evaluations"]
     last = max(steps)
+    tol = 2e-6  # the CSV files hold six significant digits: two roundings of numbers below 1
     reference = float(summary[0]["reference_hv"])
     finals = {}
     for r in summary:
         finals[r["method"]] = [float(curve[(r["method"], s, last)]["hypervolume"]) for s in seeds]
-        assert float(r["hv_mean"]) == pytest.approx(np.mean(finals[r["method"]]), abs=1e-12)
-        assert max(finals[r["method"]]) <= reference + 1e-12
+        assert float(r["hv_mean"]) == pytest.approx(np.mean(finals[r["method"]]), abs=tol)
+        assert max(finals[r["method"]]) <= reference + tol
         reached = []
         for seed in seeds:
             hit = [int(curve[(r["method"], seed, k)]["evaluations"]) for k in sorted(steps)
@@ -443,7 +442,7 @@ def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> Non
             assert math.isnan(float(r["to95_median"]))
     for r in summary[1:]:
         diff = np.subtract(finals["NSGA-II"], finals[r["method"]])
-        assert float(r["diff_vs_nsga2"]) == pytest.approx(diff.mean(), abs=1e-12)
+        assert float(r["diff_vs_nsga2"]) == pytest.approx(diff.mean(), abs=tol)
 
 
 def test_paired_comparison_against_exact_enumeration() -> None:

@@ -183,9 +183,7 @@ def test_dp_split_equals_brute_force(route: tuple[str, ...], memory: float | Non
 @pytest.mark.slow  # the brute force profiles every combination of cuts: minutes on two cores
 @pytest.mark.parametrize("scenario", [
     "inference", "training", "forward",
-    pytest.param("memory", marks=pytest.mark.xfail(
-        reason="failed in the last CI run of issue 13's session, cause not yet found: see the "
-               "closing note", strict=False))])
+    "memory"])
 def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
     """The DP over positions x compression options against every split vector with every
     compression of every interior cut, each scored by no_queue_latency (which builds the
@@ -207,7 +205,9 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
         d["nodes"]["edge"]["flops"] = 1e7
         d["links"][0]["channel"]["rate_bps"] = 2e6
         d["links"][1]["channel"]["rate_bps"] = 1e9
-    s = scenario_from_dict(d)
+    if scenario == "memory":  # a slow uplink: the unconstrained optimum computes on the phone
+        d["links"][0]["channel"]["rate_bps"] = 1e6
+    base = s = scenario_from_dict(d)
     route = ("phone", "edge", "cloud")
     options = ((1.0, 8), (0.25, 8))  # a subset keeps the brute force short
     sp = get_space("tiny")
@@ -216,9 +216,10 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
     for g in list(sp.enumerate())[5::97][:3]:  # three architectures, 6 to 8 blocks
         arch = sp.decode(g)
         if scenario == "memory":  # the phone just cannot hold what it ran without a limit
-            free, _ = optimal_design(arch, s, route, options)
-            prof = profile_model(arch, s.input_shape, 10, cuts=free.compressing_cuts)
+            free, _ = optimal_design(arch, base, route, options)
+            prof = profile_model(arch, base.input_shape, 10, cuts=free.compressing_cuts)
             need = segment_costs(free, prof, 8)[0].memory_bytes
+            assert need > 0, free.describe()  # else there is no limit to set just under it
             limited = copy.deepcopy(d)
             limited["nodes"]["phone"]["memory_bytes"] = need - 1
             s = scenario_from_dict(limited)
