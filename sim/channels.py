@@ -29,7 +29,6 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import special
 
 from .seeds import children
 
@@ -100,6 +99,8 @@ def shannon_rate_bps(bandwidth_hz: float, snr_linear: float) -> float:
 def _scaled_exp1(x: float) -> float:
     """exp(x) E1(x), stable for large x (asymptotic series where exp(x) would overflow)."""
     if x < 600.0:
+        from scipy import special  # here: only fading links need it (0.2 s at start-up)
+
         return float(math.exp(x) * special.exp1(x))
     return (1.0 - 1.0 / x + 2.0 / x**2 - 6.0 / x**3) / x
 

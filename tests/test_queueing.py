@@ -157,3 +157,24 @@ def test_single_task_over_a_fading_link_is_the_block_sum() -> None:
     hand = t + left / ch.block_rate(k) + 0.001 - arrival
     assert result.report.mean_latency_s == pytest.approx(hand, rel=1e-9)
     assert hand > 0.01 + 0.02  # it spans several 5 ms blocks
+
+
+def test_confidence_half_width_is_the_student_t_interval() -> None:
+    """The quantile comes from scipy.special (simulate does not load scipy.stats): the half-width
+    equals scipy.stats' t interval bit for bit, and a closed form for two values (t(0.975, 1) =
+    tan(0.475 pi))."""
+    import numpy as np
+    from scipy import stats
+
+    from sim.report import confidence_half_width
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 5, 20, 101):
+        x = rng.normal(size=n)
+        lo, hi = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=x.std(ddof=1) / math.sqrt(n))
+        assert confidence_half_width(x) == pytest.approx((hi - lo) / 2, rel=1e-14)
+        assert confidence_half_width(x) == float(
+            stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    assert confidence_half_width([0.0, 2.0]) == pytest.approx(math.tan(0.475 * math.pi),
+                                                              rel=1e-12)  # sd sqrt(2), n 2
+    assert math.isnan(confidence_half_width([1.0]))
