@@ -1,1 +1,2 @@
-"""The ``jmsnas`` command line and the shipped example scenarios (``experiments/scenarios``)."""
+"""The experiments (one module each, run by ``jmsnas experiment``) and the shipped example
+scenarios (``experiments/scenarios``, looked up by :mod:`experiments.shipped`)."""

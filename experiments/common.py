@@ -40,7 +40,7 @@ from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
 from sim.report import confidence_half_width
 from sim.scenario import load_yaml
 
-from .cli import resolve_scenario_path
+from .shipped import resolve_scenario_path
 
 __all__ = ["SEED_STATS", "Context", "Output", "device_share", "experiment_main", "front_axes",
            "front_of", "latency_label", "load_experiment_config", "median_seed", "over_seeds",

@@ -1,7 +1,8 @@
-"""The ``jmsnas simulate`` command line, as a user runs it."""
+"""The ``jmsnas`` command line, as a user runs it."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from jmsnas.main import main
 
 from .conftest import EXAMPLES
 
@@ -50,7 +51,7 @@ def test_bad_scenario_is_one_line_on_stderr(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((EXAMPLES / "three-tier.yaml").read_text().replace("rate_bps: 400e6",
                                                                       "rate_bps: -1"))
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "simulate", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "jmsnas", "simulate", str(bad)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -104,3 +105,86 @@ def test_profile_bad_model_is_one_line(model: str, message: str,
     assert main(["profile", model, "--input-shape", "3", "32", "32"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"jmsnas {metadata.version('jmsnas')}\n"
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    from jmsnas.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": parser, **sub.choices}
+
+
+@pytest.mark.parametrize("command", ["", "simulate", "profile", "search", "deploy", "experiment"])
+def test_every_help_shows_every_default(command: str) -> None:
+    """Catches an option added without its default in ``--help`` (flags are off by default and
+    say nothing; required options say so)."""
+    parser = _commands()[command]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if (not action.option_strings or action.nargs == 0 or action.dest == "help"):
+            continue  # positionals, flags (store_true), -h
+        text = formatter._get_help_string(action) or ""
+        assert ("default" in text) or (action.required and "required" in text), \
+            f"{command} {action.option_strings[0]}: {text!r}"
+    assert "%(default)s" not in parser.format_help()
+
+
+def test_search_help_states_the_configuration_defaults() -> None:
+    """Catches the search's written-out defaults drifting from SearchConfig's."""
+    from jmsnas.search import CONFIG_DEFAULTS
+    from search.config import SearchConfig
+
+    cfg = SearchConfig()
+    for name, shown in CONFIG_DEFAULTS.items():
+        actual = getattr(cfg.budget if name in ("epochs", "subset") else cfg, name)
+        assert actual == shown, name
+    text = _commands()["search"].format_help().replace("\n", " ")
+    for name in ("population", "generations", "epochs", "subset", "seed"):
+        assert f"(default: {CONFIG_DEFAULTS[name]}, or the --config file's)" \
+            in " ".join(text.split()), name
+
+
+def test_experiment_help_names_every_experiment() -> None:
+    from experiments.runner import EXPERIMENTS
+    from jmsnas.experiment import NAMES
+
+    assert NAMES.split(", ") == list(EXPERIMENTS)
+
+
+def test_simulate_warmup_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--warmup replaces the scenario's warm-up: fewer tasks than it now run."""
+    assert main(["simulate", "three-tier", "--tasks", "100", "--warmup", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"] == 80
+    assert main(["simulate", "three-tier", "--tasks", "300", "--warmup", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"] == 300
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tasks", "100"], "jmsnas: error: --tasks 100 must exceed the warm-up (200 tasks, the "
+     "scenario's workload.warmup_tasks): add --warmup 10 or raise --tasks above 200"),
+    (["--tasks", "50", "--warmup", "50"], "jmsnas: error: --tasks 50 must exceed the warm-up "
+     "(50 tasks, --warmup): add --warmup 5 or raise --tasks above 50"),
+    (["--warmup", "2000"], "jmsnas: error: --warmup 2000 must be less than the scenario's 2000 "
+     "tasks (workload.tasks): lower --warmup or add --tasks 4000"),
+])
+def test_too_few_tasks_suggests_the_fix(args: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "three-tier", *args]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_suggested_fix_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The fix the error names is a command that works."""
+    assert main(["simulate", "three-tier", "--tasks", "100"]) == 2
+    fix = capsys.readouterr().err.split("add ")[1].split(" or ")[0].split()
+    assert main(["simulate", "three-tier", "--tasks", "100", *fix]) == 0

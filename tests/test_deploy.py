@@ -203,7 +203,7 @@ def _default_sigint() -> None:
 
 
 def _jmsnas(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "jmsnas", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
 
@@ -387,7 +387,7 @@ def test_deploy_command_predicts_beside_the_measurement(
 
     import yaml
 
-    from experiments.cli import main
+    from jmsnas.main import main
 
     scenario_file = tmp_path / "two-node.yaml"
     scenario_file.write_text(yaml.safe_dump(two_node().model_dump(

@@ -111,7 +111,7 @@ def test_a_route_some_source_cannot_follow_is_refused_before_any_training(
     file = tmp_path / "shortcut.yaml"
     file.write_text(yaml.safe_dump(two_phones_and_a_shortcut()))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "search", str(file),
+    proc = subprocess.run([sys.executable, "-m", "jmsnas", "search", str(file),
                            "--dataset", "mnist5k", "--executor", "serial", "--out", str(out)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -415,7 +415,7 @@ def test_bad_configurations_are_refused() -> None:
 
 def test_search_command_writes_the_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.cli", "search", "three-tier", "--population", "4",
+    cmd = [sys.executable, "-m", "jmsnas", "search", "three-tier", "--population", "4",
            "--generations", "1", "--epochs", "1", "--subset", "300", "--executor", "serial",
            "--dataset", "mnist5k", "--out", str(out)]  # a subprocess: offline only by choice
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -468,7 +468,7 @@ def test_search_falls_back_to_mnist5k_and_says_why(tmp_path: Path,
     fashion-mnist fails in one line instead."""
     import yaml
 
-    from experiments.cli import main
+    from jmsnas.main import main
 
     _no_fashion_mnist(tmp_path, monkeypatch)
     out = tmp_path / "run"

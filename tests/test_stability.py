@@ -120,7 +120,7 @@ def test_simulate_reports_and_warns_about_an_overloaded_resource(
     """Catches the warning missing, printed for a stable run, or naming the wrong resource."""
     import yaml
 
-    from experiments.cli import main
+    from jmsnas.main import main
 
     d = shipped_three_tier(1e6)  # a twentieth of the uplink's bandwidth: 4.2 Mbit/s
     d["pipeline"] = [{"compute": "phone", "flops": 1e8},
