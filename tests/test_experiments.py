@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from experiments.cli import main
 from experiments.common import scenario_variant
 from experiments.runner import EXPERIMENTS
+from jmsnas.main import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
