@@ -47,6 +47,8 @@ COLUMNS = ["method", "seed", "step", "evaluations", "hypervolume", "best_accurac
 SUMMARY_COLUMNS = ["method", "seeds", "evaluations", "hv_mean", "hv_ci95_lo", "hv_ci95_hi",
                    "hv_min", "hv_max", "reference_hv", "to95_median", "to95_reached",
                    "diff_vs_nsga2", "diff_ci95", "wilcoxon_p", "budgets_at_least_nsga2"]
+PAIRED_COLUMNS = ["method", "evaluations", "diff_vs_nsga2", "diff_ci95", "wilcoxon_p",
+                  "nsga2_ahead"]
 METHODS = {"nsga2": "NSGA-II", "random": "random search", "tpe": "Optuna TPE",
            "optuna-nsga2": "Optuna NSGA-II"}
 COLORS = {"nsga2": "tab:red", "random": "tab:blue", "tpe": "tab:green",
@@ -153,10 +155,18 @@ def run(ctx: Context) -> Output:
                         "diff_ci95": half, "wilcoxon_p": p,
                         "budgets_at_least_nsga2": at_least if m != "nsga2" else 0})
     write_csv(ctx.path("convergence_summary.csv"), summary, SUMMARY_COLUMNS)
+    by_budget = [{"method": METHODS[m], "evaluations": b,
+                  **dict(zip(("diff_vs_nsga2", "diff_ci95", "wilcoxon_p"),
+                             paired(list(curves["nsga2"][:, k]), list(curves[m][:, k])),
+                             strict=True)),
+                  "nsga2_ahead": int(np.sum(curves["nsga2"][:, k] > curves[m][:, k]))}
+                 for m in methods[1:] for k, b in enumerate(budgets)]
+    write_csv(ctx.path("convergence_paired.csv"), by_budget, PAIRED_COLUMNS)
     _figure(ctx, methods, np.array(budgets), curves, target, len(seeds))
-    text = _text(summary, len(seeds), reference) + (f"\n\n{note.strip()}" if note else "")
+    text = (_text(summary, len(seeds), reference) + "\n\n" + _paired_text(by_budget, len(seeds))
+            + (f"\n\n{note.strip()}" if note else ""))
     return Output("convergence", TITLE, text, ["convergence.png"],
-                  ["convergence.csv", "convergence_summary.csv"])
+                  ["convergence.csv", "convergence_summary.csv", "convergence_paired.csv"])
 
 
 def at_budget(history: Sequence[dict[str, float]], budget: int) -> float:
@@ -220,6 +230,21 @@ def _text(summary: list[dict[str, Any]], n: int, reference: float) -> str:
         lines.append(f"| {r['method']} | {r['hv_mean']:.4f} ({r['hv_ci95_lo']:.4f} to "
                      f"{r['hv_ci95_hi']:.4f}) | {r['hv_min']:.4f} - {r['hv_max']:.4f} | {reach} "
                      f"| {vs} | {p} | {behind} |")
+    return "\n".join(lines)
+
+
+def _paired_text(by_budget: list[dict[str, Any]], n: int) -> str:
+    """NSGA-II minus each method at every budget: mean difference, two-sided Wilcoxon p and on
+    how many of the n seeds NSGA-II was ahead."""
+    budgets = sorted({r["evaluations"] for r in by_budget})
+    lines = ["NSGA-II minus each method at every budget, paired by seed: the mean difference, "
+             f"the Wilcoxon p-value and on how many of the {n} seeds NSGA-II was ahead.", "",
+             "| method | " + " | ".join(str(b) for b in budgets) + " |",
+             "|---" * (len(budgets) + 1) + "|"]
+    for method in dict.fromkeys(r["method"] for r in by_budget):
+        cells = [f"{r['diff_vs_nsga2']:+.4f} (p {r['wilcoxon_p']:.2g}, {r['nsga2_ahead']}/{n})"
+                 for r in by_budget if r["method"] == method]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -57,7 +57,7 @@ EXPECTED = {
              "hops.png": None},
     "speedup": {"speedup.csv": "", "speedup.png": None},
     "convergence": {"convergence.csv": "", "convergence_summary.csv": "summary",
-                    "convergence.png": None},
+                    "convergence_paired.csv": "paired", "convergence.png": None},
     "fidelity": {"fidelity.csv": "", "fidelity_stages.csv": "stage", "fidelity.png": None},
 }
 
@@ -443,6 +443,20 @@ def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> Non
     for r in summary[1:]:
         diff = np.subtract(finals["NSGA-II"], finals[r["method"]])
         assert float(r["diff_vs_nsga2"]) == pytest.approx(diff.mean(), abs=tol)
+    # every budget, paired by seed: what the curves say
+    _, by_budget = read(quick_run / "convergence" / "convergence_paired.csv")
+    assert [(r["method"], int(r["evaluations"])) for r in by_budget] == [
+        (m, int(curve[("NSGA-II", seeds[0], k)]["evaluations"])) for m in methods[1:]
+        for k in sorted(steps)]
+    for r, (m, k) in zip(by_budget, [(m, k) for m in methods[1:] for k in sorted(steps)],
+                         strict=True):
+        ga = [float(curve[("NSGA-II", s, k)]["hypervolume"]) for s in seeds]
+        other = [float(curve[(m, s, k)]["hypervolume"]) for s in seeds]
+        assert float(r["diff_vs_nsga2"]) == pytest.approx(np.mean(np.subtract(ga, other)),
+                                                          abs=tol)
+        pairs = list(zip(ga, other, strict=True))  # six digits: a tie may hide a tiny lead
+        assert sum(a > b for a, b in pairs) <= int(r["nsga2_ahead"]) <= sum(
+            a >= b for a, b in pairs)
 
 
 def test_paired_comparison_against_exact_enumeration() -> None:
