@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from .engine import RunRecord
 from .network import Plan
+from .workload import Phase
 
 __all__ = [
     "LatencyReport",
@@ -32,10 +33,14 @@ class StageStats:
 
     index: int
     label: str
+    """The stage's label, e.g. ``transfer phone->edge``; in training mode with its pass:
+    ``compute@edge (forward)``, ``compute@edge (backward)``, ``transfer edge->phone (gradient)``."""
     resources: list[str]
     waiting_s: float
     service_s: float
     propagation_s: float
+    phase: Phase | None = None
+    """``forward`` or ``backward`` in training mode, else None."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ def summarise(
             waiting_s=float(wait[s]),
             service_s=float(serv[s]),
             propagation_s=float(prop[s]),
+            phase=plan.stages[s].phase,
         )
         for s in range(len(plan.stages))
     ]
@@ -203,7 +209,8 @@ def write_timeline_csv(records: Sequence[RunRecord], plan: Plan, path: str) -> i
     """Write every kept timeline as CSV, one row per (replication, task, stage); returns rows.
 
     Columns: replication, task, source, stage, label, resource, queued_s, start_s, end_s,
-    waiting_s, service_s, completion_s.
+    waiting_s, service_s, completion_s. ``label`` is the stage's (:attr:`StageStats.label`: with
+    its pass in training mode).
     """
     import csv
 

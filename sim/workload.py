@@ -24,6 +24,7 @@ from .seeds import children
 
 __all__ = [
     "Compute",
+    "Phase",
     "Pipeline",
     "Stage",
     "TaskSet",
@@ -36,16 +37,25 @@ __all__ = [
 ]
 
 Distribution = Literal["constant", "exponential", "lognormal"]
+Phase = Literal["forward", "backward"]
+"""Which pass of a training step a stage belongs to (None: an inference, no pass to name)."""
+
+
+def _check_phase(owner: str, phase: object) -> None:
+    if phase not in (None, "forward", "backward"):
+        raise ValueError(f"{owner}.phase must be None, 'forward' or 'backward', got {phase!r}")
 
 
 @dataclass(frozen=True)
 class Compute:
-    """Run ``work_flops`` FLOPs on ``node`` (one server of it)."""
+    """Run ``work_flops`` FLOPs on ``node`` (one server of it); ``phase`` names the pass of a
+    training step it belongs to (only its label shows it)."""
 
     node: str
     work_flops: float
     distribution: Distribution = "constant"
     cv: float = 0.5
+    phase: Phase | None = None
 
     def __post_init__(self) -> None:
         if not self.work_flops > 0 or not math.isfinite(self.work_flops):
@@ -59,29 +69,36 @@ class Compute:
             )
         if not self.cv > 0:
             raise ValueError(f"Compute.cv must be > 0, got {self.cv}")
+        _check_phase("Compute", self.phase)
 
     @property
     def label(self) -> str:
-        return f"compute@{self.node}"
+        """``compute@NODE``, in training ``compute@NODE (forward)`` or ``(backward)``."""
+        return f"compute@{self.node}" + (f" ({self.phase})" if self.phase else "")
 
 
 @dataclass(frozen=True)
 class Transfer:
-    """Send ``size_bits`` over the link ``src -> dst``."""
+    """Send ``size_bits`` over the link ``src -> dst``; ``phase`` as for :class:`Compute` (a
+    backward transfer carries a gradient)."""
 
     src: str
     dst: str
     size_bits: float
+    phase: Phase | None = None
 
     def __post_init__(self) -> None:
         if not self.size_bits > 0 or not math.isfinite(self.size_bits):
             raise ValueError(
                 f"Transfer.size_bits must be a finite number > 0, got {self.size_bits}"
             )
+        _check_phase("Transfer", self.phase)
 
     @property
     def label(self) -> str:
-        return f"transfer {self.src}->{self.dst}"
+        """``transfer SRC->DST``, in training ``(forward)``, or ``(gradient)`` going back."""
+        tag = {None: "", "forward": " (forward)", "backward": " (gradient)"}[self.phase]
+        return f"transfer {self.src}->{self.dst}{tag}"
 
 
 Stage = Compute | Transfer
@@ -105,15 +122,18 @@ def training_pipeline(forward: Sequence[Stage], backward_flops_factor: float = 2
     Backward compute does ``backward_flops_factor`` times the forward work on the same node (about
     2 for convolutional and dense layers: gradients with respect to inputs and to weights);
     gradients of an activation have its size, so each transfer is repeated in the reverse
-    direction with the same number of bits. Our modelling choice.
+    direction with the same number of bits. Our modelling choice. Every stage is marked with its
+    ``phase``, so that reports tell the two passes apart (``compute@edge (forward)``,
+    ``compute@edge (backward)``, ``transfer edge->phone (gradient)``).
     """
     backward: list[Stage] = []
     for stage in reversed(forward):
         if isinstance(stage, Compute):
-            backward.append(replace(stage, work_flops=stage.work_flops * backward_flops_factor))
+            backward.append(replace(stage, work_flops=stage.work_flops * backward_flops_factor,
+                                    phase="backward"))
         else:
-            backward.append(Transfer(stage.dst, stage.src, stage.size_bits))
-    return (*forward, *backward)
+            backward.append(Transfer(stage.dst, stage.src, stage.size_bits, phase="backward"))
+    return (*(replace(stage, phase="forward") for stage in forward), *backward)
 
 
 def stages_for_source(pipeline: Sequence[Stage], first: str, source: str) -> Pipeline:
@@ -127,7 +147,7 @@ def stages_for_source(pipeline: Sequence[Stage], first: str, source: str) -> Pip
         else:
             src = source if stage.src == first else stage.src
             dst = source if stage.dst == first else stage.dst
-            out.append(Transfer(src, dst, stage.size_bits))
+            out.append(replace(stage, src=src, dst=dst))
     return tuple(out)
 
 

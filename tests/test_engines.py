@@ -189,8 +189,9 @@ def test_training_mode_runs_the_backward_pass() -> None:
     s = load_scenario(EXAMPLES / "split-learning.yaml")
     result = simulate(s, seed=1, keep_timeline=True)
     labels = [st.label for st in result.report.stages]
-    assert labels == ["compute@phone", "transfer phone->edge", "compute@edge",
-                      "compute@edge", "transfer edge->phone", "compute@phone"]
+    assert labels == ["compute@phone (forward)", "transfer phone->edge (forward)",
+                      "compute@edge (forward)", "compute@edge (backward)",
+                      "transfer edge->phone (gradient)", "compute@phone (backward)"]
     services = [st.service_s for st in result.report.stages]
     assert services[3] == pytest.approx(2 * services[2])  # backward = 2 x forward work
     assert services[5] == pytest.approx(2 * services[0])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from sim import Compute, Transfer, scenario_from_dict, training_pipeline
+from sim import Compute, Transfer, scenario_from_dict, simulate, training_pipeline
 from sim.network import compile_plan
 from sim.seeds import child
 from sim.workload import sample_tasks, stages_for_source
@@ -80,15 +82,56 @@ def test_work_jitter_has_mean_one_and_the_cv(dist: str, cv: float) -> None:
 def test_training_pipeline_reverses_transfers_and_scales_work() -> None:
     fwd = [Compute("a", 1.0), Transfer("a", "b", 8.0), Compute("b", 3.0)]
     assert training_pipeline(fwd, 2.5) == (
-        Compute("a", 1.0), Transfer("a", "b", 8.0), Compute("b", 3.0),
-        Compute("b", 7.5), Transfer("b", "a", 8.0), Compute("a", 2.5),
+        Compute("a", 1.0, phase="forward"), Transfer("a", "b", 8.0, phase="forward"),
+        Compute("b", 3.0, phase="forward"),
+        Compute("b", 7.5, phase="backward"), Transfer("b", "a", 8.0, phase="backward"),
+        Compute("a", 2.5, phase="backward"),
     )
+
+
+def test_training_labels_name_the_pass() -> None:
+    """Catches the two passes of a node printed alike (``compute@b`` twice, issue 14)."""
+    fwd = [Compute("a", 1.0), Transfer("a", "b", 8.0), Compute("b", 3.0)]
+    assert [s.label for s in fwd] == ["compute@a", "transfer a->b", "compute@b"]
+    assert [s.label for s in training_pipeline(fwd)] == [
+        "compute@a (forward)", "transfer a->b (forward)", "compute@b (forward)",
+        "compute@b (backward)", "transfer b->a (gradient)", "compute@a (backward)"]
+
+
+@pytest.mark.parametrize(("owner", "make"), [
+    ("Compute", lambda phase: Compute("a", 1.0, phase=phase)),
+    ("Transfer", lambda phase: Transfer("a", "b", 1.0, phase=phase)),
+])
+def test_a_bad_phase_is_refused_by_name(owner: str, make: Any) -> None:
+    with pytest.raises(ValueError, match=rf"^{owner}\.phase must be None, 'forward' or "
+                                         r"'backward', got 'sideways'$"):
+        make("sideways")
 
 
 def test_the_first_node_stands_for_each_source() -> None:
     fwd = [Compute("p", 1.0), Transfer("p", "e", 8.0), Compute("e", 3.0), Transfer("e", "p", 1.0)]
     assert stages_for_source(fwd, "p", "q") == (
         Compute("q", 1.0), Transfer("q", "e", 8.0), Compute("e", 3.0), Transfer("e", "q", 1.0))
+    # ... and keeps each stage's pass.
+    assert stages_for_source(training_pipeline(fwd[:3]), "p", "q") == training_pipeline(
+        stages_for_source(fwd[:3], "p", "q"))
+
+
+def test_phases_change_only_labels() -> None:
+    """Catches a stage's pass leaking into the simulation: the same training pipeline with and
+    without phases gives the same numbers, bit for bit."""
+    d = three_tier()
+    d["links"][0]["duplex"] = True  # the gradient goes back edge -> phone
+    s = scenario_from_dict(d)
+    stages = training_pipeline([Compute("phone", 2e8, "exponential"),
+                                Transfer("phone", "edge", 1e6), Compute("edge", 1e9)])
+    bare = [replace(st, phase=None) for st in stages]
+    a = simulate(s, stages, seed=2, tasks=400, backward_included=True).report.to_dict()
+    b = simulate(s, bare, seed=2, tasks=400, backward_included=True).report.to_dict()
+    assert [st.pop("label") for st in a["stages"]] != [st.pop("label") for st in b["stages"]]
+    assert [st.pop("phase") for st in a["stages"]] == ["forward"] * 3 + ["backward"] * 3
+    assert [st.pop("phase") for st in b["stages"]] == [None] * 6
+    assert a == b
 
 
 def test_channel_realisation_does_not_depend_on_earlier_calls() -> None:
