@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._args import HelpFormatter, non_negative_int, positive_int
@@ -90,23 +91,43 @@ def format_report(r: LatencyReport) -> str:
         f"  energy per task     {r.energy_j_per_task:.4f} J "
         f"(devices {r.device_energy_j_per_task:.4f} J)",
         "",
-        f"  {'stage':<28} {'resource':<24} {'wait ms':>9} {'service ms':>11} {'prop ms':>9}",
     ]
-    for s in r.stages:
-        lines.append(
-            f"  {s.label:<28} {', '.join(s.resources)[:24]:<24} {s.waiting_s * ms:>9.3f} "
-            f"{s.service_s * ms:>11.3f} {s.propagation_s * ms:>9.3f}"
-        )
-    lines += ["", f"  {'resource':<24} {'kind':<6} {'servers':>7} {'offered':>8} {'util':>6} "
-              f"{'J/task':>9}"]
-    for q in r.resources:
-        flag = "  overloaded" if q.offered_utilisation >= 1 else ""
-        lines.append(
-            f"  {q.name:<24} {q.kind:<6} {q.servers:>7} {q.offered_utilisation:>8.3f} "
-            f"{q.utilisation:>6.3f} {q.energy_j_per_task:>9.4f}{flag}"
-        )
+    lines += _table(
+        [("stage", "<", 28), ("resource", "<", 24), ("wait ms", ">", 9),
+         ("service ms", ">", 11), ("prop ms", ">", 9)],
+        [[s.label, ", ".join(s.resources), f"{s.waiting_s * ms:.3f}", f"{s.service_s * ms:.3f}",
+          f"{s.propagation_s * ms:.3f}"] for s in r.stages],
+    )
+    lines.append("")
+    lines += _table(
+        [("resource", "<", 24), ("kind", "<", 6), ("servers", ">", 7), ("offered", ">", 8),
+         ("util", ">", 6), ("J/task", ">", 9)],
+        [[q.name, q.kind, str(q.servers), f"{q.offered_utilisation:.3f}", f"{q.utilisation:.3f}",
+          f"{q.energy_j_per_task:.4f}"] for q in r.resources],
+        ["  overloaded" if q.offered_utilisation >= 1 else "" for q in r.resources],
+    )
     lines.append("  (offered: arrival rate x mean work / capacity; util: busy share of the run)")
     return "\n".join(lines)
+
+
+def _table(columns: Sequence[tuple[str, str, int]], rows: Sequence[Sequence[str]],
+           notes: Sequence[str] = ()) -> list[str]:
+    """A header and one line per row, indented by two spaces, columns one space apart.
+
+    ``columns``: (header, alignment ``<`` or ``>``, minimum width). Every column is as wide as
+    its longest entry (the header included), and a left-aligned one keeps at least one more space
+    after it, so that no name is ever cut and neighbours never touch; the minimum widths keep the
+    tables of short names as they always were. ``notes[i]`` is appended to row i.
+    """
+    widths = [max([minimum, len(head)] + [len(row[i]) + (align == "<") for row in rows])
+              for i, (head, align, minimum) in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  " + " ".join(f"{c:{a}{w}}" for c, (_, a, _), w
+                               in zip(cells, columns, widths, strict=True)).rstrip()
+
+    return [line([head for head, _, _ in columns])] + [
+        line(row) + (notes[i] if notes else "") for i, row in enumerate(rows)]
 
 
 def overload_warning(r: LatencyReport) -> str | None:

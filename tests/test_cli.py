@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,80 @@ def test_simulate_by_example_name_prints_a_table(capsys: pytest.CaptureFixture[s
     assert main(["simulate", "shared-edge", "--tasks", "200", "--engine", "auto"]) == 0
     out = capsys.readouterr().out
     assert "completion latency" in out and "phone4->edge" in out and "engine fast" in out
+
+
+SHIPPED = sorted(p.name.removesuffix(".yaml") for p in EXAMPLES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("scenario", SHIPPED)
+def test_simulate_table_shows_every_name_in_full(scenario: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a cut name (issue 14: ``phone1->edge, phone2->ed`` in shared-edge): every stage
+    row holds its label and its resources in full, in their columns, with the numbers the JSON
+    gives; every resource row likewise."""
+    assert main(["simulate", scenario, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["simulate", scenario]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("  stage ")]
+    assert len(heads) == 1
+    head = lines[heads[0]]
+    rows = lines[heads[0] + 1: heads[0] + 1 + len(report["stages"])]
+    for row, st in zip(rows, report["stages"], strict=True):
+        numbers = [f"{st[k] * 1e3:.3f}" for k in ("waiting_s", "service_s", "propagation_s")]
+        m = re.fullmatch(rf"  {re.escape(st['label'])} +({re.escape(', '.join(st['resources']))})"
+                         + "".join(rf" +{re.escape(x)}" for x in numbers), row)
+        assert m is not None, row
+        assert m.start(1) == head.index("resource")
+    start = lines.index(next(line for line in lines if line.startswith("  resource ")))
+    for row, q in zip(lines[start + 1:], report["resources"], strict=False):
+        cells = [q["name"], q["kind"], str(q["servers"]), f"{q['offered_utilisation']:.3f}",
+                 f"{q['utilisation']:.3f}", f"{q['energy_j_per_task']:.4f}"]
+        assert re.fullmatch("  " + " +".join(map(re.escape, cells)) + "( +overloaded)?",
+                            row), row
+
+
+def test_simulate_training_labels_the_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches split learning's two ``compute@edge`` rows with nothing saying which pass is which
+    (issue 14), in the table, the JSON and the timeline."""
+    labels = ["compute@phone (forward)", "transfer phone->edge (forward)",
+              "compute@edge (forward)", "compute@edge (backward)",
+              "transfer edge->phone (gradient)", "compute@phone (backward)"]
+    assert main(["simulate", "split-learning"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    start = table.index(next(line for line in table if line.startswith("  stage ")))
+    assert [line[2:].split("  ")[0] for line in table[start + 1: start + 7]] == labels
+    assert main(["simulate", "split-learning", "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert [st["label"] for st in stages] == labels
+    assert [st["phase"] for st in stages] == ["forward"] * 3 + ["backward"] * 3
+
+
+def test_simulate_training_numbers_are_the_ones_before_the_labels(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Golden: ``jmsnas simulate split-learning --json --seed 3`` as printed before stages named
+    their pass (issue 14); labelling them changed no number."""
+    assert main(["simulate", "split-learning", "--json", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tasks"] == 950
+    assert out["mean_latency_s"] == pytest.approx(0.1810166195640672, rel=1e-12)
+    assert out["p99_latency_s"] == pytest.approx(0.5479708754903737, rel=1e-12)
+    assert [st["service_s"] for st in out["stages"]] == pytest.approx(
+        [0.004999999999999917, 0.08221330091491133, 0.00029999999999999954,
+         0.0005999999999999991, 0.07788603742069813, 0.009999999999999834], rel=1e-12)
+    assert [st["waiting_s"] for st in out["stages"]] == pytest.approx(
+        [0.00012019206778510082, 0.0008536960787868664, 0.0, 0.0, 6.365149442735018e-06,
+         3.702793244075876e-05], rel=1e-12, abs=1e-15)
+
+
+def test_simulate_timeline_labels_training_stages(tmp_path: Path) -> None:
+    target = tmp_path / "timeline.csv"
+    assert main(["simulate", "split-learning", "--tasks", "60", "--warmup", "10",
+                 "--timeline", str(target)]) == 0
+    rows = list(csv.DictReader(target.open()))
+    assert [r["label"] for r in rows[:6]] == [
+        "compute@phone (forward)", "transfer phone->edge (forward)", "compute@edge (forward)",
+        "compute@edge (backward)", "transfer edge->phone (gradient)", "compute@phone (backward)"]
 
 
 def test_simulate_writes_a_timeline(tmp_path: Path) -> None:
