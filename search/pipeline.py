@@ -73,11 +73,13 @@ def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_elemen
     training step (forward and backward; see the module docstring)."""
     stages: list[Stage] = []
     costs = segment_costs(design, profile, input_bits_per_element)
+    forward = "forward" if backward_flops_factor is not None else None  # labels only
     for j, cost in enumerate(costs):
         if cost.flops > 0:
-            stages.append(Compute(cost.node, float(cost.flops)))
+            stages.append(Compute(cost.node, float(cost.flops), phase=forward))
         if j < len(costs) - 1:
-            stages.append(Transfer(cost.node, design.route[j + 1], float(cost.sent_bits)))
+            stages.append(Transfer(cost.node, design.route[j + 1], float(cost.sent_bits),
+                                   phase=forward))
     used = design.route[: len(costs)]
     if backward_flops_factor is not None:
         if return_result:
@@ -85,10 +87,12 @@ def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_elemen
                              "request ends with the backward pass")
         for j in range(len(costs) - 1, -1, -1):
             if costs[j].flops > 0:
-                stages.append(Compute(costs[j].node, backward_flops_factor * costs[j].flops))
+                stages.append(Compute(costs[j].node, backward_flops_factor * costs[j].flops,
+                                      phase="backward"))
             grad = profile.gradient_bits(costs[j].start) if j > 0 else 0
             if grad > 0:  # hop j - 1 carried the output of blocks [0, start): a node before
-                stages.append(Transfer(used[j], used[j - 1], float(grad)))  # holds some
+                stages.append(Transfer(used[j], used[j - 1], float(grad),  # holds some
+                                       phase="backward"))
         return tuple(stages)
     if return_result and len(used) > 1:
         logits_bits = float(profile.num_classes * 32)

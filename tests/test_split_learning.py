@@ -60,8 +60,9 @@ def test_backward_pass_of_a_split_at_the_input_sends_no_gradient() -> None:
     got = design_pipeline(design, profile_model(ARCH, [1, 28, 28]), 8,
                           backward_flops_factor=2.0)
     total = sum(FLOPS)
-    assert got == (Transfer("phone", "edge", 28 * 28 * 8), Compute("edge", total),
-                   Compute("edge", 2.0 * total))
+    f, b = "forward", "backward"
+    assert got == (Transfer("phone", "edge", 28 * 28 * 8, phase=f), Compute("edge", total, phase=f),
+                   Compute("edge", 2.0 * total, phase=b))
 
 
 def test_backward_pass_through_a_compressed_cut_and_a_forwarding_node() -> None:
@@ -77,10 +78,13 @@ def test_backward_pass_through_a_compressed_cut_and_a_forwarding_node() -> None:
     enc = dec = 12544  # a 1x1 convolution 16 -> 8 channels at 7x7 (and back): 2 x 16 x 8 x 49
     head, tail = sum(FLOPS[:2]) + enc, sum(FLOPS[2:]) + dec
     elements = 8 * 7 * 7
-    want = (Compute("phone", head), Transfer("phone", "edge", elements * 8),
-            Transfer("edge", "cloud", elements * 8), Compute("cloud", tail),
-            Compute("cloud", 2.0 * tail), Transfer("cloud", "edge", elements * 32),
-            Transfer("edge", "phone", elements * 32), Compute("phone", 2.0 * head))
+    f, b = "forward", "backward"  # the phases only label the stages
+    want = (Compute("phone", head, phase=f), Transfer("phone", "edge", elements * 8, phase=f),
+            Transfer("edge", "cloud", elements * 8, phase=f), Compute("cloud", tail, phase=f),
+            Compute("cloud", 2.0 * tail, phase=b),
+            Transfer("cloud", "edge", elements * 32, phase=b),
+            Transfer("edge", "phone", elements * 32, phase=b),
+            Compute("phone", 2.0 * head, phase=b))
     assert design_pipeline(design, profile, 8, backward_flops_factor=2.0) == want
     with pytest.raises(ValueError, match="return_result applies to inference"):
         design_pipeline(design, profile, 8, return_result=True, backward_flops_factor=2.0)
