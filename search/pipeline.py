@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.profile import ModelProfile
-from sim.workload import Compute, Stage, Transfer
+from sim.workload import Compute, Phase, Stage, Transfer
 
 from .design import Design
 
@@ -73,7 +73,7 @@ def design_pipeline(design: Design, profile: ModelProfile, input_bits_per_elemen
     training step (forward and backward; see the module docstring)."""
     stages: list[Stage] = []
     costs = segment_costs(design, profile, input_bits_per_element)
-    forward = "forward" if backward_flops_factor is not None else None  # labels only
+    forward: Phase | None = "forward" if backward_flops_factor is not None else None  # labels
     for j, cost in enumerate(costs):
         if cost.flops > 0:
             stages.append(Compute(cost.node, float(cost.flops), phase=forward))
