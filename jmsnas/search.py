@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._args import HelpFormatter, positive_int
 
-__all__ = ["CONFIG_DEFAULTS", "add_parser", "format_front", "run"]
+if TYPE_CHECKING:
+    from search.config import SearchConfig
+    from search.nsga import SearchResult
+    from search.progress import SearchProgress
+    from sim import Scenario
+
+__all__ = ["CONFIG_DEFAULTS", "CONFIG_FLAGS", "add_parser", "format_front", "front_json", "run"]
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "dataset": "auto", "space": "tiny", "population": 12, "generations": 4,
@@ -19,6 +28,14 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 }
 """The defaults of :class:`search.config.SearchConfig` that ``--help`` shows, written out so
 that the help does not import the search (a test checks that they agree)."""
+
+CONFIG_FLAGS: dict[str, str] = {
+    "dataset": "dataset", "space": "space", "architecture": "architecture",
+    "population": "population", "generations": "generations", "objective": "objective",
+    "lam": "lam", "epochs": "budget.epochs", "subset": "budget.subset", "workers": "workers",
+    "executor": "executor", "scheduler": "scheduler", "device": "device", "seed": "seed",
+}
+"""Options that set a search setting: argparse's name -> the setting (dotted in ``budget``)."""
 
 
 def _default(dest: str) -> str:
@@ -32,9 +49,15 @@ def add_parser(commands: Any) -> None:
         help="jointly search an architecture and its split points (NSGA-II)",
         description="Search architectures and split points for a scenario. Writes config.yaml, "
         "front.csv, evaluations.csv, history.csv, front.png, hypervolume.png and a checkpoint "
-        "into --out. Options given override the --config file, which overrides the defaults.",
+        "into the run folder, and one progress line per generation on stderr. Options given "
+        "override the --config file, which overrides the defaults. The default run folder is "
+        "runs/search-STEM-seedS (STEM: the scenario file's name without .yaml); when it holds "
+        "a finished or another search, the run goes to the first free runs/search-STEM-seedS-2, "
+        "-3, ...; an unfinished run of the same search is continued.",
     )
-    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("scenario", metavar="SCENARIO", nargs="?",
+                   help="a scenario file or the name of a shipped one (with --resume: optional, "
+                   "the run's own)")
     p.add_argument("--config", metavar="YAML",
                    help="search configuration file (see README; default: none)")
     p.add_argument("--dataset", choices=["auto", "fashion-mnist", "mnist5k", "digits",
@@ -69,90 +92,249 @@ def add_parser(commands: Any) -> None:
                    "(default: none)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help=_default("device"))
     p.add_argument("--seed", type=int, help=f"seed of the genetic algorithm {_default('seed')}")
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/search-NAME-seedS)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder; one that holds a finished or another search is refused "
+                   "(default: runs/search-STEM-seedS, or the next free -2, -3, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the search in the run folder (its accuracy cache is kept)")
     p.add_argument("--resume", metavar="DIR",
-                   help="continue the search checkpointed in DIR (default: none)")
+                   help="continue the search checkpointed in DIR, with the scenario and "
+                   "configuration of its config.yaml; options given again must agree with "
+                   "them, except --workers, --executor, --scheduler and --data-dir (default: "
+                   "none)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines or notes on stderr (warnings and errors remain)")
+    p.add_argument("--json", action="store_true",
+                   help="progress, notes and warnings as one JSON object a line on stderr "
+                   "(fields: see search.progress), the result as one JSON object on stdout")
     p.set_defaults(func=run)
+
+
+class _Say:
+    """Notes and warnings on stderr: plain lines, or JSON objects with ``--json``; notes and
+    progress silenced by ``--quiet``."""
+
+    def __init__(self, as_json: bool, quiet: bool) -> None:
+        self.as_json, self.quiet = as_json, quiet
+
+    def _write(self, event: str, text: str) -> None:
+        if self.as_json:
+            print(json.dumps({"event": event, "message": text}), file=sys.stderr, flush=True)
+        else:
+            lead = "warning: " if event == "warning" else ""
+            print(f"jmsnas search: {lead}{text}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self._write("note", text)
+
+    def warning(self, text: str) -> None:
+        self._write("warning", text)
+
+    def progress(self) -> bool | Callable[[SearchProgress], None]:
+        """What :func:`search.nsga.run_search` takes: nothing, a bar on a terminal, or a
+        function that writes one line (or JSON object) per generation."""
+        if self.quiet:
+            return False
+        if self.as_json:
+            return lambda p: print(json.dumps(p.to_dict()), file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            return True
+        return lambda p: print(f"jmsnas search: {p.line()}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the search, write the run folder, print the front."""
-    from experiments.shipped import resolve_scenario_path
-    from search.config import SearchConfig, load_search_config, resolve_config_dataset
     from search.nsga import run_search
-    from search.outputs import write_run
-    from sim import load_scenario
+    from search.outputs import chance_warning, write_run
 
-    scenario_path = resolve_scenario_path(args.scenario)
-    scenario = load_scenario(scenario_path)
-    if args.data_dir is not None:  # first in the lookup; worker processes inherit it
-        os.environ["JMSNAS_DATA"] = args.data_dir
-    base = load_search_config(args.config) if args.config else SearchConfig()
-    config = base.with_changes(
-        dataset=args.dataset, space=args.space, population=args.population,
-        generations=args.generations, objective=args.objective, lam=args.lam,
-        workers=args.workers, executor=args.executor, seed=args.seed, epochs=args.epochs,
-        subset=args.subset, device=args.device, architecture=args.architecture,
-        scheduler=args.scheduler,
-    )
-    if args.resume is not None and config.dataset == "auto":  # the one the run started with
-        config = config.with_changes(dataset=_saved_dataset(Path(args.resume)))
-    config, reason = resolve_config_dataset(config)
-    print(f"jmsnas search: {reason}", file=sys.stderr)
-    out = Path(args.resume or args.out or f"runs/search-{scenario.name}-seed{config.seed}")
-    if args.resume is None and (out / "checkpoint.pkl").exists():
-        raise ValueError(f"{out} already holds a search: pass --resume {out} to continue it, "
-                         "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if args.resume is None:
-        # Written first so that even a killed run's folder says what it was; write_run adds
-        # more (a resumed run keeps the file until its checkpoint has matched).
-        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    result = run_search(scenario, config, out, resume=args.resume is not None,
-                        progress=sys.stderr.isatty())
-    write_run(out, result, str(scenario_path))
-    print(format_front(result, config.dataset, out))
+    say = _Say(args.json, args.quiet)
+    plan = (_resumed if args.resume is not None else _fresh)(args, say)
+    out = plan.out
+    result = run_search(plan.scenario, plan.config, out, resume=plan.resume,
+                        progress=say.progress())
+    write_run(out, result, str(plan.scenario_path), plan.data_dir)
+    warning = chance_warning(result)
+    if warning:
+        say.warning(warning)
+    if args.json:
+        print(json.dumps(front_json(result, out, [warning] if warning else [])))
+    else:
+        print(format_front(result, result.config.dataset, out))
     return 0
 
 
-def format_front(result: Any, dataset: str, out: Path) -> str:
-    """The printed front: re-measured latencies with their 95% confidence intervals."""
+class _Plan(NamedTuple):
+    """What a run starts from."""
+
+    scenario: Scenario
+    scenario_path: Path
+    config: SearchConfig
+    out: Path
+    resume: bool
+    data_dir: str | None
+
+
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    return {flag: getattr(args, flag) for flag in CONFIG_FLAGS if getattr(args, flag) is not None}
+
+
+def _use_data_dir(data_dir: str | None) -> None:
+    if data_dir is not None:  # first in the lookup; worker processes inherit it
+        os.environ["JMSNAS_DATA"] = data_dir
+
+
+def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
+    """A new run: its folder by the rule of :mod:`search.runs` (or an unfinished run of the
+    same search, continued)."""
+    from experiments.shipped import resolve_scenario_path
+    from search.config import SearchConfig, load_search_config, resolve_config_dataset
+    from search.nsga import fingerprint
+    from search.runs import choose_run_folder, clear_run, default_run_folder, write_run_config
+    from sim import load_scenario
+
+    if args.scenario is None:
+        raise ValueError("give a SCENARIO (a scenario file or a shipped name), or --resume DIR "
+                         "to continue a run")
+    scenario_path = resolve_scenario_path(args.scenario)
+    scenario = load_scenario(scenario_path)
+    _use_data_dir(args.data_dir)
+    base = load_search_config(args.config) if args.config else SearchConfig()
+    config = base.with_changes(**_changes(args))
+    config, reason = resolve_config_dataset(config)
+    say.note(reason)
+    named = args.out is not None
+    target = Path(args.out) if named else default_run_folder(scenario_path, config.seed)
+    if args.overwrite:
+        if (target / "checkpoint.pkl").exists():
+            say.note(f"replacing the search in {target} (--overwrite; its accuracy cache is "
+                     "kept)")
+        clear_run(target)
+        out, state = target, "free"
+    else:
+        out, state = choose_run_folder(target, fingerprint(scenario, config), named=named)
+    if out != target:
+        say.note(f"{target} holds an earlier search; this run goes to {out} (--overwrite "
+                 f"replaces the earlier one, --resume {target} continues it)")
+    resume = state == "unfinished"
+    if resume:
+        say.note(f"continuing the unfinished run of this search in {out} (--overwrite starts "
+                 "it afresh)")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        # Written first so that even a killed run's folder says what it was (--resume reads
+        # it); write_run writes it again at the end.
+        write_run_config(out, config, scenario_path, args.data_dir)
+    return _Plan(scenario, scenario_path, config, out, resume, args.data_dir)
+
+
+def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
+    """``--resume DIR``: the scenario and configuration saved in DIR; options given again must
+    agree with them (those of :data:`search.nsga.UNFINGERPRINTED` may change)."""
+    from experiments.shipped import resolve_scenario_path
+    from search.config import load_search_config, resolve_config_dataset
+    from search.nsga import UNFINGERPRINTED
+    from search.runs import config_differences, read_run_config
+    from sim import load_scenario
+
+    folder = Path(args.resume)
+    if args.overwrite:
+        raise ValueError("--overwrite replaces a run and --resume continues one: give one of "
+                         "them")
+    if args.out is not None and Path(args.out).resolve() != folder.resolve():
+        raise ValueError(f"--out {args.out} and --resume {folder} name different folders: a "
+                         "resumed run stays in its folder")
+    saved = read_run_config(folder)
+    if args.scenario is not None:
+        scenario_path = resolve_scenario_path(args.scenario)
+        scenario = load_scenario(scenario_path)
+        if saved.scenario is not None and saved.scenario.exists():
+            if load_scenario(saved.scenario) != scenario:
+                raise ValueError(f"scenario {args.scenario} differs from the run's "
+                                 f"{saved.scenario} ({folder}/config.yaml): leave SCENARIO out "
+                                 "to resume the run")
+    elif saved.scenario is None:
+        raise ValueError(f"{folder}/config.yaml does not record the scenario (a run of an older "
+                         f"version): give it, jmsnas search SCENARIO --resume {folder}")
+    elif not saved.scenario.exists():
+        raise ValueError(f"the run's scenario file {saved.scenario} is gone: give the scenario, "
+                         f"jmsnas search SCENARIO --resume {folder}")
+    else:
+        scenario_path = saved.scenario
+        scenario = load_scenario(scenario_path)
+    data_dir = args.data_dir if args.data_dir is not None else saved.data_dir
+    _use_data_dir(data_dir)
+    changes = _changes(args)
+    given = (load_search_config(args.config) if args.config else saved.config).with_changes(
+        **changes)
+    differ = config_differences(saved.config, given, ignore=UNFINGERPRINTED)
+    if differ:
+        flags = {setting: f"--{flag}" for flag, setting in CONFIG_FLAGS.items()
+                 if flag in changes}
+        shown = ", ".join(f"{flags.get(name, f'{name} in --config {args.config}')} {new} "
+                          f"(the run's: {old})" for name, old, new in differ)
+        raise ValueError(f"--resume {folder}: {shown} differ from the run's {folder}/config.yaml;"
+                         " leave them out to resume the run as it was, or start a new run")
+    config = saved.config.with_changes(**{k: getattr(given, k) for k in UNFINGERPRINTED})
+    config, reason = resolve_config_dataset(config)
+    say.note(reason)
+    return _Plan(scenario, scenario_path, config, folder, True, data_dir)
+
+
+def format_front(result: SearchResult, dataset: str, out: Path) -> str:
+    """The printed front: each design's architecture and placement, its proxy accuracy with
+    the proxy's noise, and re-measured latencies with their 95% confidence intervals."""
     from search.outputs import front_rows
 
     rows = front_rows(result)
     unstable = sum(e.status == "unstable" for e in result.evaluations.values())
     lines = [f"{len(result.evaluations)} designs evaluated ({unstable} unstable), {len(rows)} on "
              f"the front, hypervolume {result.hypervolume():.4f}; results in {out}/"]
-    if rows and rows[0]["accuracy_sd"] == rows[0]["accuracy_sd"]:  # not NaN: it was measured
-        lines.append(f"  proxy accuracy on {dataset}, +/- {rows[0]['accuracy_sd']:.3f} "
-                     "(one training's seed-to-seed standard deviation)")
+    sd = rows[0]["accuracy_sd"] if rows else math.nan
+    if math.isfinite(sd):
+        lines.append(f"  proxy accuracy on {dataset}, +/- {sd:.3f} (one training's seed-to-seed "
+                     "standard deviation)")
     reps = max((r["replications"] for r in rows), default=0)
     if reps:
         lines.append(f"  latencies re-measured on {reps} fresh replications (mean and p95, "
                      "+/- the 95% CI half-width); the search's own in evaluations.csv")
-    lines.append(f"  {'proxy':>6} {'test':>6} {'mean ms':>16} {'p95 ms':>16} {'device J':>9}  "
-                 "design")
+    cells = []
     for r in rows:
+        acc = f"{r['accuracy']:.3f}" + (f" +/- {sd:.3f}" if math.isfinite(sd) else "")
         mean = f"{1e3 * r['mean_latency_s']:.2f}"
         p95 = f"{1e3 * r['p95_latency_s']:.2f}"
         if r["replications"]:
             mean += f" +/- {1e3 * r['mean_latency_ci95_s']:.2f}"
             p95 += f" +/- {1e3 * r['p95_latency_ci95_s']:.2f}"
-        test = "" if r["test_accuracy"] != r["test_accuracy"] else f"{r['test_accuracy']:.3f}"
-        lines.append(f"  {r['accuracy']:>6.3f} {test:>6} {mean:>16} {p95:>16} "
-                     f"{r['energy_j']:>9.4f}  {r['design']}")
+        test = f"{r['test_accuracy']:.3f}" if math.isfinite(r["test_accuracy"]) else ""
+        cells.append((acc, test, mean, p95, f"{r['energy_j']:.4f}", r["arch"], r["design"]))
+    head = ("proxy", "test", "mean ms", "p95 ms", "device J", "architecture", "design")
+    width = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+    for c in [head, *cells]:
+        lines.append("  " + "  ".join([*(c[i].rjust(width[i]) for i in range(5)),
+                                       c[5].ljust(width[5]), c[6]]).rstrip())
     return "\n".join(lines)
 
 
-def _saved_dataset(folder: Path) -> str | None:
-    """The data set recorded in a run folder's config.yaml (None when there is none)."""
-    import yaml
+def front_json(result: SearchResult, out: Path, warnings: list[str]) -> dict[str, Any]:
+    """The result for ``--json``: the run's totals and the front's rows (the columns of
+    ``front.csv`` and ``hosts``, the nodes that run blocks), NaN as ``null``."""
+    from search.design import hosts
+    from search.outputs import front_rows
 
-    try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    if isinstance(saved, dict) and isinstance(saved.get("search"), dict):
-        saved = saved["search"]  # the layout write_run leaves
-    value = saved.get("dataset") if isinstance(saved, dict) else None
-    return value if isinstance(value, str) else None
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value.item() if hasattr(value, "item") else value  # numpy scalars
+
+    rows = front_rows(result)
+    return {
+        "out": str(out), "dataset": result.config.dataset,
+        "evaluated": len(result.evaluations),
+        "unstable": sum(e.status == "unstable" for e in result.evaluations.values()),
+        "hypervolume": plain(result.hypervolume()),
+        "accuracy_sd": plain(rows[0]["accuracy_sd"]) if rows else None,
+        "front": [{**{k: plain(v) for k, v in r.items()}, "hosts": list(hosts(r["design"]))}
+                  for r in rows],
+        "warnings": warnings,
+    }

@@ -5,6 +5,8 @@
 - :mod:`search.dp`: the exact optimal split of a fixed architecture (dynamic programming).
 - :mod:`search.evaluate`: accuracy (cached proxy training) and simulated latency of designs.
 - :mod:`search.nsga`: NSGA-II with checkpoints and resume (:func:`run_search`).
+- :mod:`search.progress`: what a running search reports, once a generation.
+- :mod:`search.runs`: run folders: default names, what a rerun does, the saved configuration.
 - :mod:`search.baselines`: random and exhaustive search, fixed placements, Neurosurgeon-style
   fixed models and the two-stage search-then-split, through the same evaluation.
 - :mod:`search.optuna_search`: Optuna's TPE and NSGA-II samplers, through the same evaluation

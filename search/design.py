@@ -41,7 +41,7 @@ from models.spec import ArchSpec
 from sim.scenario import Scenario
 
 __all__ = ["Design", "GenomeLayout", "check_design", "check_routes", "design_from_description",
-           "scenario_routes"]
+           "hosts", "scenario_routes"]
 
 
 def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str, ...], ...]:
@@ -122,6 +122,13 @@ class Design:
         """Blocks [start, stop) run on each node of the route."""
         bounds = [0, *self.positions, self.arch.n_blocks]
         return list(itertools.pairwise(bounds))
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The nodes of the route that run at least one block, in route order (the others only
+        forward, or receive nothing)."""
+        return tuple(node for node, (a, b) in zip(self.route, self.segments(), strict=True)
+                     if b > a)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -264,6 +271,19 @@ def design_from_description(arch: ArchSpec, text: str) -> Design:
     if design.segments() != bounds:
         raise ValueError(f"design {text!r}: the blocks do not chain from 0 to {arch.n_blocks}")
     return design
+
+
+def hosts(text: str) -> tuple[str, ...]:
+    """:attr:`Design.hosts` read from what :meth:`Design.describe` writes:
+    ``phone[0:6] -> edge[6:6] -> cloud[6:9]`` runs on phone and cloud."""
+    out = []
+    for part in text.partition(" (")[0].split(" -> "):
+        m = _PART.match(part.strip())
+        if m is None:
+            raise ValueError(f"design {text!r}: cannot read {part!r} (expected NODE[start:stop])")
+        if int(m.group(3)) > int(m.group(2)):
+            out.append(m.group(1))
+    return tuple(out)
 
 
 def check_design(design: Design) -> Design:

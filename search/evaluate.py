@@ -199,6 +199,11 @@ class Evaluator:
         self._device = device_tag(self.config.device)
         self._cache = AccuracyCache(cache_path)
         self.accuracy_sd = math.nan
+        self.trained = 0
+        """Proxy trainings this evaluator sent to the map (parents trained for their compressed
+        variants included)."""
+        self.cached = 0
+        """Accuracies this evaluator found in the cache instead of training."""
         self._noise_checked = False
         self._check_scenario()
 
@@ -349,6 +354,7 @@ class Evaluator:
             jobs[job] = self._cached_accuracy(job)
             if jobs[job] is None:
                 todo.append(job)
+        self.cached += len(jobs) - len(todo)
         # Parents whose variants are to be trained go first, in a map of their own: otherwise
         # two workers could each train the same parent for its variants (or for itself).
         first = list(dict.fromkeys(
@@ -361,6 +367,7 @@ class Evaluator:
         rest = [job for job in todo if jobs[job] is None]
         for job, result in zip(rest, map_fn(run_train_job, rest), strict=True):
             jobs[job] = result
+        self.trained += len(first) + len(rest)
 
     @property
     def has_test_set(self) -> bool:

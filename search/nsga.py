@@ -25,13 +25,16 @@ minimise their no-queueing latency (:func:`search.dp.optimal_design`), taking in
 of cut: plain float32 (what a split that must not touch the model would do), 8-bit at full width
 (almost lossless) and any compression (the lowest latency, whatever it costs in accuracy); the
 rest are random genomes. Every generation is checkpointed (the population, the RNG state, the
-history and every evaluation); ``resume`` continues a killed run.
+history and every evaluation); ``resume`` continues a killed run. The first checkpoint is written
+once generation 0 (the initial population) is scored: a run that fails before leaves none. After
+each checkpoint the ``progress`` function hears how far the run is (:mod:`search.progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import pickle
 import time
@@ -40,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from deap import base, creator, tools
@@ -52,10 +55,11 @@ from .config import SearchConfig, resolve_config_dataset
 from .dp import COMPRESSIONS, PLAIN, optimal_design
 from .evaluate import NUM_CLASSES, Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
+from .progress import ProgressFn, SearchProgress, progress_bar
 from .remeasure import Remeasured, remeasure_front
 
-__all__ = ["CHECKPOINT", "SearchResult", "executor_map", "fingerprint", "front_hypervolume",
-           "history_row", "pareto_front", "run_search"]
+__all__ = ["CHECKPOINT", "UNFINGERPRINTED", "SearchResult", "executor_map", "fingerprint",
+           "front_hypervolume", "history_row", "pareto_front", "run_search"]
 
 for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                         ("Fitness3", (1.0, -1.0, -1.0))):
@@ -74,6 +78,11 @@ hypervolume's error reference is chance, 6 since compression genes travel with t
 population keeps raw genomes and seeding considers compression."""
 SEED_CUTS: tuple[tuple[tuple[float, int], ...], ...] = ((PLAIN,), (PLAIN, (1.0, 8)), COMPRESSIONS)
 """The cuts the seeding DP may use, one kind per seeded genome in turn."""
+UNFINGERPRINTED = frozenset({"workers", "executor", "scheduler", "remeasure_replications",
+                             "remeasure_tasks", "test_accuracy"})
+"""Settings a checkpoint does not depend on (a resumed run may change them): where training
+runs does not change results, and the re-measurement after the search does not change the
+search."""
 FRESH_TRIES = 20
 """An offspring equal to a design already evaluated (or to a sibling) is mutated again, one
 random gene at a time, up to this many times: otherwise a converging population spends much of
@@ -179,13 +188,10 @@ def _dask_map(address: str) -> Iterator[MapFn]:
 def fingerprint(scenario: Scenario, config: SearchConfig) -> str:
     """What a checkpoint must match to be resumed: the scenario and every setting that changes
     results."""
-    # Where training runs does not change results; the re-measurement after the search does
-    # not change the search.
-    where = {"workers", "executor", "scheduler", "remeasure_replications", "remeasure_tasks",
-             "test_accuracy"}
     arch = config.fixed_architecture()  # its blocks, not the name of a file that may change
     text = (f"format {_FORMAT}\n" + scenario.model_dump_json()
-            + config.model_dump_json(exclude=where) + (arch.to_json() if arch else ""))
+            + config.model_dump_json(exclude=set(UNFINGERPRINTED))
+            + (arch.to_json() if arch else ""))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -198,7 +204,7 @@ def _individual(config: SearchConfig, genome: tuple[int, ...], ev: Evaluation) -
 
 class _Search:
     def __init__(self, scenario: Scenario, config: SearchConfig, out: Path,
-                 map_fn: MapFn, progress: bool, cache_path: str | None = None,
+                 map_fn: MapFn, progress: ProgressFn | None, cache_path: str | None = None,
                  evaluator: Evaluator | None = None) -> None:
         self.scenario, self.config, self.out = scenario, config, out
         self.map_fn, self.progress = map_fn, progress
@@ -333,6 +339,10 @@ class _Search:
         try:
             with open(path, "rb") as fh:
                 state = pickle.load(fh)
+        except FileNotFoundError:
+            raise ValueError(f"cannot resume from {self.out}: no readable {CHECKPOINT} (none "
+                             "was written: a run leaves one once its generation 0 is scored; "
+                             "start it afresh)") from None
         except OSError as exc:
             raise ValueError(f"cannot resume from {self.out}: no readable {CHECKPOINT} "
                              f"({exc.strerror})") from None
@@ -348,63 +358,75 @@ class _Search:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def tell(self, event: Literal["generation", "front"], generation: int,
+             row: dict[str, float], started: float, done_before: int) -> None:
+        """Report a checkpointed generation (or the start of the front's re-measurement) to the
+        ``progress`` function; ``done_before``: the last generation done before this process
+        started (-1 for a fresh run), for the estimate of the time left."""
+        if not self.progress:
+            return
+        elapsed = time.perf_counter() - started
+        left = self.config.generations - generation
+        here = generation - done_before  # generations this process has run
+        self.progress(SearchProgress(
+            event=event, generation=generation,
+            generations=self.config.generations, evaluated=int(row["evaluations"]),
+            feasible=int(row["feasible"]), trained=self.evaluator.trained,
+            cached=self.evaluator.cached, designs_left=self.config.population * left,
+            best_accuracy=row["best_accuracy"], best_latency_s=row["best_latency_s"],
+            hypervolume=row["hypervolume"], elapsed_s=elapsed,
+            eta_s=elapsed / here * left if here > 0 else math.nan))
+
     def run(self, resume: bool) -> SearchResult:
         started = time.perf_counter()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.config.generations + 1, unit="gen", desc="search",
-                       leave=False)
         if resume:
             generation, population = self.load()
-            if bar is not None:
-                bar.update(generation + 1)
+            done_before = generation
         else:
-            generation, population = 0, self.initial_population()
+            generation, population, done_before = 0, self.initial_population(), -1
             self.evaluate(population)
             population = [tuple(i) for i in self.select(population)]
             self.record(0, started)
             self.save(0, population)
-            if bar is not None:
-                bar.update(1)
-        try:
-            while generation < self.config.generations:
-                generation += 1
-                inds = [_individual(self.config, g, self.evaluation(g)) for g in population]
-                offspring = self.vary(self.tournament(inds))
-                self.evaluate(offspring)
-                population = [tuple(i) for i in self.select(population + offspring)]
-                row = self.record(generation, started)
-                self.save(generation, population)
-                if bar is not None:
-                    bar.set_postfix(hv=f"{row['hypervolume']:.3f}",
-                                    acc=f"{row['best_accuracy']:.3f}",
-                                    lat_ms=f"{1e3 * row['best_latency_s']:.1f}")
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+            self.tell("generation", 0, self.history[-1], started, done_before)
+        while generation < self.config.generations:
+            generation += 1
+            inds = [_individual(self.config, g, self.evaluation(g)) for g in population]
+            offspring = self.vary(self.tournament(inds))
+            self.evaluate(offspring)
+            population = [tuple(i) for i in self.select(population + offspring)]
+            row = self.record(generation, started)
+            self.save(generation, population)
+            self.tell("generation", generation, row, started, done_before)
         result = SearchResult(self.config, self.evaluations, population, self.history)
-        result.remeasured = remeasure_front(self.evaluator, result.front(), self.map_fn)
+        front = result.front()
+        if front and self.config.remeasure_replications and self.history:
+            self.tell("front", generation, self.history[-1], started, done_before)
+        result.remeasured = remeasure_front(self.evaluator, front, self.map_fn)
         return result
 
 
 def run_search(scenario: Scenario, config: SearchConfig, out_dir: str | os.PathLike[str], *,
-               resume: bool = False, map_fn: MapFn | None = None, progress: bool = False,
-               cache_path: str | None = None, evaluator: Evaluator | None = None
-               ) -> SearchResult:
+               resume: bool = False, map_fn: MapFn | None = None,
+               progress: bool | ProgressFn = False, cache_path: str | None = None,
+               evaluator: Evaluator | None = None) -> SearchResult:
     """Run (or, with ``resume``, continue) the NSGA-II search; checkpoints go to ``out_dir``.
 
     ``map_fn`` runs the proxy-training jobs (default: per ``config.executor`` and ``workers``).
+    ``progress``: a function called with a :class:`search.progress.SearchProgress` after every
+    generation, or True for a progress bar (:func:`search.progress.progress_bar`).
     ``cache_path``: the accuracy cache (default ``out_dir/accuracy.sqlite``); runs may share one.
     ``evaluator``: score genomes another way (the two-stage baseline's first stage does).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config, _ = resolve_config_dataset(config)  # the run and its checkpoint name the real one
-    if map_fn is not None:
-        return _Search(scenario, config, out, map_fn, progress, cache_path, evaluator).run(resume)
-    with executor_map(config) as pool_map:
-        return _Search(scenario, config, out, pool_map, progress, cache_path,
-                       evaluator).run(resume)
+    with contextlib.ExitStack() as stack:
+        report: ProgressFn | None = None
+        if progress is True:
+            report = stack.enter_context(progress_bar(config.generations))
+        elif callable(progress):
+            report = progress
+        if map_fn is None:
+            map_fn = stack.enter_context(executor_map(config))
+        return _Search(scenario, config, out, map_fn, report, cache_path, evaluator).run(resume)

@@ -13,24 +13,28 @@
   resource offered a utilisation at or over 1, named in ``message``; ``failed``: training
   failed deterministically; ``error``: it failed in a way a rerun may not repeat);
 - ``history.csv``: per generation: evaluations, hypervolume, best accuracy and latency;
-- ``front.png`` and ``hypervolume.png``, drawn from those CSVs.
+- ``front.png`` (the front by where its designs run: which nodes hold blocks) and
+  ``hypervolume.png``, drawn from those CSVs.
+
+:func:`chance_warning` says when most designs score no better than guessing.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from .evaluate import Evaluation
+from .design import hosts
+from .evaluate import NUM_CLASSES, Evaluation
 from .nsga import SearchResult
+from .runs import write_run_config
 
-__all__ = ["EVALUATION_COLUMNS", "FRONT_COLUMNS", "HISTORY_COLUMNS", "front_rows", "write_run"]
+__all__ = ["EVALUATION_COLUMNS", "FRONT_COLUMNS", "HISTORY_COLUMNS", "chance_warning",
+           "front_rows", "write_run"]
 
 FRONT_COLUMNS = ["accuracy", "accuracy_sd", "test_accuracy", "latency_s", "mean_latency_s",
                  "mean_latency_ci95_s", "p95_latency_s", "p95_latency_ci95_s", "replications",
@@ -40,13 +44,6 @@ EVALUATION_COLUMNS = ["accuracy", "accuracy_sd", "latency_s", "mean_latency_s", 
                       "violation", "message"]
 HISTORY_COLUMNS = ["generation", "evaluations", "feasible", "hypervolume", "best_accuracy",
                    "best_latency_s", "elapsed_s"]
-
-
-def _version() -> str:
-    try:
-        return metadata.version("jmsnas")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
 
 
 def _row(e: Evaluation) -> list[object]:
@@ -88,13 +85,36 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         out.writerows(rows)
 
 
-def write_run(out_dir: str | Path, result: SearchResult, scenario_file: str) -> list[Path]:
-    """Write the run folder's files; returns their paths."""
+def chance_warning(result: SearchResult, num_classes: int = NUM_CLASSES) -> str | None:
+    """One line when more than half of the designs that were trained score at chance, 1 /
+    ``num_classes``, within max(3 sd, chance / 2) (sd: the proxy's seed-to-seed noise; the
+    floor, our choice, stands in when it is not measured or near 0, as it is at chance): the
+    proxy-training budget is too small for the data, and the front ranks noise. None
+    otherwise."""
+    scored = [e for e in result.evaluations.values() if math.isfinite(e.accuracy)]
+    if not scored:
+        return None
+    chance = 1.0 / num_classes
+    sds = [e.accuracy_sd for e in scored if math.isfinite(e.accuracy_sd)]
+    limit = chance + max(3 * sds[0] if sds else 0.0, chance / 2)
+    low = sum(e.accuracy <= limit for e in scored)
+    if 2 * low <= len(scored):
+        return None
+    budget, cfg = result.config.budget, result.config
+    images = "every image" if budget.subset is None else f"{budget.subset} images"
+    epochs = f"{budget.epochs} epoch{'s' if budget.epochs > 1 else ''}"
+    return (f"{low} of {len(scored)} trained designs score chance accuracy (at most "
+            f"{limit:.3f}; chance is {chance:.3f}): the proxy-training budget ({epochs} on "
+            f"{images}) is too small for {cfg.dataset}: raise epochs or subset")
+
+
+def write_run(out_dir: str | Path, result: SearchResult, scenario_file: str,
+              data_dir: str | None = None) -> list[Path]:
+    """Write the run folder's files (``config.yaml`` by :func:`search.runs.write_run_config`);
+    returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"jmsnas_version": _version(), "scenario": scenario_file,
-           "search": result.config.model_dump()}
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    write_run_config(out, result.config, scenario_file, data_dir)
     front = front_rows(result)
     _write_csv(out / "front.csv", FRONT_COLUMNS, [[r[c] for c in FRONT_COLUMNS] for r in front])
     everything = sorted(result.evaluations.values(), key=lambda e: (not e.feasible, e.latency_s))
@@ -103,6 +123,10 @@ def write_run(out_dir: str | Path, result: SearchResult, scenario_file: str) -> 
                [[row[c] for c in HISTORY_COLUMNS] for row in result.history])
     return [out / n for n in ("config.yaml", "front.csv", "evaluations.csv", "history.csv")] + \
         _plot(out, result, front)
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One per placement of the front (which nodes hold blocks), with a colour each."""
 
 
 def _plot(out: Path, result: SearchResult, front: list[dict[str, Any]]) -> list[Path]:
@@ -129,18 +153,23 @@ def _plot(out: Path, result: SearchResult, front: list[dict[str, Any]]) -> list[
         if yi > best:
             best = yi
             keep.append(i)
-    ax.plot(x[keep], y[keep], "-", color="C3", drawstyle="steps-post")
-    ax.plot(x, y, "o", color="C3", label=f"Pareto front ({len(front)}; {where})")
+    ax.plot(x[keep], y[keep], "-", color="0.3", drawstyle="steps-post",
+            label=f"Pareto front ({len(front)}; {where})")
+    placed = [hosts(str(r["design"])) for r in front]
+    for k, nodes in enumerate(dict.fromkeys(placed)):  # by where they run, first seen first
+        mask = np.array([p == nodes for p in placed])
+        ax.plot(x[mask], y[mask], _MARKERS[k % len(_MARKERS)], color=f"C{k % 10}",
+                markersize=7, zorder=4, label="runs on " + " + ".join(nodes))
     if reps or math.isfinite(sd):  # latency: 95% CI; accuracy: the budget's seed-to-seed sd
         ax.errorbar(x, y, xerr=np.nan_to_num(ci) if reps else None,
-                    yerr=100 * sd if math.isfinite(sd) else None, fmt="none", ecolor="C3",
+                    yerr=100 * sd if math.isfinite(sd) else None, fmt="none", ecolor="0.3",
                     alpha=0.6, capsize=3,
                     label="95% CI of the latency" + (f"; +/- 1 sd of a proxy accuracy "
                                                      f"({100 * sd:.2f} points)"
                                                      if math.isfinite(sd) else ""))
     test = np.array([100 * float(r["test_accuracy"]) for r in front])
     if np.any(np.isfinite(test)):
-        ax.scatter(x, test, marker="x", color="C0", zorder=3,
+        ax.scatter(x, test, marker="x", color="k", zorder=3,
                    label="accuracy on the held-out test set")
     unstable = sum(e.status == "unstable" for e in evals)
     if unstable:

@@ -1,0 +1,258 @@
+"""``jmsnas search`` as a user runs it: progress on stderr, run folders that never trap,
+``--resume DIR`` alone, readable results and the chance-accuracy warning (issue 14).
+
+The searches are tiny (digits, 64 images, one epoch, four designs a generation, nothing
+re-measured): every design stays at chance, which the warning test wants anyway.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from jmsnas.main import main
+from search.config import SearchConfig
+from search.design import GenomeLayout, hosts, scenario_routes
+from search.evaluate import Evaluation
+from search.nsga import SearchResult, _Search, fingerprint
+from search.outputs import chance_warning
+from search.progress import PROGRESS_FIELDS, SearchProgress
+from search.runs import config_differences, default_run_folder, folder_state, read_run_config
+from sim import load_scenario
+
+from .conftest import EXAMPLES
+
+FAST = """noise_architectures: 0
+remeasure_replications: 0
+test_accuracy: false
+sim_tasks: 100
+budget: {width_scale: 0.25, batch_size: 32}
+"""
+"""Settings only a --config file sets: what a tiny search can leave out or make smaller."""
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Training in this process on one thread, as the search's worker processes do: on a busy
+    two-core machine two threads made these searches 5 to 20 times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _command(tmp_path: Path, scenario: str = "three-tier", generations: int = 1) -> list[str]:
+    config = tmp_path / "fast.yaml"
+    config.write_text(FAST)
+    return ["search", scenario, "--config", str(config), "--population", "4", "--generations",
+            str(generations), "--epochs", "1", "--subset", "64", "--executor", "serial",
+            "--dataset", "digits"]
+
+
+def _progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if re.match(r"jmsnas search: generation \d", line)]
+
+
+def _front_csv(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "front.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_same_command_twice_and_an_edited_copy_all_succeed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a second run that stops on the first one's folder, a folder named after the
+    scenario's ``name:`` field instead of its file, progress that is silent on a non-terminal
+    (or not silenced by --quiet), a printed front without architectures, and a search at chance
+    that does not say so."""
+    monkeypatch.chdir(tmp_path)
+    cmd = _command(tmp_path)
+    assert main(cmd) == 0
+    first = capsys.readouterr()
+    lines = _progress_lines(first.err)
+    assert [line.split(":")[1] for line in lines] == [" generation 0/1", " generation 1/1"]
+    for line, designs in zip(lines, (4, 8), strict=True):
+        assert f"{designs} designs evaluated" in line and "feasible" in line
+        assert re.search(r"\d+ trained \+ \d+ cached, \d+ to go", line)
+        assert "best accuracy 0." in line and "lowest latency" in line and "elapsed" in line
+    assert "left" in lines[0]  # an estimate once one generation has run
+    run1 = tmp_path / "runs" / "search-three-tier-seed0"
+    rows = _front_csv(run1)
+    printed = [line for line in first.out.splitlines() if "phone[" in line]
+    assert rows and len(printed) == len(rows)
+    for row, line in zip(rows, printed, strict=True):  # the same order: by latency
+        assert row["arch"] in line and row["design"] in line
+    warnings = [line for line in first.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "chance" in warnings[0] and "too small for digits" in warnings[0]
+
+    assert main(cmd) == 0  # the same command again: a new folder beside the first
+    second = capsys.readouterr()
+    run2 = tmp_path / "runs" / "search-three-tier-seed0-2"
+    assert _front_csv(run2) and f"results in {run2.relative_to(tmp_path)}/" in second.out
+    assert f"this run goes to {run2.relative_to(tmp_path)}" in second.err
+    assert _front_csv(run1) == rows  # the first run untouched
+
+    edited = tmp_path / "my" / "edited.yaml"  # a copy keeps name: three-tier
+    edited.parent.mkdir()
+    edited.write_text((EXAMPLES / "three-tier.yaml").read_text())
+    assert main([*_command(tmp_path, str(edited)), "--quiet"]) == 0
+    third = capsys.readouterr()
+    assert _front_csv(tmp_path / "runs" / "search-edited-seed0")
+    assert _progress_lines(third.err) == []
+    assert [line for line in third.err.splitlines() if "warning" in line] == warnings
+
+
+def test_resume_dir_alone_continues_an_interrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches ``--resume DIR`` that needs the original options again (or ignores a flag that
+    contradicts the run), and --json progress or results that are not JSON with the
+    documented fields. The interruption is a Ctrl-C right after generation 1's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    save = _Search.save
+
+    def interrupted(self: _Search, generation: int, population: Any) -> None:
+        save(self, generation, population)
+        if generation == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Search, "save", interrupted)
+    assert main([*_command(tmp_path, generations=2), "--out", str(out)]) == 130
+    monkeypatch.undo()
+    with open(out / "checkpoint.pkl", "rb") as fh:
+        assert pickle.load(fh)["generation"] == 1
+    assert not (out / "front.csv").exists()
+    saved = read_run_config(out)
+    assert saved.scenario == (EXAMPLES / "three-tier.yaml").resolve()
+    assert saved.config.generations == 2 and saved.config.dataset == "digits"
+    s, config = load_scenario(saved.scenario), saved.config
+    assert folder_state(out, fingerprint(s, config)) == "unfinished"  # a rerun continues it
+    capsys.readouterr()
+
+    assert main(["search", "--resume", str(out), "--population", "6", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--population 6 (the run's: 4)" in err
+    assert "--epochs" not in err  # it agrees
+
+    assert main(["search", "--resume", str(out), "--json", "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.err.splitlines()]
+    progress = [e for e in events if e["event"] == "generation"]
+    assert [e["generation"] for e in progress] == [2]  # resumed after generation 1
+    assert set(progress[0]) == set(PROGRESS_FIELDS)
+    assert progress[0]["evaluated"] == 12 and progress[0]["designs_left"] == 0
+    assert progress[0]["generations"] == 2 and progress[0]["eta_s"] == 0
+    assert {e["event"] for e in events} <= {"note", "warning", "generation"}
+    result = json.loads(captured.out)
+    assert result["out"] == str(out) and result["evaluated"] == 12
+    rows = _front_csv(out)
+    assert [r["arch"] for r in result["front"]] == [r["arch"] for r in rows]
+    assert all(r["hosts"] == list(hosts(r["design"])) for r in result["front"])
+    with open(out / "history.csv", newline="") as fh:
+        assert [r["generation"] for r in csv.DictReader(fh)] == ["0", "1", "2"]
+
+
+def test_a_run_that_fails_in_generation_0_leaves_no_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a checkpoint written before the initial population is scored: the rerun of
+    the same command would then find a search in its folder."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    cmd = [*_command(tmp_path), "--out", str(out)]
+
+    def fail(self: _Search, genomes: Any) -> None:
+        raise ValueError("training failed: out of disk space")
+
+    monkeypatch.setattr(_Search, "evaluate", fail)
+    assert main(cmd) == 2
+    assert "out of disk space" in capsys.readouterr().err
+    assert (out / "config.yaml").exists() and not (out / "checkpoint.pkl").exists()
+    assert main(["search", "--resume", str(out)]) == 2
+    assert "none was written" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(cmd) == 0  # the same command, in the same folder
+    assert _front_csv(out)
+
+
+# -- the pieces, without a search -------------------------------------------------------------
+
+
+def test_default_folder_is_named_after_the_scenario_file() -> None:
+    assert default_run_folder("my/edited.yaml", 3) == Path("runs/search-edited-seed3")
+    assert default_run_folder(EXAMPLES / "camera-lte.yaml", 0) == Path(
+        "runs/search-camera-lte-seed0")
+    assert default_run_folder("x.yml", 0, root="out") == Path("out/search-x-seed0")
+
+
+def test_hosts_reads_the_nodes_that_run_blocks() -> None:
+    """The parser against the design itself, over random genomes of a three-node scenario
+    (compression, empty segments and splits at position 0 included)."""
+    assert hosts("phone[0:6] -> edge[6:6] -> cloud[6:9] (6:0.5x8b)") == ("phone", "cloud")
+    assert hosts("phone[0:0] -> edge[0:0] -> cloud[0:9]") == ("cloud",)
+    from models.space import get_space
+
+    lay = GenomeLayout(get_space("tiny"), scenario_routes(load_scenario(
+        EXAMPLES / "three-tier.yaml")))
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        d = lay.decode([int(rng.integers(b)) for b in lay.bounds])
+        assert hosts(d.describe()) == d.hosts
+        seen.add(d.hosts)
+    assert len(seen) >= 5  # the draw covers many placements
+
+
+def _result(accuracies: list[float], sd: float = math.nan) -> SearchResult:
+    evs = {(i,): Evaluation((i,), "phone[0:9]", f"tiny-{i}", accuracy=a, latency_s=0.01,
+                            mean_latency_s=0.01, p95_latency_s=0.01, device_energy_j=0.1,
+                            violation=0.0, status="ok", accuracy_sd=sd)
+           for i, a in enumerate(accuracies)}
+    return SearchResult(SearchConfig(dataset="mnist5k", budget={"epochs": 1, "subset": 500}),
+                        evs, [])
+
+
+def test_chance_warning_fires_when_most_designs_score_chance() -> None:
+    """Ten classes: chance 0.1, counted up to 0.15, or 0.1 + 3 sd when that is larger."""
+    text = chance_warning(_result([0.1, 0.12, 0.098, 0.6]))
+    assert text is not None and "\n" not in text
+    assert text.startswith("3 of 4 trained designs score chance accuracy")
+    assert "(1 epoch on 500 images) is too small for mnist5k" in text
+    assert chance_warning(_result([0.1, 0.12, 0.6, 0.7])) is None  # half is not most
+    assert chance_warning(_result([0.82, 0.85, 0.79])) is None
+    assert chance_warning(_result([0.16, 0.2, 0.24])) is None
+    assert chance_warning(_result([0.16, 0.2, 0.24], sd=0.05)) is not None  # within 3 sd
+    assert chance_warning(_result([math.nan, math.nan])) is None  # nothing trained
+
+
+def test_resume_compares_every_setting_but_where_training_runs() -> None:
+    saved = SearchConfig(dataset="digits", population=4, budget={"epochs": 1})
+    given = saved.with_changes(dataset="auto", epochs=2, population=6, workers=3,
+                               executor="serial")
+    assert config_differences(saved, given, ignore=frozenset({"workers", "executor"})) == [
+        ("budget.epochs", 1, 2), ("population", 4, 6)]  # in SearchConfig's order
+
+
+def test_progress_record_as_a_line_and_as_json() -> None:
+    p = SearchProgress("generation", 2, 4, 36, 30, 20, 8, 24, 0.853, 0.0123, 0.5, 65.0, 130.0)
+    assert p.line() == ("generation 2/4: 36 designs evaluated (30 feasible), 20 trained + 8 "
+                        "cached, 24 to go; best accuracy 0.853, lowest latency 12.30 ms; "
+                        "1m05s elapsed, about 2m10s left")
+    q = SearchProgress("generation", 0, 4, 4, 0, 4, 0, 48, math.nan, math.nan, 0.0, 3.0,
+                       math.nan)
+    data = json.loads(json.dumps(q.to_dict()))
+    assert list(data) == list(PROGRESS_FIELDS)
+    assert data["best_accuracy"] is None and data["eta_s"] is None
+    assert "best accuracy -" in q.line() and "left" not in q.line()
