@@ -177,7 +177,8 @@ def at_budget(history: Sequence[dict[str, float]], budget: int) -> float:
 
 def censored_median(values: Sequence[float]) -> float:
     """Median of evaluations-to-target over all runs, a run that never got there counting as
-    more than any budget (NaN in, NaN out: then more than half never got there)."""
+    more than any budget (NaN in; NaN out when that median lies beyond the budget, i.e. at
+    least half of the runs never got there)."""
     x = sorted(math.inf if math.isnan(v) else v for v in values)
     med = float(np.median(x)) if x else math.nan
     return med if math.isfinite(med) else math.nan
@@ -217,7 +218,7 @@ def _text(summary: list[dict[str, Any]], n: int, reference: float) -> str:
     for r in summary:
         reach = (f"{r['to95_median']:.0f} ({r['to95_reached']}/{n})"
                  if not math.isnan(r["to95_median"]) else
-                 f"not by half ({r['to95_reached']}/{n})")
+                 f"more than {r['evaluations']} ({r['to95_reached']}/{n})")
         if r["method"] == METHODS["nsga2"]:
             vs = "-"
             p = "-"

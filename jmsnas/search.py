@@ -215,7 +215,8 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
         out, state = choose_run_folder(target, fingerprint(scenario, config), named=named)
     if out != target:
         say.note(f"{target} holds an earlier search; this run goes to {out} (--overwrite "
-                 f"replaces the earlier one, --resume {target} continues it)")
+                 "replaces the earlier one instead)")
+        _copy_cache(target, out)
     resume = state == "unfinished"
     if resume:
         say.note(f"continuing the unfinished run of this search in {out} (--overwrite starts "
@@ -226,6 +227,19 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
         # it); write_run writes it again at the end.
         write_run_config(out, config, scenario_path, args.data_dir)
     return _Plan(scenario, scenario_path, config, out, resume, args.data_dir)
+
+
+def _copy_cache(source: Path, folder: Path) -> None:
+    """Start ``folder``'s accuracy cache as a copy of ``source``'s (a rerun then trains nothing
+    twice; the cache is keyed by everything an accuracy depends on, so a copy is never stale)."""
+    import shutil
+
+    if (source / "accuracy.sqlite").exists() and not (folder / "accuracy.sqlite").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / "accuracy.sqlite", folder / "accuracy.sqlite")
+        if (source / "accuracy.weights").is_dir():
+            shutil.copytree(source / "accuracy.weights", folder / "accuracy.weights",
+                            dirs_exist_ok=True)
 
 
 def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:

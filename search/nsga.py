@@ -329,7 +329,7 @@ class _Search:
         state = {"format": _FORMAT, "fingerprint": self.fingerprint, "generation": generation,
                  "population": population, "rng": self.rng.bit_generator.state,
                  "history": self.history, "evaluations": self.evaluations}
-        tmp = self.out / (CHECKPOINT + ".tmp")
+        tmp = self.out / f"{CHECKPOINT}.{os.getpid()}.tmp"  # one per process
         with open(tmp, "wb") as fh:
             pickle.dump(state, fh)
         os.replace(tmp, self.out / CHECKPOINT)  # a kill never leaves half a checkpoint
@@ -346,7 +346,10 @@ class _Search:
         except OSError as exc:
             raise ValueError(f"cannot resume from {self.out}: no readable {CHECKPOINT} "
                              f"({exc.strerror})") from None
-        if state.get("format") != _FORMAT:
+        except Exception as exc:  # truncated or garbled: pickle raises many kinds
+            raise ValueError(f"cannot resume from {self.out}: {CHECKPOINT} is damaged "
+                             f"({type(exc).__name__}); start the run afresh") from None
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(f"cannot resume from {self.out}: unknown checkpoint format")
         if state["fingerprint"] != self.fingerprint:
             raise ValueError(f"cannot resume from {self.out}: it was made with another scenario "
@@ -375,7 +378,7 @@ class _Search:
             cached=self.evaluator.cached, designs_left=self.config.population * left,
             best_accuracy=row["best_accuracy"], best_latency_s=row["best_latency_s"],
             hypervolume=row["hypervolume"], elapsed_s=elapsed,
-            eta_s=elapsed / here * left if here > 0 else math.nan))
+            eta_s=elapsed / here * left if here > 0 and event == "generation" else math.nan))
 
     def run(self, resume: bool) -> SearchResult:
         started = time.perf_counter()

@@ -87,16 +87,17 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 def chance_warning(result: SearchResult, num_classes: int = NUM_CLASSES) -> str | None:
     """One line when more than half of the designs that were trained score at chance, 1 /
-    ``num_classes``, within max(3 sd, chance / 2) (sd: the proxy's seed-to-seed noise; the
-    floor, our choice, stands in when it is not measured or near 0, as it is at chance): the
-    proxy-training budget is too small for the data, and the front ranks noise. None
-    otherwise."""
+    ``num_classes``, within max(3 sd, chance / 2) but never more than twice chance (sd: the
+    median of the proxy's seed-to-seed noise; the floor, our choice, stands in when it is not
+    measured or near 0, as it is at chance; the cap keeps a very noisy proxy from calling
+    everything chance): the proxy-training budget is too small for the data, and the front
+    ranks noise. None otherwise."""
     scored = [e for e in result.evaluations.values() if math.isfinite(e.accuracy)]
     if not scored:
         return None
     chance = 1.0 / num_classes
     sds = [e.accuracy_sd for e in scored if math.isfinite(e.accuracy_sd)]
-    limit = chance + max(3 * sds[0] if sds else 0.0, chance / 2)
+    limit = chance + min(max(3 * float(np.median(sds)) if sds else 0.0, chance / 2), chance)
     low = sum(e.accuracy <= limit for e in scored)
     if 2 * low <= len(scored):
         return None

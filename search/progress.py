@@ -17,14 +17,15 @@ line on stderr), NaN written as ``null``:
 - ``trained``, ``cached``: proxy trainings this process ran, and accuracies it found in the
   accuracy cache (a resumed run counts from its resumption);
 - ``designs_left``: designs the remaining generations will score (``population`` each: offspring
-  are fresh), an upper bound of the trainings still to come;
+  are fresh); a compressed design may need two trainings (its parent and its fine-tune), a
+  cached one none;
 - ``best_accuracy``, ``best_latency_s``: the highest proxy accuracy and the lowest latency of any
   feasible design so far (not necessarily one design);
 - ``hypervolume``: of every feasible design so far (:func:`search.nsga.front_hypervolume`);
 - ``elapsed_s``: seconds since this process started the search;
 - ``eta_s``: estimated seconds until the last generation is done: this process's mean time per
   generation times the generations left (our choice; null before the first generation this
-  process ran; the front's re-measurement after it is not included).
+  process ran, and in the ``front`` event, whose re-measurement it cannot estimate).
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ class SearchProgress:
         """One line for a log: ``generation 2/4: 36 designs evaluated (34 feasible), ...``."""
         acc = "-" if math.isnan(self.best_accuracy) else f"{self.best_accuracy:.3f}"
         lat = "-" if math.isnan(self.best_latency_s) else f"{1e3 * self.best_latency_s:.2f} ms"
+        hv = "-" if math.isnan(self.hypervolume) else f"{self.hypervolume:.4f}"
         eta = "" if math.isnan(self.eta_s) else f", about {duration(self.eta_s)} left"
         head = (f"generation {self.generation}/{self.generations}" if self.event == "generation"
                 else "search done, re-measuring the front")
         return (f"{head}: {self.evaluated} designs evaluated ({self.feasible} feasible), "
                 f"{self.trained} trained + {self.cached} cached, {self.designs_left} to go; "
-                f"best accuracy {acc}, lowest latency {lat}; "
+                f"best accuracy {acc}, lowest latency {lat}, hypervolume {hv}; "
                 f"{duration(self.elapsed_s)} elapsed{eta}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,7 +106,8 @@ def progress_bar(generations: int) -> Iterator[ProgressFn]:
             bar.set_description("re-measuring the front")
             return
         bar.set_postfix(designs=p.evaluated, trained=p.trained, cached=p.cached,
-                        acc=f"{p.best_accuracy:.3f}", lat_ms=f"{1e3 * p.best_latency_s:.1f}")
+                        acc=f"{p.best_accuracy:.3f}", lat_ms=f"{1e3 * p.best_latency_s:.1f}",
+                        hv=f"{p.hypervolume:.4f}")
         bar.update(p.generation + 1 - bar.n)
 
     try:

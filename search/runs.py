@@ -5,8 +5,9 @@ The rule (what ``jmsnas search`` does, our choice):
 - a run's default folder is ``runs/search-STEM-seedS``, STEM the scenario file's name without
   ``.yaml`` (``camera-lte`` for the shipped scenario of that name, ``edited`` for
   ``my/edited.yaml``, whatever its ``name:`` field says) and S the GA seed;
-- a folder without a checkpoint is free: the run goes there (an accuracy cache left in it is
-  used: it is keyed by architecture, budget and data, so it is never stale);
+- a folder without a checkpoint or results (``front.csv``) is free: the run goes there (an
+  accuracy cache left in it is used: it is keyed by architecture, budget and data, so it is
+  never stale);
 - a folder whose checkpoint is this very search (same scenario and configuration,
   :func:`search.nsga.fingerprint`) that did not finish (no ``front.csv``) is continued;
 - a folder holding a finished search, or another one: the default folder gives way to the first
@@ -37,8 +38,8 @@ __all__ = ["CONFIG_FILE", "RUN_FILES", "FolderState", "SavedRun", "choose_run_fo
            "read_run_config", "write_run_config"]
 
 CONFIG_FILE = "config.yaml"
-RUN_FILES = ("checkpoint.pkl", "checkpoint.pkl.tmp", CONFIG_FILE, "front.csv", "evaluations.csv",
-             "history.csv", "front.png", "hypervolume.png")
+RUN_FILES = ("checkpoint.pkl", CONFIG_FILE, "front.csv", "evaluations.csv", "history.csv",
+             "front.png", "hypervolume.png")
 """What a run writes into its folder besides the accuracy cache (``accuracy.sqlite`` and
 ``accuracy.weights/``)."""
 
@@ -56,8 +57,8 @@ def default_run_folder(scenario_file: str | os.PathLike[str], seed: int,
 def folder_state(folder: Path, fingerprint: str) -> FolderState:
     """What ``folder`` holds for the search whose fingerprint is ``fingerprint``."""
     path = folder / "checkpoint.pkl"
-    if not path.exists():
-        return "free"
+    if not path.exists():  # results without a checkpoint: some search's, never overwritten
+        return "other" if (folder / "front.csv").exists() else "free"
     try:
         with open(path, "rb") as fh:
             state = pickle.load(fh)
@@ -92,6 +93,8 @@ def clear_run(folder: Path) -> None:
     """Remove a run's files from ``folder`` (:data:`RUN_FILES`), keeping its accuracy cache."""
     for name in RUN_FILES:
         (folder / name).unlink(missing_ok=True)
+    for tmp in folder.glob("checkpoint.pkl.*.tmp"):  # a killed save's leftovers
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

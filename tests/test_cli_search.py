@@ -234,6 +234,8 @@ def test_chance_warning_fires_when_most_designs_score_chance() -> None:
     assert chance_warning(_result([0.82, 0.85, 0.79])) is None
     assert chance_warning(_result([0.16, 0.2, 0.24])) is None
     assert chance_warning(_result([0.16, 0.2, 0.24], sd=0.05)) is not None  # within 3 sd
+    # never more than twice chance, however noisy the proxy
+    assert chance_warning(_result([0.21, 0.3, 0.6], sd=0.3)) is None
     assert chance_warning(_result([math.nan, math.nan])) is None  # nothing trained
 
 
@@ -248,7 +250,8 @@ def test_resume_compares_every_setting_but_where_training_runs() -> None:
 def test_progress_record_as_a_line_and_as_json() -> None:
     p = SearchProgress("generation", 2, 4, 36, 30, 20, 8, 24, 0.853, 0.0123, 0.5, 65.0, 130.0)
     assert p.line() == ("generation 2/4: 36 designs evaluated (30 feasible), 20 trained + 8 "
-                        "cached, 24 to go; best accuracy 0.853, lowest latency 12.30 ms; "
+                        "cached, 24 to go; best accuracy 0.853, lowest latency 12.30 ms, "
+                        "hypervolume 0.5000; "
                         "1m05s elapsed, about 2m10s left")
     q = SearchProgress("generation", 0, 4, 4, 0, 4, 0, 48, math.nan, math.nan, 0.0, 3.0,
                        math.nan)
@@ -256,3 +259,23 @@ def test_progress_record_as_a_line_and_as_json() -> None:
     assert list(data) == list(PROGRESS_FIELDS)
     assert data["best_accuracy"] is None and data["eta_s"] is None
     assert "best accuracy -" in q.line() and "left" not in q.line()
+
+
+def test_results_without_a_checkpoint_are_never_reused(tmp_path: Path) -> None:
+    """A folder whose checkpoint was deleted but whose results remain holds some search: a
+    new run does not write over it."""
+    (tmp_path / "front.csv").write_text("accuracy\n0.8\n")
+    assert folder_state(tmp_path, "any") == "other"
+    (tmp_path / "front.csv").unlink()
+    assert folder_state(tmp_path, "any") == "free"
+
+
+def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path: Path) -> None:
+    s = load_scenario("experiments/scenarios/three-tier.yaml")
+    search = _Search(s, SearchConfig(), tmp_path, map, None)
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps({"format": 6})[:5])  # truncated
+    with pytest.raises(ValueError, match=r"checkpoint\.pkl is damaged"):
+        search.load()
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps([1, 2, 3]))  # not a checkpoint
+    with pytest.raises(ValueError, match="unknown checkpoint format"):
+        search.load()
