@@ -295,6 +295,10 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     return _Plan(scenario, scenario_path, config, folder, True, data_dir)
 
 
+FRONT_HEAD = ("proxy", "test", "mean ms", "p95 ms", "device J", "architecture", "design")
+"""The columns of the printed front."""
+
+
 def format_front(result: SearchResult, dataset: str, out: Path) -> str:
     """The printed front: each design's architecture and placement, its proxy accuracy with
     the proxy's noise, and re-measured latencies with their 95% confidence intervals."""
@@ -322,7 +326,7 @@ def format_front(result: SearchResult, dataset: str, out: Path) -> str:
             p95 += f" +/- {1e3 * r['p95_latency_ci95_s']:.2f}"
         test = f"{r['test_accuracy']:.3f}" if math.isfinite(r["test_accuracy"]) else ""
         cells.append((acc, test, mean, p95, f"{r['energy_j']:.4f}", r["arch"], r["design"]))
-    head = ("proxy", "test", "mean ms", "p95 ms", "device J", "architecture", "design")
+    head = FRONT_HEAD
     width = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
     for c in [head, *cells]:
         lines.append("  " + "  ".join([*(c[i].rjust(width[i]) for i in range(5)),
