@@ -13,26 +13,25 @@ __all__ = ["HelpFormatter", "load_scenario_with", "non_negative_int", "positive_
            "warmup_conflict"]
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1, or an argparse error naming what was given."""
+def _int_at_least(text: str, least: int) -> int:
+    """A whole number >= ``least``, or an argparse error naming what was given."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1, or an argparse error naming what was given."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0, or an argparse error naming what was given."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
