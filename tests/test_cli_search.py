@@ -101,6 +101,9 @@ def test_the_same_command_twice_and_an_edited_copy_all_succeed(
     run2 = tmp_path / "runs" / "search-three-tier-seed0-2"
     assert _front_csv(run2) and f"results in {run2.relative_to(tmp_path)}/" in second.out
     assert f"this run goes to {run2.relative_to(tmp_path)}" in second.err
+    # it starts from a copy of the first run's accuracy cache: nothing is trained again
+    assert _progress_lines(second.err) and all(
+        " 0 trained + " in line for line in _progress_lines(second.err))
     assert _front_csv(run1) == rows  # the first run untouched
 
     edited = tmp_path / "my" / "edited.yaml"  # a copy keeps name: three-tier
