@@ -7,7 +7,9 @@ samplers (:mod:`search.optuna_search`; skipped, and said so, where Optuna is not
 Each seed's NSGA-II run sets the budget: every other method evaluates as many distinct designs,
 in batches of the population size, so every curve has a point per generation (batch).
 
-Reported, per method: the mean hypervolume over seeds at each budget with its Student-t 95%
+Every scenario of the config's ``scenarios`` list is compared on its own (its own reference and
+tests); one cache serves them all (an accuracy does not depend on the network). Reported, per
+scenario and method: the mean hypervolume over seeds at each budget with its Student-t 95%
 confidence band (:func:`experiments.common.over_seeds`); the evaluations each run needed to reach
 95% of the reference hypervolume, that of every design any run evaluated (the union of every
 method's final front); and, against NSGA-II, the mean paired difference at the final budget with
@@ -20,6 +22,7 @@ runs resume from their checkpoints; the other methods run again on a resume, fro
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,12 +45,12 @@ from .common import (
 )
 
 TITLE = "Convergence: NSGA-II against random search and Optuna's samplers"
-COLUMNS = ["method", "seed", "step", "evaluations", "hypervolume", "best_accuracy",
+COLUMNS = ["scenario", "method", "seed", "step", "evaluations", "hypervolume", "best_accuracy",
            "best_latency_s"]
-SUMMARY_COLUMNS = ["method", "seeds", "evaluations", "hv_mean", "hv_ci95_lo", "hv_ci95_hi",
+SUMMARY_COLUMNS = ["scenario", "method", "seeds", "evaluations", "hv_mean", "hv_ci95_lo", "hv_ci95_hi",
                    "hv_min", "hv_max", "reference_hv", "to95_median", "to95_reached",
                    "diff_vs_nsga2", "diff_ci95", "wilcoxon_p", "budgets_at_least_nsga2"]
-PAIRED_COLUMNS = ["method", "evaluations", "diff_vs_nsga2", "diff_ci95", "wilcoxon_p",
+PAIRED_COLUMNS = ["scenario", "method", "evaluations", "diff_vs_nsga2", "diff_ci95", "wilcoxon_p",
                   "nsga2_ahead"]
 METHODS = {"nsga2": "NSGA-II", "random": "random search", "tpe": "Optuna TPE",
            "optuna-nsga2": "Optuna NSGA-II"}
@@ -73,9 +76,9 @@ def _methods(c: dict[str, Any]) -> tuple[list[str], str]:
     return methods, ""
 
 
-def _run(ctx: Context, method: str, seed: int, scenario: Any, cfg: Any,
+def _run(ctx: Context, label: str, method: str, scenario: Any, cfg: Any,
          budget: int) -> SearchResult:
-    out = ctx.out / "searches" / f"{method}-seed{seed}"
+    out = ctx.out / "searches" / label
     if method == "random":
         return random_search(scenario, cfg, budget, out, cache_path=ctx.cache)
     from search.optuna_search import optuna_search
@@ -102,29 +105,73 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]
     return float(d.mean()), half, p
 
 
+def _scenarios(c: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The config's ``scenarios``: (label, scenario) pairs, each a shipped scenario with
+    optional overrides."""
+    entries = c.get("scenarios")
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) and "scenario" in e
+            for e in entries):
+        raise ValueError("convergence config: scenarios must be a non-empty list of "
+                         "{name, scenario, overrides} mappings")
+    names = [e["name"] for e in entries]
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n)]
+    if bad:
+        raise ValueError(f"convergence config: scenario name {bad[0]!r} must be letters, "
+                         "digits, '.', '_' or '-' (it names a folder)")
+    if len(set(names)) < len(names):
+        raise ValueError(f"convergence config: scenario names must differ, got {names}")
+    return [(e["name"], scenario_variant(e["scenario"], e.get("overrides"))) for e in entries]
+
+
 def run(ctx: Context) -> Output:
     c = ctx.config
-    scenario = scenario_variant(c["scenario"], c.get("overrides"))
     methods, note = _methods(c)
     seeds = ctx.seeds()
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    by_budget: list[dict[str, Any]] = []
+    panels = []
+    texts = []
+    for label, scenario in _scenarios(c):
+        out = _compare(ctx, label, scenario, methods, seeds)
+        rows += out["rows"]
+        summary += out["summary"]
+        by_budget += out["by_budget"]
+        panels.append((label, out["budgets"], out["curves"], out["target"]))
+        texts.append(f"**{label}**\n\n" + _text(out["summary"], len(seeds), out["reference"])
+                     + "\n\n" + _paired_text(out["by_budget"], len(seeds)))
+    write_csv(ctx.path("convergence.csv"), rows, COLUMNS)
+    write_csv(ctx.path("convergence_summary.csv"), summary, SUMMARY_COLUMNS)
+    write_csv(ctx.path("convergence_paired.csv"), by_budget, PAIRED_COLUMNS)
+    _figure(ctx, methods, panels, len(seeds))
+    text = "\n\n".join(texts) + (f"\n\n{note.strip()}" if note else "")
+    return Output("convergence", TITLE, text, ["convergence.png"],
+                  ["convergence.csv", "convergence_summary.csv", "convergence_paired.csv"])
+
+
+def _compare(ctx: Context, label: str, scenario: Any, methods: list[str],
+             seeds: list[int]) -> dict[str, Any]:
+    """Every method on every seed on one scenario: the curves, the summary rows and the
+    per-budget paired rows."""
     results: dict[str, dict[int, SearchResult]] = {m: {} for m in methods}
     cfg0 = ctx.search_config(seed=seeds[0])
     for seed in seeds:
         cfg = ctx.search_config(seed=seed)
-        ga = search(ctx, scenario, cfg, f"nsga2-seed{seed}")
+        ga = search(ctx, scenario, cfg, f"{label}/nsga2-seed{seed}")
         results["nsga2"][seed] = ga
         for method in methods[1:]:
-            results[method][seed] = _run(ctx, method, seed, scenario, cfg, len(ga.evaluations))
+            results[method][seed] = _run(ctx, f"{label}/{method}-seed{seed}", method,
+                                         scenario, cfg, len(ga.evaluations))
     rows: list[dict[str, Any]] = []
     for method in methods:
         for seed, result in results[method].items():
             for step, h in enumerate(result.history):
-                rows.append({"method": METHODS[method], "seed": seed, "step": step,
-                             "evaluations": int(h["evaluations"]),
+                rows.append({"scenario": label, "method": METHODS[method], "seed": seed,
+                             "step": step, "evaluations": int(h["evaluations"]),
                              "hypervolume": h["hypervolume"],
                              "best_accuracy": h["best_accuracy"],
                              "best_latency_s": h["best_latency_s"]})
-    write_csv(ctx.path("convergence.csv"), rows, COLUMNS)
     # the reference: every design any run evaluated, all runs' scores together (so no run can
     # lie above it)
     union = [e for m in methods for r in results[m].values() for e in r.evaluations.values()]
@@ -145,7 +192,8 @@ def run(ctx: Context) -> Output:
         at_least = sum(1 for b, a, g in zip(budgets, hv.mean(axis=0),
                                             curves["nsga2"].mean(axis=0), strict=True)
                        if b >= FROM_EVALUATIONS and a >= g)
-        summary.append({"method": METHODS[m], "seeds": len(seeds), "evaluations": budgets[-1],
+        summary.append({"scenario": label, "method": METHODS[m], "seeds": len(seeds),
+                        "evaluations": budgets[-1],
                         "hv_mean": st["hv_mean"], "hv_ci95_lo": st["hv_ci95_lo"],
                         "hv_ci95_hi": st["hv_ci95_hi"], "hv_min": st["hv_min"],
                         "hv_max": st["hv_max"], "reference_hv": reference,
@@ -154,19 +202,14 @@ def run(ctx: Context) -> Output:
                         "diff_vs_nsga2": diff,
                         "diff_ci95": half, "wilcoxon_p": p,
                         "budgets_at_least_nsga2": at_least if m != "nsga2" else 0})
-    write_csv(ctx.path("convergence_summary.csv"), summary, SUMMARY_COLUMNS)
-    by_budget = [{"method": METHODS[m], "evaluations": b,
+    by_budget = [{"scenario": label, "method": METHODS[m], "evaluations": b,
                   **dict(zip(("diff_vs_nsga2", "diff_ci95", "wilcoxon_p"),
                              paired(list(curves["nsga2"][:, k]), list(curves[m][:, k])),
                              strict=True)),
                   "nsga2_ahead": int(np.sum(curves["nsga2"][:, k] > curves[m][:, k]))}
                  for m in methods[1:] for k, b in enumerate(budgets)]
-    write_csv(ctx.path("convergence_paired.csv"), by_budget, PAIRED_COLUMNS)
-    _figure(ctx, methods, np.array(budgets), curves, target, len(seeds))
-    text = (_text(summary, len(seeds), reference) + "\n\n" + _paired_text(by_budget, len(seeds))
-            + (f"\n\n{note.strip()}" if note else ""))
-    return Output("convergence", TITLE, text, ["convergence.png"],
-                  ["convergence.csv", "convergence_summary.csv", "convergence_paired.csv"])
+    return {"rows": rows, "summary": summary, "by_budget": by_budget, "curves": curves,
+            "budgets": np.array(budgets), "target": target, "reference": reference}
 
 
 def at_budget(history: Sequence[dict[str, float]], budget: int) -> float:
@@ -184,22 +227,24 @@ def censored_median(values: Sequence[float]) -> float:
     return med if math.isfinite(med) else math.nan
 
 
-def _figure(ctx: Context, methods: list[str], evals: np.ndarray,
-            curves: dict[str, np.ndarray], target: float, n: int) -> None:
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for m in methods:
-        hv = curves[m]
-        band = [over_seeds(list(hv[:, k])) for k in range(hv.shape[1])]
-        ax.plot(evals, hv.mean(axis=0), "o-", ms=3, color=COLORS[m], label=METHODS[m])
-        if n > 1:
-            ax.fill_between(evals, [b["hv_ci95_lo"] for b in band],
-                            [b["hv_ci95_hi"] for b in band], color=COLORS[m], alpha=0.15)
-    ax.axhline(target, color="grey", ls="--", lw=1, label="95% of the reference hypervolume")
-    ax.set_xlabel("designs evaluated")
-    ax.set_ylabel("hypervolume (normalised)")
-    ax.set_title(f"mean of {n} seeds, band: 95% CI of the mean")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def _figure(ctx: Context, methods: list[str],
+            panels: list[tuple[str, np.ndarray, dict[str, np.ndarray], float]], n: int) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.5), squeeze=False)
+    for ax, (label, evals, curves, target) in zip(axes[0], panels, strict=True):
+        for m in methods:
+            hv = curves[m]
+            band = [over_seeds(list(hv[:, k])) for k in range(hv.shape[1])]
+            ax.plot(evals, hv.mean(axis=0), "o-", ms=3, color=COLORS[m], label=METHODS[m])
+            if n > 1:
+                ax.fill_between(evals, [b["hv_ci95_lo"] for b in band],
+                                [b["hv_ci95_hi"] for b in band], color=COLORS[m], alpha=0.15)
+        ax.axhline(target, color="grey", ls="--", lw=1,
+                   label="95% of the reference hypervolume")
+        ax.set_xlabel("designs evaluated")
+        ax.set_ylabel("hypervolume (normalised)")
+        ax.set_title(f"{label}: mean of {n} seeds, band: 95% CI of the mean", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     save(fig, ctx.path("convergence.png"))
 
 

@@ -95,18 +95,20 @@ def _budget_json(budget: ProxyBudget) -> str:
 
 
 def cache_key(spec: ArchSpec, dataset: str, budget: ProxyBudget, seed: int,
-              cuts: Sequence[Cut] = (), device: str = "cpu") -> str:
+              cuts: Sequence[Cut] = (), device: str = "cpu", finetuned: bool = False) -> str:
     """SHA-256 of the canonical JSON of everything the accuracy depends on.
 
     ``dataset`` should be a :attr:`models.data.Dataset.key`, which includes the split;
     ``device`` a :func:`models.train.device_tag` (``cpu``, or ``cuda:`` and the GPU). The same
     key names the architecture's trained weights (:meth:`AccuracyCache.weights_path`).
+    ``finetuned``: an uncompressed model fine-tuned from its parent's weights the way a
+    compressed variant is (the same key parts as a variant's), not the parent itself.
     """
     compressing = _compressing(cuts)
+    variant = bool(compressing) or finetuned
     parts: list[object] = [spec.to_dict()["blocks"], compressing, dataset,
-                           _budget_key(budget, bool(compressing)), seed, device,
-                           f"code-{CODE_VERSION}"]
-    if compressing:
+                           _budget_key(budget, variant), seed, device, f"code-{CODE_VERSION}"]
+    if variant:
         parts.append(VARIANT_TRAINING)
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -81,6 +81,11 @@ class SearchConfig(_Frozen):
     generations: Annotated[int, Field(ge=1)] = 4
     dp_seeding: bool = True
     """Start half the population from random architectures with their exact optimal split."""
+    resplit: Literal["none", "plain", "mix"] = "mix"
+    """What an offspring whose architecture the run has not evaluated yet does with the cuts it
+    inherited (tuned for another architecture): keeps them (``none``), or takes the cuts of
+    least no-queueing latency (:func:`search.dp.optimal_design`), plain float32 ones
+    (``plain``) or, in turn, the three kinds of cut of the seeding (``mix``)."""
     crossover_prob: Annotated[float, Field(ge=0, le=1)] = 0.9
     mutation_prob: Annotated[float, Field(gt=0, le=1)] | None = None
     """Per-gene mutation probability; default 1 / number of genes."""

@@ -2,10 +2,12 @@
 
 Accuracy depends on the architecture and its compressing cuts only, so each distinct one is
 trained once per run (de-duplicated before the parallel map, and then never again thanks to the
-SQLite cache). Latency and energy come from simulating the design's pipeline on the scenario with
-the configuration's ``eval_seed``: every design sees the same arrivals and channel realisations
-(common random numbers), so differences come from the designs, in this run and in runs with other
-GA seeds.
+SQLite cache). In a space with compression every design, plain or compressed, is scored as its
+architecture's trained weights fine-tuned, with its codecs, for the same number of steps: no
+design looks more accurate for having been trained longer. Latency and energy come from
+simulating the design's pipeline on the scenario with the configuration's ``eval_seed``: every
+design sees the same arrivals and channel realisations (common random numbers), so differences
+come from the designs, in this run and in runs with other GA seeds.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class TrainJob:
     """Train on training plus validation parts and score on the held-out test set."""
     keep_weights: bool = False
     """Keep the trained weights beside the cache, for compressed variants to start from."""
+    finetune: bool = False
+    """Without cuts: the architecture trained, then fine-tuned from those weights exactly as a
+    compressed variant is, without a codec, so that it has had as many training steps as every
+    variant of it (a search with compression scores its plain designs so: otherwise a variant,
+    trained for longer, would look more accurate than the model it compresses)."""
 
 
 def _dataset(name: str, seed: int, final: bool = False) -> Dataset:
@@ -83,9 +90,9 @@ def run_train_job(job: TrainJob) -> TrainResult:
     """Train one architecture (unless a worker already did: the cache is checked first).
 
     An uncompressed architecture is trained from scratch (its weights kept beside the cache when
-    the job asks). A compressed variant starts from those weights (training the parent first if
-    they are missing or do not fit) and fine-tunes; a parent whose training failed fails its
-    variants too.
+    the job asks). A compressed variant, or with ``finetune`` the uncompressed one, starts from
+    those weights (training the parent first if they are missing or do not fit) and fine-tunes;
+    a parent whose training failed fails its variants too.
     """
     from models.train import ProxyBudget
 
@@ -95,25 +102,27 @@ def run_train_job(job: TrainJob) -> TrainResult:
     data = _dataset(job.dataset, job.dataset_seed, job.final)
     cache = AccuracyCache(job.cache_path)
     device = device_tag(job.device)
-    key = cache_key(spec, data.key, budget, job.seed, cuts, device)
+    variant = bool(cuts) or job.finetune
+    key = cache_key(spec, data.key, budget, job.seed, cuts, device, finetuned=job.finetune)
     hit = cache.get(key)
     parent_key = cache_key(spec, data.key, budget, job.seed, device=device)
-    wants_weights = not cuts and job.keep_weights and not cache.weights_path(parent_key).is_file()
+    wants_weights = not variant and job.keep_weights and not cache.weights_path(
+        parent_key).is_file()
     if hit is not None and not (wants_weights and hit.ok):
         return hit
     parent = None if wants_weights else cache.get(parent_key)  # retrained for its weights
-    parent_state = cache.load_weights(parent_key) if cuts else None
+    parent_state = cache.load_weights(parent_key) if variant else None
     result: TrainResult | None = None
     for attempt in range(2):
-        if parent is None or (cuts and parent.ok and parent_state is None):
+        if parent is None or (variant and parent.ok and parent_state is None):
             parent = proxy_accuracy(spec, data, budget, seed=job.seed, device=job.device,
-                                    keep_state=bool(cuts) or job.keep_weights)
+                                    keep_state=variant or job.keep_weights)
             if parent.state is not None:
                 cache.save_weights(parent_key, parent.state)
             cache.put(parent_key, parent, spec=spec, dataset=data.key, budget=budget,
                       seed=job.seed)
             parent_state = parent.state
-        if not cuts:
+        if not variant:
             return dataclasses.replace(parent, state=None)  # weights on disk, not in a pipe
         if parent_state is None:  # the parent's training failed: so does every variant
             result = TrainResult(math.nan, 0.0, parent.status, f"parent: {parent.message}")
@@ -326,6 +335,7 @@ class Evaluator:
             device=self.config.device,
             cache_path=self.cache_path,
             keep_weights=self.config.compression,  # variants will want to start from them
+            finetune=self.config.compression and not design.compressing_cuts,
         )
 
     @property
@@ -335,14 +345,15 @@ class Evaluator:
     def _job_key(self, job: TrainJob) -> str:
         data = _dataset(job.dataset, job.dataset_seed, job.final)
         return cache_key(ArchSpec.from_json(job.arch_json), data.key, self._budget, job.seed,
-                         [Cut(p, b, bits) for p, b, bits in job.cuts], self._device)
+                         [Cut(p, b, bits) for p, b, bits in job.cuts], self._device,
+                         finetuned=job.finetune)
 
     def _cached_accuracy(self, job: TrainJob) -> TrainResult | None:
         return self._cache.get(self._job_key(job))
 
     @staticmethod
     def _parent(job: TrainJob) -> TrainJob:
-        return dataclasses.replace(job, cuts=(), keep_weights=True)
+        return dataclasses.replace(job, cuts=(), finetune=False, keep_weights=True)
 
     def _has_weights(self, job: TrainJob) -> bool:
         return self._cache.weights_path(self._job_key(job)).is_file()
@@ -358,7 +369,7 @@ class Evaluator:
         # Parents whose variants are to be trained go first, in a map of their own: otherwise
         # two workers could each train the same parent for its variants (or for itself).
         first = list(dict.fromkeys(
-            parent for job in todo if job.cuts
+            parent for job in todo if job.cuts or job.finetune
             if not (self._has_weights(parent := self._parent(job))
                     and self._cached_accuracy(parent) is not None)))
         for job, result in zip(first, map_fn(run_train_job, first), strict=True):

@@ -24,7 +24,12 @@ With ``dp_seeding``, half of the initial population are random architectures wit
 minimise their no-queueing latency (:func:`search.dp.optimal_design`), taking in turn three kinds
 of cut: plain float32 (what a split that must not touch the model would do), 8-bit at full width
 (almost lossless) and any compression (the lowest latency, whatever it costs in accuracy); the
-rest are random genomes. Every generation is checkpointed (the population, the RNG state, the
+rest are random genomes. With ``resplit`` (default ``mix``), an offspring whose architecture the
+run has not evaluated yet drops the cuts it inherited (placed for its parents' architectures)
+for that architecture's DP cuts, of the same three kinds in turn: every architecture's first
+design is one a planner would pick for it, so an architecture is never judged by a split that
+sends its raw input over a slow link while it would run whole on the phone in a tenth of the
+time. Every generation is checkpointed (the population, the RNG state, the
 history and every evaluation); ``resume`` continues a killed run. The first checkpoint is written
 once generation 0 (the initial population) is scored: a run that fails before leaves none. After
 each checkpoint the ``progress`` function hears how far the run is (:mod:`search.progress`).
@@ -69,13 +74,14 @@ for _name, _weights in (("Fitness1", (1.0,)), ("Fitness2", (1.0, -1.0)),
                        fitness=getattr(creator, f"Jmsnas{_name}"))
 
 CHECKPOINT = "checkpoint.pkl"
-_FORMAT = 6
+_FORMAT = 7
 """Checkpoint format, scoring model and operators: 2 since a request ends at the node of its last
 block, 3 since offspring are made fresh, 4 since evaluations carry their accuracy's noise and
 compressed variants fine-tune from their parent (and ``dataset`` defaults to ``auto``), 5 since
 overloaded designs are ``unstable``, training mode's backward pass comes from the design and the
 hypervolume's error reference is chance, 6 since compression genes travel with their split, the
-population keeps raw genomes and seeding considers compression."""
+population keeps raw genomes and seeding considers compression, 7 since offspring of a new
+architecture are re-split and plain designs fine-tune like their variants."""
 SEED_CUTS: tuple[tuple[tuple[float, int], ...], ...] = ((PLAIN,), (PLAIN, (1.0, 8)), COMPRESSIONS)
 """The cuts the seeding DP may use, one kind per seeded genome in turn."""
 UNFINGERPRINTED = frozenset({"workers", "executor", "scheduler", "remeasure_replications",
@@ -225,10 +231,10 @@ class _Search:
     def random_genome(self) -> tuple[int, ...]:
         return tuple(int(self.rng.integers(b)) for b in self.bounds)
 
-    def dp_genome(self, kind: int) -> tuple[int, ...]:
-        """A random architecture and route with the cuts of least no-queueing latency, of one
-        of three kinds (see the module docstring)."""
-        design = self.layout.decode(self.random_genome())
+    def dp_genome(self, kind: int, genome: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The architecture and route of ``genome`` (default: a random one) with the cuts of
+        least no-queueing latency, of one of three kinds (see the module docstring)."""
+        design = self.layout.decode(self.random_genome() if genome is None else genome)
         options = (PLAIN,) if not self.layout.compression else SEED_CUTS[kind % len(SEED_CUTS)]
         best, _ = optimal_design(design.arch, self.scenario, design.route, options,
                                  num_classes=NUM_CLASSES)
@@ -255,6 +261,8 @@ class _Search:
     def vary(self, parents: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         kids: list[tuple[int, ...]] = []
         keys: set[tuple[int, ...]] = set()
+        n_arch = self.layout.n_arch
+        archs = {k[:n_arch] for k in self.evaluations} if n_arch else set()
         for a, b in zip(parents[::2], parents[1::2], strict=True):
             x, y = np.array(a), np.array(b)
             if self.rng.random() < self.config.crossover_prob:
@@ -269,7 +277,13 @@ class _Search:
                         break
                     self.mutate_gene(z, int(self.rng.integers(z.size)))
                     key = self.layout.canonical(z.tolist())
-                kids.append(tuple(int(v) for v in z))
+                kid = tuple(int(v) for v in z)
+                if n_arch and self.config.resplit != "none" and key[:n_arch] not in archs:
+                    kid = self.dp_genome(0 if self.config.resplit == "plain" else len(archs),
+                                         kid)  # kinds in turn, the same on a resume
+                    key = self.layout.canonical(kid)
+                    archs.add(key[:n_arch])
+                kids.append(kid)
                 keys.add(key)
         return kids
 

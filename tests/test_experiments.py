@@ -410,6 +410,8 @@ def test_convergence_compares_every_method_on_every_seed(quick_run: Path) -> Non
     seeds, methods = cfg["seeds"], [METHODS[m] for m in cfg["methods"]]
     _, rows = read(quick_run / "convergence" / "convergence.csv")
     _, summary = read(quick_run / "convergence" / "convergence_summary.csv")
+    (name,) = [e["name"] for e in cfg["scenarios"]]  # one scenario in the quick run
+    assert {r["scenario"] for r in rows} == {r["scenario"] for r in summary} == {name}
     assert [r["method"] for r in summary] == methods
     curve = {(r["method"], int(r["seed"]), int(r["step"])): r for r in rows}
     steps = {k[2] for k in curve}
