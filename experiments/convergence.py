@@ -1,7 +1,8 @@
 """convergence: hypervolume against evaluations for every optimiser, over many seeds, with tests.
 
 Methods, all through the same :class:`search.evaluate.Evaluator` and one accuracy cache (a design
-gets the same scores whichever method finds it): the joint NSGA-II (:mod:`search.nsga`), random
+gets the same scores whichever method finds it): the joint NSGA-II (:mod:`search.nsga`), the
+same without the DP's seeds and re-splits (``nsga2-nodp``: what evolution alone does), random
 search (:func:`search.baselines.random_search`), and Optuna's multi-objective TPE and NSGA-II
 samplers (:mod:`search.optuna_search`; skipped, and said so, where Optuna is not installed).
 Each seed's NSGA-II run sets the budget: every other method evaluates as many distinct designs,
@@ -52,10 +53,10 @@ SUMMARY_COLUMNS = ["scenario", "method", "seeds", "evaluations", "hv_mean", "hv_
                    "diff_vs_nsga2", "diff_ci95", "wilcoxon_p", "budgets_at_least_nsga2"]
 PAIRED_COLUMNS = ["scenario", "method", "evaluations", "diff_vs_nsga2", "diff_ci95", "wilcoxon_p",
                   "nsga2_ahead"]
-METHODS = {"nsga2": "NSGA-II", "random": "random search", "tpe": "Optuna TPE",
-           "optuna-nsga2": "Optuna NSGA-II"}
-COLORS = {"nsga2": "tab:red", "random": "tab:blue", "tpe": "tab:green",
-          "optuna-nsga2": "tab:purple"}
+METHODS = {"nsga2": "NSGA-II", "nsga2-nodp": "NSGA-II without DP", "random": "random search",
+           "tpe": "Optuna TPE", "optuna-nsga2": "Optuna NSGA-II"}
+COLORS = {"nsga2": "tab:red", "nsga2-nodp": "tab:orange", "random": "tab:blue",
+          "tpe": "tab:green", "optuna-nsga2": "tab:purple"}
 FROM_EVALUATIONS = 48
 """Budgets compared in ``budgets_at_least_nsga2``: from this many evaluations on."""
 
@@ -78,6 +79,8 @@ def _methods(c: dict[str, Any]) -> tuple[list[str], str]:
 
 def _run(ctx: Context, label: str, method: str, scenario: Any, cfg: Any,
          budget: int) -> SearchResult:
+    if method == "nsga2-nodp":  # the ablation: evolution alone, no split planned by the DP
+        return search(ctx, scenario, cfg.with_changes(dp_seeding=False, resplit="none"), label)
     out = ctx.out / "searches" / label
     if method == "random":
         return random_search(scenario, cfg, budget, out, cache_path=ctx.cache)

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ._args import HelpFormatter, positive_int
 
@@ -151,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
     say = _Say(args.json, args.quiet)
     plan = (_resumed if args.resume is not None else _fresh)(args, say)
     out = plan.out
-    result = run_search(plan.scenario, plan.config, out, resume=plan.resume,
-                        progress=say.progress())
-    write_run(out, result, str(plan.scenario_path), plan.data_dir)
+    with plan.lock:  # held until the run folder is written
+        result = run_search(plan.scenario, plan.config, out, resume=plan.resume,
+                            progress=say.progress())
+        write_run(out, result, str(plan.scenario_path), plan.data_dir)
     warning = chance_warning(result)
     if warning:
         say.warning(warning)
@@ -173,6 +174,8 @@ class _Plan(NamedTuple):
     out: Path
     resume: bool
     data_dir: str | None
+    lock: IO[str]
+    """The run folder's lock (:func:`search.runs.lock_run_folder`), held while the run lasts."""
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,7 +193,13 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
     from experiments.shipped import resolve_scenario_path
     from search.config import SearchConfig, load_search_config, resolve_config_dataset
     from search.nsga import fingerprint
-    from search.runs import choose_run_folder, clear_run, default_run_folder, write_run_config
+    from search.runs import (
+        choose_run_folder,
+        clear_run,
+        default_run_folder,
+        lock_run_folder,
+        write_run_config,
+    )
     from sim import load_scenario
 
     if args.scenario is None:
@@ -206,13 +215,15 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
     named = args.out is not None
     target = Path(args.out) if named else default_run_folder(scenario_path, config.seed)
     if args.overwrite:
+        lock = lock_run_folder(target)  # never clear a folder a running search writes
         if (target / "checkpoint.pkl").exists():
             say.note(f"replacing the search in {target} (--overwrite; its accuracy cache is "
                      "kept)")
         clear_run(target)
         out, state = target, "free"
     else:
-        out, state = choose_run_folder(target, fingerprint(scenario, config), named=named)
+        out, state, lock = choose_run_folder(target, fingerprint(scenario, config),
+                                             named=named)
     if out != target:
         say.note(f"{target} holds an earlier search; this run goes to {out} (--overwrite "
                  "replaces the earlier one instead)")
@@ -226,17 +237,22 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
         # Written first so that even a killed run's folder says what it was (--resume reads
         # it); write_run writes it again at the end.
         write_run_config(out, config, scenario_path, args.data_dir)
-    return _Plan(scenario, scenario_path, config, out, resume, args.data_dir)
+    return _Plan(scenario, scenario_path, config, out, resume, args.data_dir, lock)
 
 
 def _copy_cache(source: Path, folder: Path) -> None:
     """Start ``folder``'s accuracy cache as a copy of ``source``'s (a rerun then trains nothing
     twice; the cache is keyed by everything an accuracy depends on, so a copy is never stale)."""
     import shutil
+    import sqlite3
+    from contextlib import closing
 
     if (source / "accuracy.sqlite").exists() and not (folder / "accuracy.sqlite").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / "accuracy.sqlite", folder / "accuracy.sqlite")
+        # SQLite's own backup: a consistent copy even while a run in source writes to it
+        with closing(sqlite3.connect(source / "accuracy.sqlite")) as src, \
+                closing(sqlite3.connect(folder / "accuracy.sqlite")) as dst:
+            src.backup(dst)
         if (source / "accuracy.weights").is_dir():
             shutil.copytree(source / "accuracy.weights", folder / "accuracy.weights",
                             dirs_exist_ok=True)
@@ -248,7 +264,7 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     from experiments.shipped import resolve_scenario_path
     from search.config import load_search_config, resolve_config_dataset
     from search.nsga import UNFINGERPRINTED
-    from search.runs import config_differences, read_run_config
+    from search.runs import config_differences, lock_run_folder, read_run_config
     from sim import load_scenario
 
     folder = Path(args.resume)
@@ -292,7 +308,8 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     config = saved.config.with_changes(**{k: getattr(given, k) for k in UNFINGERPRINTED})
     config, reason = resolve_config_dataset(config)
     say.note(reason)
-    return _Plan(scenario, scenario_path, config, folder, True, data_dir)
+    return _Plan(scenario, scenario_path, config, folder, True, data_dir,
+                 lock_run_folder(folder))
 
 
 FRONT_HEAD = ("proxy", "test", "mean ms", "p95 ms", "device J", "architecture", "design")

@@ -86,13 +86,17 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def chance_warning(result: SearchResult, num_classes: int = NUM_CLASSES) -> str | None:
-    """One line when more than half of the designs that were trained score at chance, 1 /
+    """One line when more than half of the models that were trained (an architecture with the
+    compression of its cuts: the designs that only place one elsewhere share its accuracy, and
+    count once) score at chance, 1 /
     ``num_classes``, within max(3 sd, chance / 2) but never more than twice chance (sd: the
     median of the proxy's seed-to-seed noise; the floor, our choice, stands in when it is not
     measured or near 0, as it is at chance; the cap keeps a very noisy proxy from calling
     everything chance): the proxy-training budget is too small for the data, and the front
     ranks noise. None otherwise."""
-    scored = [e for e in result.evaluations.values() if math.isfinite(e.accuracy)]
+    models = {(e.arch, e.design.partition(" (")[2]): e for e in result.evaluations.values()
+              if math.isfinite(e.accuracy)}  # the compression, as the design's text says it
+    scored = list(models.values())
     if not scored:
         return None
     chance = 1.0 / num_classes
@@ -104,7 +108,7 @@ def chance_warning(result: SearchResult, num_classes: int = NUM_CLASSES) -> str 
     budget, cfg = result.config.budget, result.config
     images = "every image" if budget.subset is None else f"{budget.subset} images"
     epochs = f"{budget.epochs} epoch{'s' if budget.epochs > 1 else ''}"
-    return (f"{low} of {len(scored)} trained designs score chance accuracy (at most "
+    return (f"{low} of {len(scored)} trained models score chance accuracy (at most "
             f"{limit:.3f}; chance is {chance:.3f}): the proxy-training budget ({epochs} on "
             f"{images}) is too small for {cfg.dataset}: raise epochs or subset")
 

@@ -16,32 +16,40 @@ The rule (what ``jmsnas search`` does, our choice):
   (it is never silently written elsewhere), unless ``--overwrite`` asks to replace its run
   (:func:`clear_run`: the run's files go, the accuracy cache stays);
 - ``--resume DIR`` continues the run in DIR with the scenario and configuration its
-  ``config.yaml`` records (:func:`read_run_config`), written when the run starts.
+  ``config.yaml`` records (:func:`read_run_config`), written when the run starts;
+- a folder in use by a running search (its ``.lock`` file locked, :func:`lock_run_folder`) is
+  never written by another: the default folder gives way to the next free numbered one, a
+  folder named with ``--out``, ``--overwrite`` or ``--resume`` is refused. The lock is the
+  operating system's (``flock``): it goes with the process that held it, even a killed one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 from dataclasses import dataclass
 from importlib import metadata
-from itertools import count
+from itertools import chain, count
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import yaml
 
 from .config import SearchConfig, validate_config
 
-__all__ = ["CONFIG_FILE", "RUN_FILES", "FolderState", "SavedRun", "choose_run_folder",
-           "clear_run", "config_differences", "default_run_folder", "folder_state",
-           "read_run_config", "write_run_config"]
+__all__ = ["CONFIG_FILE", "LOCK_FILE", "RUN_FILES", "FolderState", "SavedRun",
+           "choose_run_folder", "clear_run", "config_differences", "default_run_folder",
+           "folder_state", "lock_run_folder", "read_run_config", "write_run_config"]
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = ("checkpoint.pkl", CONFIG_FILE, "front.csv", "evaluations.csv", "history.csv",
              "front.png", "hypervolume.png")
 """What a run writes into its folder besides the accuracy cache (``accuracy.sqlite`` and
 ``accuracy.weights/``)."""
+
+LOCK_FILE = ".lock"
+"""Held (``flock``) by the process running a search in the folder; it holds that process's id."""
 
 FolderState = Literal["free", "unfinished", "finished", "other"]
 """What a folder holds for a given search: no checkpoint; this search, not finished; this search,
@@ -69,23 +77,51 @@ def folder_state(folder: Path, fingerprint: str) -> FolderState:
     return "finished" if (folder / "front.csv").exists() else "unfinished"
 
 
+def lock_run_folder(folder: Path) -> IO[str]:
+    """Lock ``folder`` for this process's run (creating it): the open lock file, to be kept
+    open while the run lasts (closing it, or the process ending, releases the lock). A
+    ValueError naming the folder and the process that holds it when another one does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held by the caller
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise ValueError(f"{folder} is in use by a running search (process {holder}): wait "
+                         "for it to end, or choose another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def choose_run_folder(base: Path, fingerprint: str, *, named: bool
-                      ) -> tuple[Path, FolderState]:
-    """The folder a new run of the search ``fingerprint`` goes to, and its state (``free`` or
-    ``unfinished``: continue it), by the rule of the module docstring. ``named``: ``base`` was
-    given by the user, so it is not replaced by a numbered one: a ValueError instead."""
+                      ) -> tuple[Path, FolderState, IO[str]]:
+    """The folder a new run of the search ``fingerprint`` goes to, its state (``free`` or
+    ``unfinished``: continue it) and its lock (:func:`lock_run_folder`), by the rule of the
+    module docstring. ``named``: ``base`` was given by the user, so it is not replaced by a
+    numbered one: a ValueError instead."""
     state = folder_state(base, fingerprint)
-    if state in ("free", "unfinished"):
-        return base, state
     if named:
-        what = "a finished run of this search" if state == "finished" else "another search"
-        raise ValueError(f"{base} already holds a search ({what}): pass --resume {base} to "
-                         "continue it, --overwrite to replace it, or choose another --out")
-    for n in count(2):
-        folder = base.with_name(f"{base.name}-{n}")
+        if state not in ("free", "unfinished"):
+            what = "a finished run of this search" if state == "finished" else "another search"
+            raise ValueError(f"{base} already holds a search ({what}): pass --resume {base} to "
+                             "continue it, --overwrite to replace it, or choose another --out")
+        return base, state, lock_run_folder(base)
+    for folder in chain([base], (base.with_name(f"{base.name}-{n}") for n in count(2))):
         state = folder_state(folder, fingerprint)
         if state in ("free", "unfinished"):
-            return folder, state
+            try:
+                lock = lock_run_folder(folder)
+            except ValueError:  # a run of its own is going on there: the next one
+                continue
+            state = folder_state(folder, fingerprint)  # again, now that no run can change it
+            if state in ("free", "unfinished"):
+                return folder, state, lock
+            lock.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 

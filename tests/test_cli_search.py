@@ -12,6 +12,8 @@ import json
 import math
 import pickle
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,11 +220,13 @@ def test_hosts_reads_the_nodes_that_run_blocks() -> None:
     assert len(seen) >= 5  # the draw covers many placements
 
 
-def _result(accuracies: list[float], sd: float = math.nan) -> SearchResult:
-    evs = {(i,): Evaluation((i,), "phone[0:9]", f"tiny-{i}", accuracy=a, latency_s=0.01,
-                            mean_latency_s=0.01, p95_latency_s=0.01, device_energy_j=0.1,
-                            violation=0.0, status="ok", accuracy_sd=sd)
-           for i, a in enumerate(accuracies)}
+def _result(accuracies: list[float], sd: float = math.nan,
+            archs: list[str] | None = None) -> SearchResult:
+    archs = archs or [f"tiny-{i}" for i in range(len(accuracies))]
+    evs = {(i,): Evaluation((i,), f"phone[0:{i}] -> edge[{i}:9]", arch, accuracy=a,
+                            latency_s=0.01, mean_latency_s=0.01, p95_latency_s=0.01,
+                            device_energy_j=0.1, violation=0.0, status="ok", accuracy_sd=sd)
+           for i, (a, arch) in enumerate(zip(accuracies, archs, strict=True))}
     return SearchResult(SearchConfig(dataset="mnist5k", budget={"epochs": 1, "subset": 500}),
                         evs, [])
 
@@ -231,7 +235,7 @@ def test_chance_warning_fires_when_most_designs_score_chance() -> None:
     """Ten classes: chance 0.1, counted up to 0.15, or 0.1 + 3 sd when that is larger."""
     text = chance_warning(_result([0.1, 0.12, 0.098, 0.6]))
     assert text is not None and "\n" not in text
-    assert text.startswith("3 of 4 trained designs score chance accuracy")
+    assert text.startswith("3 of 4 trained models score chance accuracy")
     assert "(1 epoch on 500 images) is too small for mnist5k" in text
     assert chance_warning(_result([0.1, 0.12, 0.6, 0.7])) is None  # half is not most
     assert chance_warning(_result([0.82, 0.85, 0.79])) is None
@@ -240,6 +244,10 @@ def test_chance_warning_fires_when_most_designs_score_chance() -> None:
     # never more than twice chance, however noisy the proxy
     assert chance_warning(_result([0.21, 0.3, 0.6], sd=0.3)) is None
     assert chance_warning(_result([math.nan, math.nan])) is None  # nothing trained
+    # counted by model, not by design: five placements of one chance model are one model
+    assert chance_warning(_result([0.1] * 5 + [0.8, 0.7], archs=["a"] * 5 + ["b", "c"])) is None
+    assert chance_warning(_result([0.1] * 5 + [0.8], archs=["a"] * 4 + ["d", "b"])) == (
+        chance_warning(_result([0.1, 0.1, 0.8])))  # two chance models of three
 
 
 def test_resume_compares_every_setting_but_where_training_runs() -> None:
@@ -271,6 +279,38 @@ def test_results_without_a_checkpoint_are_never_reused(tmp_path: Path) -> None:
     assert folder_state(tmp_path, "any") == "other"
     (tmp_path / "front.csv").unlink()
     assert folder_state(tmp_path, "any") == "free"
+
+
+def test_a_folder_in_use_is_never_shared(tmp_path: Path) -> None:
+    """Catches two searches writing one folder at once: a folder locked by a running search is
+    refused when named (--out, --overwrite, --resume) and skipped when it is the default; the
+    lock goes with its process, even a killed one."""
+    from search.runs import choose_run_folder, lock_run_folder
+
+    base = tmp_path / "runs" / "search-x-seed0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from search.runs import lock_run_folder; lock = lock_run_folder(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(60)", str(base)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(base))} is in use by a running "
+                                             rf"search \(process {holder.pid}\)"):
+            lock_run_folder(base)
+        with pytest.raises(ValueError, match="in use by a running search"):
+            choose_run_folder(base, "any", named=True)
+        folder, state, lock = choose_run_folder(base, "any", named=False)
+        assert (folder.name, state) == ("search-x-seed0-2", "free")
+        with pytest.raises(ValueError, match="in use"):  # one process, two runs: refused too
+            lock_run_folder(folder)
+        lock.close()
+        again = lock_run_folder(folder)  # released by closing
+        again.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_run_folder(base).close()  # released by the killed process
 
 
 def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path: Path) -> None:
