@@ -295,8 +295,8 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     data_dir = args.data_dir if args.data_dir is not None else saved.data_dir
     _use_data_dir(data_dir)
     changes = _changes(args)
-    given = (load_search_config(args.config) if args.config else saved.config).with_changes(
-        **changes)
+    given = (load_search_config(args.config, base=saved.config) if args.config
+             else saved.config).with_changes(**changes)  # what the file leaves out: the run's
     differ = config_differences(saved.config, given, ignore=UNFINGERPRINTED)
     if differ:
         flags = {setting: f"--{flag}" for flag, setting in CONFIG_FLAGS.items()

@@ -196,8 +196,9 @@ def validate_config(data: dict[str, Any], where: str) -> SearchConfig:
         raise ValueError(f"{where}: {loc}: {msg}") from None
 
 
-def load_search_config(path: str | Path) -> SearchConfig:
-    """Read a search configuration YAML file (any key may be left out: defaults apply)."""
+def load_search_config(path: str | Path, base: SearchConfig | None = None) -> SearchConfig:
+    """Read a search configuration YAML file (any key may be left out: ``base``'s value
+    applies, by default the defaults; ``budget`` is merged key by key)."""
     path = Path(path)
     try:
         data = load_yaml(path.read_text(encoding="utf-8")) or {}
@@ -205,4 +206,12 @@ def load_search_config(path: str | Path) -> SearchConfig:
         raise ValueError(f"{path}: cannot read the search configuration ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a search configuration must be a mapping")
+    if base is not None:
+        merged = base.model_dump()
+        for key, value in data.items():
+            if key == "budget" and isinstance(value, dict):
+                merged["budget"].update(value)
+            else:
+                merged[key] = value
+        data = merged
     return validate_config(data, str(path))

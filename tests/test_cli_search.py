@@ -150,6 +150,12 @@ def test_resume_dir_alone_continues_an_interrupted_run(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--population 6 (the run's: 4)" in err
     assert "--epochs" not in err  # it agrees
+    partial = tmp_path / "partial.yaml"  # what it leaves out is the run's, not the defaults
+    partial.write_text("population: 6\nbudget: {epochs: 1}\n", encoding="utf-8")
+    assert main(["search", "--resume", str(out), "--config", str(partial)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"population in --config {partial} 6 (the run's: 4)" in err
+    assert "budget" not in err and "remeasure" not in err and "noise" not in err, err
 
     assert main(["search", "--resume", str(out), "--json", "--workers", "1"]) == 0
     captured = capsys.readouterr()
