@@ -283,12 +283,14 @@ class Evaluator:
         return total
 
     def _noise_population(self) -> str:
-        """What the noise was measured on: the space's architectures, or the fixed one."""
+        """What the noise was measured on: the space's architectures, or the fixed one, as
+        trained from scratch or, with compression, fine-tuned (:attr:`TrainJob.finetune`)."""
         arch = self.layout.fixed_arch
+        tuned = ",fine-tuned" if self.config.compression else ""
         if arch is None:
-            return f"space:{self.layout.space.name}"
+            return f"space:{self.layout.space.name}{tuned}"
         blocks = json.dumps(arch.to_dict()["blocks"], sort_keys=True)
-        return f"architecture:{hashlib.sha256(blocks.encode()).hexdigest()[:16]}"
+        return f"architecture:{hashlib.sha256(blocks.encode()).hexdigest()[:16]}{tuned}"
 
     def _noise_jobs(self, designs: Sequence[Design]) -> list[list[TrainJob]]:
         """Trainings that measure the proxy's seed-to-seed noise, per seed (rows) and
