@@ -5,8 +5,10 @@ gets the same scores whichever method finds it): the joint NSGA-II (:mod:`search
 same without the DP's seeds and re-splits (``nsga2-nodp``: what evolution alone does), random
 search (:func:`search.baselines.random_search`), and Optuna's multi-objective TPE and NSGA-II
 samplers (:mod:`search.optuna_search`; skipped, and said so, where Optuna is not installed).
-Each seed's NSGA-II run sets the budget: every other method evaluates as many distinct designs,
-in batches of the population size, so every curve has a point per generation (batch).
+Each seed's NSGA-II run sets the budget: random search and Optuna's samplers evaluate as many
+distinct designs, in batches of the population size, so every curve has a point per generation
+(batch); ``nsga2-nodp`` runs its own generations (a few offspring fewer when fresh ones run
+out), and every curve is read at NSGA-II's budgets (:func:`at_budget`).
 
 Every scenario of the config's ``scenarios`` list is compared on its own (its own reference and
 tests); one cache serves them all (an accuracy does not depend on the network). Reported, per

@@ -253,9 +253,9 @@ def _copy_cache(source: Path, folder: Path) -> None:
         with closing(sqlite3.connect(source / "accuracy.sqlite")) as src, \
                 closing(sqlite3.connect(folder / "accuracy.sqlite")) as dst:
             src.backup(dst)
-        if (source / "accuracy.weights").is_dir():
+        if (source / "accuracy.weights").is_dir():  # written by rename: skip the temporaries
             shutil.copytree(source / "accuracy.weights", folder / "accuracy.weights",
-                            dirs_exist_ok=True)
+                            ignore=shutil.ignore_patterns(".tmp-*"), dirs_exist_ok=True)
 
 
 def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
@@ -274,6 +274,9 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     if args.out is not None and Path(args.out).resolve() != folder.resolve():
         raise ValueError(f"--out {args.out} and --resume {folder} name different folders: a "
                          "resumed run stays in its folder")
+    if not folder.is_dir():
+        raise ValueError(f"cannot resume from {folder}: no such folder")
+    lock = lock_run_folder(folder)  # before reading: a run ending there rewrites config.yaml
     saved = read_run_config(folder)
     if args.scenario is not None:
         scenario_path = resolve_scenario_path(args.scenario)
@@ -308,8 +311,7 @@ def _resumed(args: argparse.Namespace, say: _Say) -> _Plan:
     config = saved.config.with_changes(**{k: getattr(given, k) for k in UNFINGERPRINTED})
     config, reason = resolve_config_dataset(config)
     say.note(reason)
-    return _Plan(scenario, scenario_path, config, folder, True, data_dir,
-                 lock_run_folder(folder))
+    return _Plan(scenario, scenario_path, config, folder, True, data_dir, lock)
 
 
 FRONT_HEAD = ("proxy", "test", "mean ms", "p95 ms", "device J", "architecture", "design")

@@ -188,7 +188,8 @@ def neurosurgeon_baseline(scenario: Scenario, config: SearchConfig,
     offered: list[Evaluation] = []
     route = tuple(scenario.path)
     for name in models:
-        cfg = config.with_changes(architecture=name, compression=False)
+        cfg = config.with_changes(architecture=name, compression=False,  # trained as the
+                                  finetune_plain=config.plain_finetuned)  # compared designs
         evaluator = _evaluator(scenario, cfg, out_dir, cache_path)
         arch = cfg.fixed_architecture()
         assert arch is not None
@@ -241,7 +242,7 @@ def two_stage_baseline(scenario: Scenario, config: SearchConfig,
     generations, then every architecture of that front split optimally on its best route and
     evaluated like any design."""
     out = Path(out_dir)
-    stage1_cfg = config.with_changes(compression=False, dp_seeding=False,
+    stage1_cfg = config.with_changes(compression=False, dp_seeding=False, resplit="none",
                                      energy_objective=False, objective="pareto",
                                      remeasure_replications=0)  # no network to re-measure on
     cache = cache_path or str(out / "accuracy.sqlite")

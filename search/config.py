@@ -76,6 +76,11 @@ class SearchConfig(_Frozen):
     energy_objective: bool = False
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     compression: bool = True
+    finetune_plain: bool | None = None
+    """Score a plain (uncompressed) design after the same fine-tuning from its trained weights
+    that a compressed variant gets, so that every design of an architecture has had the same
+    training; default: when ``compression`` is on. A comparison that mixes spaces with and
+    without compression (a fixed model's splits against the joint search) sets it alike."""
     return_result: bool = False
     population: Annotated[int, Field(ge=4)] = 12
     generations: Annotated[int, Field(ge=1)] = 4
@@ -150,6 +155,11 @@ class SearchConfig(_Frozen):
         """The hypervolume's reference point: (error, latency_s, device energy_j)."""
         error = 1.0 - 1.0 / num_classes if self.hv_error_ref is None else self.hv_error_ref
         return error, self.hv_latency_ref_s, self.hv_energy_ref_j
+
+    @property
+    def plain_finetuned(self) -> bool:
+        """Whether plain designs are fine-tuned (:attr:`finetune_plain`, resolved)."""
+        return self.compression if self.finetune_plain is None else self.finetune_plain
 
     def fixed_architecture(self) -> ArchSpec | None:
         """The architecture named by ``architecture``, or None when it is searched."""

@@ -286,7 +286,9 @@ class Evaluator:
         """What the noise was measured on: the space's architectures, or the fixed one, as
         trained from scratch or, with compression, fine-tuned (:attr:`TrainJob.finetune`)."""
         arch = self.layout.fixed_arch
-        tuned = ",fine-tuned" if self.config.compression else ""
+        b = self._budget
+        tuned = (f",fine-tuned({b.finetune_fraction:g},{b.finetune_lr_scale:g})"
+                 if self.config.plain_finetuned else "")
         if arch is None:
             return f"space:{self.layout.space.name}{tuned}"
         blocks = json.dumps(arch.to_dict()["blocks"], sort_keys=True)
@@ -322,9 +324,8 @@ class Evaluator:
                     archs.append(a)
             seeds = 2
         base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
-        return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k,
-                                     keep_weights=base.keep_weights and k == 0)  # no variant
-                 for a in archs] for k in range(seeds)]  # starts from another seed's weights
+        return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k)
+                 for a in archs] for k in range(seeds)]  # (a seed's weights: its own key)
 
     def train_job(self, design: Design) -> TrainJob:
         return TrainJob(
@@ -337,7 +338,7 @@ class Evaluator:
             device=self.config.device,
             cache_path=self.cache_path,
             keep_weights=self.config.compression,  # variants will want to start from them
-            finetune=self.config.compression and not design.compressing_cuts,
+            finetune=self.config.plain_finetuned and not design.compressing_cuts,
         )
 
     @property

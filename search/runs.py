@@ -110,7 +110,11 @@ def choose_run_folder(base: Path, fingerprint: str, *, named: bool
             what = "a finished run of this search" if state == "finished" else "another search"
             raise ValueError(f"{base} already holds a search ({what}): pass --resume {base} to "
                              "continue it, --overwrite to replace it, or choose another --out")
-        return base, state, lock_run_folder(base)
+        lock = lock_run_folder(base)
+        if folder_state(base, fingerprint) != state:  # it changed before the lock was ours
+            lock.close()
+            return choose_run_folder(base, fingerprint, named=named)
+        return base, state, lock
     for folder in chain([base], (base.with_name(f"{base.name}-{n}") for n in count(2))):
         state = folder_state(folder, fingerprint)
         if state in ("free", "unfinished"):

@@ -140,6 +140,15 @@ def test_neurosurgeon_picks_the_best_single_split(tmp_path: Path) -> None:
         best = min(best, no_queue_latency(Design(arch, tuple(s.path), cuts), profile, s))
     assert chosen.latency_s == pytest.approx(best, rel=1e-9)
     assert result.front() == [chosen]
+    # trained as the compared designs are: the config has compression, so its plain designs
+    # are fine-tuned, and so are the fixed model's (though its own space has no compression)
+    from models.cache import AccuracyCache, cache_key
+    from models.data import load_dataset
+
+    key = cache_key(arch, load_dataset("mnist5k").key, config().budget.to_budget(), 0,
+                    finetuned=True)
+    got = AccuracyCache(tmp_path / "accuracy.sqlite").get(key)
+    assert got is not None and got.accuracy == chosen.accuracy
 
 
 def test_two_stage_splits_its_accuracy_flops_front_optimally(tmp_path: Path) -> None:

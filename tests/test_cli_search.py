@@ -287,7 +287,8 @@ def test_results_without_a_checkpoint_are_never_reused(tmp_path: Path) -> None:
     assert folder_state(tmp_path, "any") == "free"
 
 
-def test_a_folder_in_use_is_never_shared(tmp_path: Path) -> None:
+def test_a_folder_in_use_is_never_shared(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     """Catches two searches writing one folder at once: a folder locked by a running search is
     refused when named (--out, --overwrite, --resume) and skipped when it is the default; the
     lock goes with its process, even a killed one."""
@@ -306,6 +307,13 @@ def test_a_folder_in_use_is_never_shared(tmp_path: Path) -> None:
             lock_run_folder(base)
         with pytest.raises(ValueError, match="in use by a running search"):
             choose_run_folder(base, "any", named=True)
+        for argv in (["--resume", str(base)],
+                     [str(EXAMPLES / "three-tier.yaml"), "--out", str(base), "--overwrite"],
+                     [str(EXAMPLES / "three-tier.yaml"), "--out", str(base)]):
+            assert main(["search", *argv]) == 2, argv
+            *notes, last = capsys.readouterr().err.strip().splitlines()
+            assert last.startswith(f"jmsnas: error: {base} is in use by a running search"), last
+            assert not any("error" in n for n in notes), notes
         folder, state, lock = choose_run_folder(base, "any", named=False)
         assert (folder.name, state) == ("search-x-seed0-2", "free")
         with pytest.raises(ValueError, match="in use"):  # one process, two runs: refused too
