@@ -50,8 +50,8 @@ from .common import (
 TITLE = "Convergence: NSGA-II against random search and Optuna's samplers"
 COLUMNS = ["scenario", "method", "seed", "step", "evaluations", "hypervolume", "best_accuracy",
            "best_latency_s"]
-SUMMARY_COLUMNS = ["scenario", "method", "seeds", "evaluations", "hv_mean", "hv_ci95_lo", "hv_ci95_hi",
-                   "hv_min", "hv_max", "reference_hv", "to95_median", "to95_reached",
+SUMMARY_COLUMNS = ["scenario", "method", "seeds", "evaluations", "hv_mean", "hv_ci95_lo",
+                   "hv_ci95_hi", "hv_min", "hv_max", "reference_hv", "to95_median", "to95_reached",
                    "diff_vs_nsga2", "diff_ci95", "wilcoxon_p", "budgets_at_least_nsga2"]
 PAIRED_COLUMNS = ["scenario", "method", "evaluations", "diff_vs_nsga2", "diff_ci95", "wilcoxon_p",
                   "nsga2_ahead"]

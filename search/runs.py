@@ -82,7 +82,7 @@ def lock_run_folder(folder: Path) -> IO[str]:
     open while the run lasts (closing it, or the process ending, releases the lock). A
     ValueError naming the folder and the process that holds it when another one does."""
     folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held by the caller
+    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # held open by the caller
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
