@@ -151,7 +151,7 @@ def test_search_marks_overloaded_designs_unstable_and_trains_nothing_for_them(
     uplink = mean_rate_bps(s.links[0], s)
     arch = resolve_architecture("tiny-110101101")
     cfg = SearchConfig(architecture="tiny-110101101", dataset="mnist5k", executor="serial",
-                       noise_architectures=0, sim_tasks=50,
+                       noise_architectures=0, sim_tasks=50, compression=False,  # one training
                        budget={"epochs": 1, "subset": 300, "batch_size": 64})  # type: ignore[arg-type]
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
     raw = Design(arch, tuple(s.path), (Cut(0), Cut(arch.n_blocks)))  # all on the edge
