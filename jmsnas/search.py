@@ -197,6 +197,7 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
         choose_run_folder,
         clear_run,
         default_run_folder,
+        folder_state,
         lock_run_folder,
         write_run_config,
     )
@@ -225,7 +226,9 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
         out, state, lock = choose_run_folder(target, fingerprint(scenario, config),
                                              named=named)
     if out != target:
-        say.note(f"{target} holds an earlier search; this run goes to {out} (--overwrite "
+        busy = folder_state(target, fingerprint(scenario, config)) in ("free", "unfinished")
+        say.note(f"{target} is in use by a running search; this run goes to {out}" if busy else
+                 f"{target} holds an earlier search; this run goes to {out} (--overwrite "
                  "replaces the earlier one instead)")
         _copy_cache(target, out)
     resume = state == "unfinished"
