@@ -67,11 +67,13 @@ def _compressing(cuts: Sequence[Cut]) -> list[list[float]]:
             if c.compresses]
 
 
-CODE_VERSION = 2
+CODE_VERSION = 3
 """Version of the code an accuracy comes from (model building, proxy training, quantisation),
 part of every key: bump it whenever any of them changes what a training run gives. 1: keys
 without a version (up to issue 11); 2: a failure to run is found before training, transient
-errors are not cached, the device is in the key."""
+errors are not cached, the device is in the key; 3: CPU training on one torch thread
+(:func:`models.train.one_thread`), so a key's accuracy no longer depends on the worker count
+or the machine's cores."""
 
 VARIANT_TRAINING = "inherit-2"
 """How a compressed variant is trained: from its parent's weights, its bottleneck started as

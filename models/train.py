@@ -7,9 +7,10 @@ profiled at the deployment input shape of the scenario. The budget is part of th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -21,8 +22,8 @@ from .build import Cut, build_model
 from .data import Dataset
 from .spec import ArchSpec
 
-__all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "device_tag", "proxy_accuracy",
-           "resolve_device", "seed_sd"]
+__all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "device_tag", "one_thread",
+           "proxy_accuracy", "resolve_device", "seed_sd"]
 
 
 class InitStateMismatch(ValueError):
@@ -163,7 +164,9 @@ def proxy_accuracy(
     keep_state: bool = False,
 ) -> TrainResult:
     """Train ``spec`` (with the compression of ``cuts``) on ``data`` and return its validation
-    accuracy. Deterministic for a seed on the CPU. A NaN or exploding loss, or an architecture
+    accuracy. Deterministic for a seed on the CPU, whatever the machine's core count or the
+    caller's torch thread setting: on the CPU it trains with one torch thread (see
+    :func:`one_thread`). A NaN or exploding loss, or an architecture
     that cannot run on the data's input size, is a failed evaluation, not an exception.
 
     ``init_state``: start from these weights (the uncompressed architecture's, trained with the
@@ -186,7 +189,7 @@ def proxy_accuracy(
         if dev.type == "cuda" else []
     # Weight initialisation and dropout draw from torch's global generator: seed it inside a
     # fork, so that the run is reproducible and the caller's generator state is untouched.
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), one_thread(dev.type == "cpu"):
         torch.manual_seed(seed)
         model = build_model(spec, x_train.shape[1], data.num_classes,
                             width_scale=budget.width_scale, cuts=cuts)
@@ -213,6 +216,28 @@ def proxy_accuracy(
         result = TrainResult(result.accuracy, result.train_time_s, result.status,
                              result.message, state)
     return result
+
+
+@contextlib.contextmanager
+def one_thread(active: bool = True) -> Iterator[None]:
+    """Run torch's CPU operators on one thread inside, and restore the caller's setting after.
+
+    A convolution's sums are split across threads, so two thread counts round differently and
+    a few hundred steps of training turn that into different accuracies (0.611 with one thread,
+    0.622 with two, for one tiny architecture on 3,000 Fashion-MNIST images). The accuracy
+    cache must not depend on how many workers a run used or how many cores its machine has, so
+    every proxy training uses one thread; a search parallelises over trainings instead
+    (``workers``), which for these small models is also the faster use of the cores.
+    """
+    if not active or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cannot_run(model: nn.Module, x: torch.Tensor) -> str | None:

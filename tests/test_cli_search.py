@@ -14,7 +14,6 @@ import pickle
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,6 @@ sim_tasks: 100
 budget: {width_scale: 0.25, batch_size: 32}
 """
 """Settings only a --config file sets: what a tiny search can leave out or make smaller."""
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Training in this process on one thread, as the search's worker processes do: on a busy
-    two-core machine two threads made these searches 5 to 20 times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _command(tmp_path: Path, scenario: str = "three-tier", generations: int = 1) -> list[str]:
