@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from .network import Plan
 from .workload import TaskSet
 
-__all__ = ["RunRecord", "Timeline", "run_simpy"]
+__all__ = ["RunRecord", "Timeline", "fill_skipped", "run_simpy"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Timeline:
     """Per task and stage: when the task joined the queue, started service and ended service.
 
     Arrays have shape (tasks, stages), tasks in order of arrival. For a transfer, ``end`` is when
-    the last bit left the sender; propagation follows.
+    the last bit left the sender; propagation follows. A stage a task skips (a split policy's
+    other pipelines) has ``resource`` -1 and takes no time (see :func:`fill_skipped`).
     """
 
     task_arrival_s: NDArray[np.float64]
@@ -71,6 +72,22 @@ class RunRecord:
         return (self.completion_s - self.arrival_s)[self.measured]
 
 
+def fill_skipped(resource: NDArray[np.intp], propagation: NDArray[np.float64],
+                 arrival_s: NDArray[np.float64], queued: NDArray[np.float64],
+                 start: NDArray[np.float64], end: NDArray[np.float64]) -> None:
+    """Give every stage a task skips (resource -1, a split policy's) the instant the task
+    passed it: queued, started and ended when its previous stage's output arrived (its own
+    arrival before the first stage). Arrays are (tasks, stages), changed in place."""
+    skipped = resource < 0
+    if not skipped.any():
+        return
+    for s in range(resource.shape[1]):
+        rows = np.flatnonzero(skipped[:, s])
+        if rows.size:
+            passed = end[rows, s - 1] + propagation[rows, s - 1] if s else arrival_s[rows]
+            queued[rows, s] = start[rows, s] = end[rows, s] = passed
+
+
 def run_simpy(
     plan: Plan,
     tasks: TaskSet,
@@ -86,10 +103,13 @@ def run_simpy(
     env = simpy.Environment()
     queues = [simpy.Resource(env, capacity=r.servers) for r in plan.resources]
     n, k = tasks.n, len(plan.stages)
-    # Per source: the stages as plain Python tuples (fast to unpack in the hot loop).
+    rows = plan.rows(tasks)
+    # Per plan row: its stages as plain Python tuples (fast to unpack in the hot loop); a
+    # policy's row leaves out the merged stages it skips.
     table = [
         tuple(
             (
+                s,
                 queues[int(plan.resource[j, s])],
                 int(plan.resource[j, s]),
                 plan.resources[int(plan.resource[j, s])].channel,
@@ -97,12 +117,13 @@ def run_simpy(
                 float(plan.propagation[j, s]),
             )
             for s in range(k)
+            if plan.resource[j, s] >= 0
         )
         for j in range(plan.resource.shape[0])
     ]
     jitter = bool(np.any(tasks.multipliers != 1.0))
     arrival = tasks.arrival_s.tolist()
-    source = tasks.source.tolist()
+    route = rows.tolist()
     measured = tasks.measured.tolist()
     completion = np.zeros(n)
     wait = [0.0] * k
@@ -116,7 +137,7 @@ def run_simpy(
     def task(i: int) -> Generator[simpy.Event, Any, None]:
         mult = tasks.multipliers[i].tolist() if jitter else None
         meas = measured[i]
-        for s, (queue, r, channel, base, prop) in enumerate(table[source[i]]):
+        for s, queue, r, channel, base, prop in table[route[i]]:
             queued = env.now
             with queue.request() as req:
                 yield req
@@ -151,10 +172,10 @@ def run_simpy(
     env.run()
     timeline = None
     if keep_timeline:
-        timeline = Timeline(
-            tasks.arrival_s, tasks.source, plan.resource[tasks.source], queued_t, start_t, end_t,
-            completion,
-        )
+        resource = plan.resource[rows]
+        fill_skipped(resource, plan.propagation[rows], tasks.arrival_s, queued_t, start_t, end_t)
+        timeline = Timeline(tasks.arrival_s, tasks.source, resource, queued_t, start_t, end_t,
+                            completion)
     return RunRecord(
         arrival_s=tasks.arrival_s,
         completion_s=completion,

@@ -31,7 +31,7 @@ import heapq
 import numpy as np
 from numpy.typing import NDArray
 
-from .engine import RunRecord, Timeline
+from .engine import RunRecord, Timeline, fill_skipped
 from .errors import FastEvaluatorError
 from .network import Plan, Resource
 from .workload import TaskSet
@@ -63,7 +63,7 @@ def check_fast_applicable(plan: Plan) -> None:
     """Raise :class:`FastEvaluatorError` unless every queue is used by one stage index only."""
     used_at: dict[int, int] = {}
     for s in range(plan.resource.shape[1]):
-        for r in np.unique(plan.resource[:, s]).tolist():
+        for r in np.unique(plan.resource[:, s][plan.resource[:, s] >= 0]).tolist():
             if r in used_at and used_at[r] != s:
                 name = plan.resources[r].name
                 raise FastEvaluatorError(
@@ -97,33 +97,46 @@ def _strictly_increasing(x: NDArray[np.float64]) -> bool:
 
 
 def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunRecord:
-    """Evaluate one replication exactly, stage by stage, with the recursions above."""
+    """Evaluate one replication exactly, stage by stage, with the recursions above.
+
+    A split policy's tasks skip the merged stages their own pipeline lacks: at each stage only
+    the tasks that visit it queue, the others keep the time and the tie-break of their last
+    stage. Every pipeline is a subsequence of the merged one, so a queue's visitors have all
+    finished their earlier stages when it is solved.
+    """
     check_fast_applicable(plan)
     n, k = tasks.n, len(plan.stages)
     m = tasks.measured
+    rows = plan.rows(tasks)
     queued = np.empty((k, n))
     start = np.empty((k, n))
     end = np.empty((k, n))
     busy = np.zeros(len(plan.resources))
     mbusy = np.zeros(len(plan.resources))
-    single_source = plan.resource.shape[0] == 1
+    single_row = plan.resource.shape[0] == 1
     ready = tasks.arrival_s
     # When the event that makes each task ask for the current stage was scheduled: SimPy serves
     # requests made at the same instant in that order (then by task index), and so do we.
     woke = tasks.arrival_s
     for s in range(k):
         queued[s] = ready
-        work = np.full(n, plan.base[0, s]) if single_source else plan.base[:, s][tasks.source]
+        res_s = np.full(n, plan.resource[0, s]) if single_row else plan.resource[:, s][rows]
+        work = np.full(n, plan.base[0, s]) if single_row else plan.base[:, s][rows]
         if not plan.is_link[s]:
             work *= tasks.multipliers[:, s]
-        groups = np.unique(plan.resource[:, s]).tolist()
+        groups = np.unique(res_s).tolist()
+        if groups == [-1]:  # no task visits it
+            start[s] = end[s] = ready
+            continue
         if len(groups) == 1 and _strictly_increasing(ready):
             # One queue, tasks already in order of arrival (the usual case after a FIFO stage).
             start[s], end[s] = _solve_queue(plan.resources[groups[0]], ready, work)
         else:
-            res_s = plan.resource[:, s][tasks.source]
             for r in groups:
                 members = np.flatnonzero(res_s == r)
+                if r < 0:  # they skip the stage: no queue, no time
+                    start[s, members] = end[s, members] = ready[members]
+                    continue
                 members = members[np.lexsort((members, woke[members], ready[members]))]
                 start[s, members], end[s, members] = _solve_queue(
                     plan.resources[r], ready[members], work[members]
@@ -133,29 +146,33 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
             busy[groups[0]] += service.sum()
             mbusy[groups[0]] += service[m].sum()
         else:
-            res_s = plan.resource[:, s][tasks.source]
-            busy += np.bincount(res_s, weights=service, minlength=busy.size)
-            mbusy += np.bincount(res_s[m], weights=service[m], minlength=busy.size)
+            used = res_s >= 0
+            busy += np.bincount(res_s[used], weights=service[used], minlength=busy.size)
+            mbusy += np.bincount(res_s[used & m], weights=service[used & m], minlength=busy.size)
         prop = plan.propagation[:, s]
+        visits = res_s >= 0
         if np.any(prop):
-            task_prop = np.full(n, prop[0]) if single_source else prop[tasks.source]
+            task_prop = np.full(n, prop[0]) if single_row else prop[rows]
             ready = end[s] + task_prop
-            woke = np.where(task_prop > 0, end[s], start[s])  # the propagation timeout
+            woke = np.where(visits, np.where(task_prop > 0, end[s], start[s]), woke)
         else:
             ready = end[s]
-            woke = start[s]  # the service timeout
+            woke = np.where(visits, start[s], woke) if not visits.all() else start[s]
     completion = ready
     timeline = None
     if keep_timeline:
-        timeline = Timeline(tasks.arrival_s, tasks.source, plan.resource[tasks.source],
-                            queued.T.copy(), start.T.copy(), end.T.copy(), completion)
+        resource = plan.resource[rows]
+        queued_t, start_t, end_t = queued.T.copy(), start.T.copy(), end.T.copy()
+        fill_skipped(resource, plan.propagation[rows], tasks.arrival_s, queued_t, start_t, end_t)
+        timeline = Timeline(tasks.arrival_s, tasks.source, resource, queued_t, start_t, end_t,
+                            completion)
     return RunRecord(
         arrival_s=tasks.arrival_s,
         completion_s=completion,
         measured=m,
         stage_wait_s=(start[:, m] - queued[:, m]).sum(axis=1),
         stage_service_s=(end[:, m] - start[:, m]).sum(axis=1),
-        stage_propagation_s=plan.propagation[tasks.source[m]].sum(axis=0),
+        stage_propagation_s=plan.propagation[rows[m]].sum(axis=0),
         busy_s=busy,
         measured_busy_s=mbusy,
         timeline=timeline,

@@ -3,12 +3,15 @@
 A :class:`Plan` is what both engines read: a flat list of resources (a node with its servers and
 FLOP/s, or a link with its rate process and propagation delay) and, for every source and stage,
 the resource the stage uses and its base service (seconds of compute at multiplier 1, or bits).
+A split policy (:mod:`sim.policy`) has one row per (pipeline, source) over the merged stages,
+and a task of pipeline v and source j runs row ``v * sources + j``, skipping the stages whose
+resource there is -1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +26,7 @@ from .channels import (
     read_trace,
     shannon_rate_bps,
 )
+from .policy import SplitPolicy, merge_pipelines
 from .scenario import (
     ConstantChannel,
     GilbertElliottChannel,
@@ -33,7 +37,7 @@ from .scenario import (
     TraceChannel,
 )
 from .seeds import children
-from .workload import Compute, Stage, stages_for_source
+from .workload import Compute, Stage, TaskSet, stages_for_source
 
 __all__ = ["Plan", "Resource", "compile_plan", "make_rate_process", "mean_rate_bps"]
 
@@ -87,9 +91,12 @@ class Resource:
 class Plan:
     """Where every stage of every source's pipeline runs, for one replication.
 
-    ``resource[j, k]``: index into ``resources`` of stage k for source j.
+    ``resource[j, k]``: index into ``resources`` of stage k for source j (row ``v * sources +
+    j`` for pipeline v of a policy; -1: that row skips the stage).
     ``base[j, k]``: service at multiplier 1: seconds for compute, bits for transfers.
     ``propagation[j, k]``: delay after a transfer (0 for compute).
+    ``policy``: the split policy whose merged pipeline ``stages`` is (None: one pipeline);
+    ``observed[j]``: the resource whose rate source j's first node observes for it.
     """
 
     resources: tuple[Resource, ...]
@@ -98,16 +105,43 @@ class Plan:
     base: NDArray[np.float64]
     propagation: NDArray[np.float64]
     is_link: NDArray[np.bool_]
+    policy: SplitPolicy | None = None
+    observed: tuple[int, ...] = ()
 
     @property
     def labels(self) -> list[str]:
         return [s.label for s in self.stages]
 
+    @property
+    def variants(self) -> int:
+        return 1 if self.policy is None else self.policy.states
+
+    def rows(self, tasks: TaskSet) -> NDArray[np.intp]:
+        """The plan row each task runs."""
+        if tasks.variant is None or self.policy is None:
+            return tasks.source
+        return tasks.variant * (self.resource.shape[0] // self.variants) + tasks.source
+
+    def choose(self, tasks: TaskSet) -> TaskSet:
+        """``tasks`` with each one's pipeline chosen by the policy from the rate its first node
+        observes at its arrival (unchanged without a policy)."""
+        if self.policy is None:
+            return tasks
+        variant = np.zeros(tasks.n, dtype=np.intp)
+        for j, r in enumerate(self.observed):
+            mine = tasks.source == j
+            channel = self.resources[r].channel
+            assert channel is not None
+            variant[mine] = self.policy.choose(channel, tasks.arrival_s[mine])
+        return replace(tasks, variant=variant)
+
 
 def compile_plan(
-    scenario: Scenario, stages: Sequence[Stage], channel_seed: np.random.SeedSequence
+    scenario: Scenario, stages: Sequence[Stage] | SplitPolicy,
+    channel_seed: np.random.SeedSequence
 ) -> Plan:
-    """Resolve a pipeline against the scenario's network for one replication.
+    """Resolve a pipeline, or a split policy's pipelines, against the scenario's network for
+    one replication.
 
     The channel of the i-th entry of ``scenario.links`` comes from the i-th child of
     ``channel_seed`` (its two directions from that child's children 0 and 1), whatever the pipeline:
@@ -150,27 +184,47 @@ def compile_plan(
             )
         return index[key]
 
+    policy = stages if isinstance(stages, SplitPolicy) else None
+    if not isinstance(stages, SplitPolicy):
+        variants: Sequence[Sequence[Stage]] = (tuple(stages),)
+        merged = tuple(stages)
+        positions = [list(range(len(merged)))]
+    else:
+        variants = stages.pipelines
+        merged, positions = merge_pipelines(stages.pipelines)
+    first = scenario.path[0]
     sources = scenario.workload.sources
-    n, k = len(sources), len(stages)
-    res = np.zeros((n, k), dtype=np.intp)
-    base = np.zeros((n, k))
-    prop = np.zeros((n, k))
-    for j, src in enumerate(sources):
-        for s, stage in enumerate(stages_for_source(stages, scenario.path[0], src)):
-            if isinstance(stage, Compute):
-                if stage.node not in scenario.nodes:
-                    raise ValueError(
-                        f"the pipeline computes on {stage.node!r}, which is not a node"
-                    )
-                r = node_resource(stage.node)
-                base[j, s] = stage.work_flops / scenario.nodes[stage.node].flops
-            else:
-                r = link_resource(stage.src, stage.dst)
-                base[j, s] = stage.size_bits
-                prop[j, s] = resources[r].propagation_s
-            res[j, s] = r
-    is_link = np.array([not isinstance(s, Compute) for s in stages], dtype=bool)
-    return Plan(tuple(resources), tuple(stages), res, base, prop, is_link)
+    n, k = len(sources), len(merged)
+    res = np.full((len(variants) * n, k), -1, dtype=np.intp)
+    base = np.zeros((len(variants) * n, k))
+    prop = np.zeros((len(variants) * n, k))
+    for v, pipeline in enumerate(variants):
+        for j, src in enumerate(sources):
+            row = v * n + j
+            for s, stage in zip(positions[v], stages_for_source(pipeline, first, src),
+                                strict=True):
+                if isinstance(stage, Compute):
+                    if stage.node not in scenario.nodes:
+                        raise ValueError(
+                            f"the pipeline computes on {stage.node!r}, which is not a node"
+                        )
+                    r = node_resource(stage.node)
+                    base[row, s] = stage.work_flops / scenario.nodes[stage.node].flops
+                else:
+                    r = link_resource(stage.src, stage.dst)
+                    base[row, s] = stage.size_bits
+                    prop[row, s] = resources[r].propagation_s
+                res[row, s] = r
+    observed: tuple[int, ...] = ()
+    if policy is not None and policy.states > 1:
+        a, b = policy.link
+        links = [(src if a == first else a, b) for src in sources]
+        for u, w in links:
+            if not graph.has_edge(u, w):
+                raise ValueError(f"the policy observes {u} -> {w}, which is not a link")
+        observed = tuple(link_resource(u, w) for u, w in links)
+    is_link = np.array([not isinstance(s, Compute) for s in merged], dtype=bool)
+    return Plan(tuple(resources), tuple(merged), res, base, prop, is_link, policy, observed)
 
 
 def mean_rate_bps(link: LinkSpec, scenario: Scenario) -> float:

@@ -153,7 +153,10 @@ def summarise(
     mbusy = np.sum([r.measured_busy_s for r in records], axis=0)
     resources = []
     energy = device_energy = 0.0
+    used = set(plan.resource[plan.resource >= 0].tolist())  # not a link only observed
     for i, res in enumerate(plan.resources):
+        if i not in used:
+            continue
         e = float(mbusy[i] * res.power_w / n_meas)
         energy += e
         if res.node_kind == "device":
@@ -176,7 +179,8 @@ def summarise(
         StageStats(
             index=s,
             label=plan.stages[s].label,
-            resources=sorted({plan.resources[int(r)].name for r in plan.resource[:, s]}),
+            resources=sorted({plan.resources[int(r)].name for r in plan.resource[:, s]
+                              if r >= 0}),
             waiting_s=float(wait[s]),
             service_s=float(serv[s]),
             propagation_s=float(prop[s]),
@@ -210,7 +214,7 @@ def write_timeline_csv(records: Sequence[RunRecord], plan: Plan, path: str) -> i
 
     Columns: replication, task, source, stage, label, resource, queued_s, start_s, end_s,
     waiting_s, service_s, completion_s. ``label`` is the stage's (:attr:`StageStats.label`: with
-    its pass in training mode).
+    its pass in training mode). A stage a task skips (a split policy's) has no row.
     """
     import csv
 
@@ -225,6 +229,8 @@ def write_timeline_csv(records: Sequence[RunRecord], plan: Plan, path: str) -> i
                 raise ValueError("no timeline kept: simulate with keep_timeline=True")
             for i in range(tl.start_s.shape[0]):
                 for s in range(tl.start_s.shape[1]):
+                    if tl.resource[i, s] < 0:
+                        continue
                     out.writerow([
                         rep, i, int(tl.source[i]), s, plan.stages[s].label,
                         plan.resources[int(tl.resource[i, s])].name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,10 +13,11 @@ from .engine import RunRecord, run_simpy
 from .errors import FastEvaluatorError, ScenarioError
 from .fast import check_fast_applicable, run_fast
 from .network import Plan, compile_plan
+from .policy import SplitPolicy
 from .report import LatencyReport, summarise
 from .scenario import Scenario
 from .seeds import child, children
-from .stability import offered_load
+from .stability import Load, offered_load
 from .workload import Stage, pipeline_from_specs, sample_tasks, training_pipeline
 
 __all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
@@ -64,9 +66,29 @@ def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None,
     return stages
 
 
+def _resolve_policy(scenario: Scenario, policy: SplitPolicy,
+                    backward_included: bool) -> SplitPolicy:
+    if scenario.workload.mode == "training" and not backward_included:
+        factor = scenario.workload.backward_flops_factor
+        return dataclasses.replace(
+            policy, pipelines=tuple(training_pipeline(p, factor) for p in policy.pipelines))
+    return policy
+
+
+def _policy_load(scenario: Scenario, policy: SplitPolicy, variant: np.ndarray,
+                 n: int) -> list[Load]:
+    """Offered utilisation of a policy's resources at the share of tasks each pipeline got."""
+    shares = np.bincount(variant, minlength=policy.states) / max(variant.size, 1)
+    total: dict[tuple[str, str], float] = {}
+    for share, stages in zip(shares.tolist(), policy.pipelines, strict=True):
+        for x in offered_load(scenario, stages, n):
+            total[x.kind, x.resource] = total.get((x.kind, x.resource), 0.0) + share * x.utilisation
+    return [Load(name, kind, rho) for (kind, name), rho in total.items()]
+
+
 def simulate(
     scenario: Scenario,
-    pipeline: Sequence[Stage] | None = None,
+    pipeline: Sequence[Stage] | SplitPolicy | None = None,
     *,
     seed: int = 0,
     replications: int = 1,
@@ -77,6 +99,10 @@ def simulate(
     backward_included: bool = False,
 ) -> SimulationResult:
     """Simulate ``pipeline`` (default: the scenario's) under the scenario's workload.
+
+    ``pipeline`` may be a :class:`sim.policy.SplitPolicy`: each task runs the pipeline of the
+    channel state its first node observes at its arrival; the offered utilisations are then at
+    the share of tasks each pipeline got in the first replication.
 
     ``tasks`` overrides ``workload.tasks`` (tasks per source per replication). In training mode
     the backward pass is appended to the given forward stages by reversing them
@@ -100,11 +126,22 @@ def simulate(
         )
     if engine not in ("simpy", "fast", "auto"):
         raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
-    stages = _resolve_pipeline(scenario, pipeline, backward_included)
-    try:
-        loads = offered_load(scenario, stages, n)
-    except ValueError as exc:
-        raise ScenarioError(f"{scenario.name}: {exc}") from None
+    policy = None
+    if isinstance(pipeline, SplitPolicy):
+        policy = _resolve_policy(scenario, pipeline, backward_included)
+        run: Sequence[Stage] | SplitPolicy = policy
+        try:
+            for stages in policy.pipelines:  # names nodes and links the scenario has
+                offered_load(scenario, stages, n)
+        except ValueError as exc:
+            raise ScenarioError(f"{scenario.name}: {exc}") from None
+        loads: list[Load] | None = None
+    else:
+        run = stages = _resolve_pipeline(scenario, pipeline, backward_included)
+        try:
+            loads = offered_load(scenario, stages, n)
+        except ValueError as exc:
+            raise ScenarioError(f"{scenario.name}: {exc}") from None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -118,7 +155,7 @@ def simulate(
         for rep in range(replications):
             arr_seed, ch_seed, serv_seed = replication_seeds(seed, rep)
             try:
-                plan = compile_plan(scenario, stages, ch_seed)
+                plan = compile_plan(scenario, run, ch_seed)
             except ValueError as exc:
                 raise ScenarioError(f"{scenario.name}: {exc}") from None
             if engine == "auto":
@@ -127,7 +164,10 @@ def simulate(
                     used_engine = "fast"
                 except FastEvaluatorError:
                     used_engine = "simpy"
-            task_set = sample_tasks(scenario, stages, n, arr_seed, serv_seed)
+            task_set = plan.choose(sample_tasks(scenario, plan.stages, n, arr_seed, serv_seed))
+            if loads is None:
+                assert policy is not None and task_set.variant is not None
+                loads = _policy_load(scenario, policy, task_set.variant, n)
             if used_engine == "fast":
                 records.append(run_fast(plan, task_set, keep_timeline=keep_timeline))
                 if bar is not None:
@@ -139,7 +179,7 @@ def simulate(
     finally:
         if bar is not None:
             bar.close()
-    assert plan is not None
+    assert plan is not None and loads is not None
     report = summarise(records, plan, scenario=scenario.name, engine=used_engine, seed=seed,
                        offered={x.resource: x.utilisation for x in loads})
     return SimulationResult(report=report, records=records, plan=plan)

@@ -204,12 +204,15 @@ class TaskSet:
     """The tasks of one replication, in order of arrival (ties: in order of source).
 
     ``multipliers[i, k]`` scales the work of stage k of task i (1 for constant work).
+    ``variant[i]``: which pipeline of a split policy task i runs (None: there is one pipeline;
+    set by :meth:`sim.network.Plan.choose`).
     """
 
     arrival_s: NDArray[np.float64]
     source: NDArray[np.intp]
     measured: NDArray[np.bool_]
     multipliers: NDArray[np.float64]
+    variant: NDArray[np.intp] | None = None
 
     @property
     def n(self) -> int:
