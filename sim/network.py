@@ -26,7 +26,7 @@ from .channels import (
     read_trace,
     shannon_rate_bps,
 )
-from .policy import SplitPolicy, merge_pipelines
+from .policy import OraclePolicy, Policy, SplitPolicy, merge_pipelines
 from .scenario import (
     ConstantChannel,
     GilbertElliottChannel,
@@ -95,8 +95,9 @@ class Plan:
     j`` for pipeline v of a policy; -1: that row skips the stage).
     ``base[j, k]``: service at multiplier 1: seconds for compute, bits for transfers.
     ``propagation[j, k]``: delay after a transfer (0 for compute).
-    ``policy``: the split policy whose merged pipeline ``stages`` is (None: one pipeline);
-    ``observed[j]``: the resource whose rate source j's first node observes for it.
+    ``policy``: the policy whose merged pipeline ``stages`` is (None: one pipeline);
+    ``observed[j]``: the resource whose rate source j's first node observes for a
+    :class:`~sim.policy.SplitPolicy`.
     """
 
     resources: tuple[Resource, ...]
@@ -105,7 +106,7 @@ class Plan:
     base: NDArray[np.float64]
     propagation: NDArray[np.float64]
     is_link: NDArray[np.bool_]
-    policy: SplitPolicy | None = None
+    policy: Policy | None = None
     observed: tuple[int, ...] = ()
 
     @property
@@ -123,11 +124,20 @@ class Plan:
         return tasks.variant * (self.resource.shape[0] // self.variants) + tasks.source
 
     def choose(self, tasks: TaskSet) -> TaskSet:
-        """``tasks`` with each one's pipeline chosen by the policy from the rate its first node
-        observes at its arrival (unchanged without a policy)."""
+        """``tasks`` with each one's pipeline chosen by the policy: from the rate its first node
+        observes at its arrival, or (the oracle) the one that would finish it first alone
+        (unchanged without a policy)."""
         if self.policy is None:
             return tasks
         variant = np.zeros(tasks.n, dtype=np.intp)
+        if isinstance(self.policy, OraclePolicy):
+            sources = self.resource.shape[0] // self.variants
+            for j in range(sources):
+                mine = np.flatnonzero(tasks.source == j)
+                finish = np.stack([self.unqueued_finish(v * sources + j, tasks, mine)
+                                   for v in range(self.variants)])
+                variant[mine] = np.argmin(finish, axis=0)
+            return replace(tasks, variant=variant)
         for j, r in enumerate(self.observed):
             mine = tasks.source == j
             channel = self.resources[r].channel
@@ -135,9 +145,27 @@ class Plan:
             variant[mine] = self.policy.choose(channel, tasks.arrival_s[mine])
         return replace(tasks, variant=variant)
 
+    def unqueued_finish(self, row: int, tasks: TaskSet, which: NDArray[np.intp]
+                        ) -> NDArray[np.float64]:
+        """When tasks ``which`` would finish on plan row ``row`` if they met no queue: compute
+        for its (jittered) work, each transfer on the link's realised rate from when it starts
+        (``C^-1(C(start) + bits)``), propagation after it."""
+        t = tasks.arrival_s[which].copy()
+        for s in range(self.resource.shape[1]):
+            r = int(self.resource[row, s])
+            if r < 0:
+                continue
+            channel = self.resources[r].channel
+            if channel is None:
+                t += self.base[row, s] * tasks.multipliers[which, s]
+            else:
+                sent = channel.inverse_capacity(channel.capacity(t) + self.base[row, s])
+                t = np.maximum(sent, t) + self.propagation[row, s]
+        return t
+
 
 def compile_plan(
-    scenario: Scenario, stages: Sequence[Stage] | SplitPolicy,
+    scenario: Scenario, stages: Sequence[Stage] | Policy,
     channel_seed: np.random.SeedSequence
 ) -> Plan:
     """Resolve a pipeline, or a split policy's pipelines, against the scenario's network for
@@ -184,8 +212,8 @@ def compile_plan(
             )
         return index[key]
 
-    policy = stages if isinstance(stages, SplitPolicy) else None
-    if not isinstance(stages, SplitPolicy):
+    policy = stages if isinstance(stages, SplitPolicy | OraclePolicy) else None
+    if not isinstance(stages, SplitPolicy | OraclePolicy):
         variants: Sequence[Sequence[Stage]] = (tuple(stages),)
         merged = tuple(stages)
         positions = [list(range(len(merged)))]
@@ -216,7 +244,7 @@ def compile_plan(
                     prop[row, s] = resources[r].propagation_s
                 res[row, s] = r
     observed: tuple[int, ...] = ()
-    if policy is not None and policy.states > 1:
+    if isinstance(policy, SplitPolicy) and policy.states > 1:
         a, b = policy.link
         links = [(src if a == first else a, b) for src in sources]
         for u, w in links:

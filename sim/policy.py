@@ -33,7 +33,8 @@ from numpy.typing import NDArray
 from .channels import RateProcess
 from .workload import Compute, Pipeline, Stage
 
-__all__ = ["SplitPolicy", "merge_pipelines", "rate_thresholds", "stage_key"]
+__all__ = ["OraclePolicy", "Policy", "SplitPolicy", "merge_pipelines", "rate_thresholds",
+           "stage_key"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,32 @@ class SplitPolicy:
             return np.zeros(arrival_s.size, dtype=np.intp)
         seen = np.maximum(arrival_s - self.observe_delay_s, 0.0)
         return self.state_of(np.asarray(channel.rate_at(seen), dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class OraclePolicy:
+    """A reference no real node can run: each task takes, of ``pipelines``, the one that would
+    finish it first if it met no queue, knowing the rate every link will have while it sends
+    (the channel's realisation) and its own work. Without queueing no policy over the same
+    pipelines does better for any task, so it bounds them all from below at light load; under
+    load it is a reference, not a bound (sending everyone the same way can queue)."""
+
+    pipelines: tuple[Pipeline, ...]
+
+    def __post_init__(self) -> None:
+        if not self.pipelines:
+            raise ValueError("OraclePolicy.pipelines: needs at least one pipeline")
+        for k, p in enumerate(self.pipelines):
+            if not p:
+                raise ValueError(f"OraclePolicy.pipelines[{k}]: needs at least one stage")
+
+    @property
+    def states(self) -> int:
+        return len(self.pipelines)
+
+
+Policy = SplitPolicy | OraclePolicy
+"""What :func:`sim.simulate` runs besides a plain pipeline: one pipeline per task, chosen."""
 
 
 def rate_thresholds(channel: RateProcess, states: int, *, horizon_s: float,

@@ -13,7 +13,7 @@ from .engine import RunRecord, run_simpy
 from .errors import FastEvaluatorError, ScenarioError
 from .fast import check_fast_applicable, run_fast
 from .network import Plan, compile_plan
-from .policy import SplitPolicy
+from .policy import OraclePolicy, Policy, SplitPolicy
 from .report import LatencyReport, summarise
 from .scenario import Scenario
 from .seeds import child, children
@@ -66,8 +66,7 @@ def _resolve_pipeline(scenario: Scenario, pipeline: Sequence[Stage] | None,
     return stages
 
 
-def _resolve_policy(scenario: Scenario, policy: SplitPolicy,
-                    backward_included: bool) -> SplitPolicy:
+def _resolve_policy(scenario: Scenario, policy: Policy, backward_included: bool) -> Policy:
     if scenario.workload.mode == "training" and not backward_included:
         factor = scenario.workload.backward_flops_factor
         return dataclasses.replace(
@@ -75,7 +74,7 @@ def _resolve_policy(scenario: Scenario, policy: SplitPolicy,
     return policy
 
 
-def _policy_load(scenario: Scenario, policy: SplitPolicy, variant: np.ndarray,
+def _policy_load(scenario: Scenario, policy: Policy, variant: np.ndarray,
                  n: int) -> list[Load]:
     """Offered utilisation of a policy's resources at the share of tasks each pipeline got."""
     shares = np.bincount(variant, minlength=policy.states) / max(variant.size, 1)
@@ -88,7 +87,7 @@ def _policy_load(scenario: Scenario, policy: SplitPolicy, variant: np.ndarray,
 
 def simulate(
     scenario: Scenario,
-    pipeline: Sequence[Stage] | SplitPolicy | None = None,
+    pipeline: Sequence[Stage] | Policy | None = None,
     *,
     seed: int = 0,
     replications: int = 1,
@@ -100,9 +99,10 @@ def simulate(
 ) -> SimulationResult:
     """Simulate ``pipeline`` (default: the scenario's) under the scenario's workload.
 
-    ``pipeline`` may be a :class:`sim.policy.SplitPolicy`: each task runs the pipeline of the
-    channel state its first node observes at its arrival; the offered utilisations are then at
-    the share of tasks each pipeline got in the first replication.
+    ``pipeline`` may be a policy (:mod:`sim.policy`): each task runs the pipeline of the channel
+    state its first node observes at its arrival (:class:`~sim.policy.SplitPolicy`), or the one
+    that would finish it first alone (:class:`~sim.policy.OraclePolicy`); the offered
+    utilisations are then at the share of tasks each pipeline got in the first replication.
 
     ``tasks`` overrides ``workload.tasks`` (tasks per source per replication). In training mode
     the backward pass is appended to the given forward stages by reversing them
@@ -127,9 +127,9 @@ def simulate(
     if engine not in ("simpy", "fast", "auto"):
         raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
     policy = None
-    if isinstance(pipeline, SplitPolicy):
+    if isinstance(pipeline, SplitPolicy | OraclePolicy):
         policy = _resolve_policy(scenario, pipeline, backward_included)
-        run: Sequence[Stage] | SplitPolicy = policy
+        run: Sequence[Stage] | Policy = policy
         try:
             for stages in policy.pipelines:  # names nodes and links the scenario has
                 offered_load(scenario, stages, n)
