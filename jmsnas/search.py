@@ -24,7 +24,7 @@ __all__ = ["CONFIG_DEFAULTS", "CONFIG_FLAGS", "add_parser", "format_front", "fro
 CONFIG_DEFAULTS: dict[str, Any] = {
     "dataset": "auto", "space": "tiny", "population": 12, "generations": 4,
     "objective": "pareto", "lam": 1.0, "epochs": 2, "subset": 10000, "workers": 1,
-    "executor": "local", "device": "cpu", "seed": 0,
+    "executor": "local", "device": "cpu", "seed": 0, "policy_states": 1,
 }
 """The defaults of :class:`search.config.SearchConfig` that ``--help`` shows, written out so
 that the help does not import the search (a test checks that they agree)."""
@@ -34,6 +34,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "population": "population", "generations": "generations", "objective": "objective",
     "lam": "lam", "epochs": "budget.epochs", "subset": "budget.subset", "workers": "workers",
     "executor": "executor", "scheduler": "scheduler", "device": "device", "seed": "seed",
+    "policy_states": "policy_states",
 }
 """Options that set a search setting: argparse's name -> the setting (dotted in ``budget``)."""
 
@@ -73,6 +74,9 @@ def add_parser(commands: Any) -> None:
                    help="fix the architecture (a reference model, SPACE:G,G,..., a name such as "
                    "tiny-010100000, or a JSON file) and search only its route and splits "
                    "(default: none, the architecture is searched)")
+    p.add_argument("--policy-states", type=positive_int, metavar="K",
+                   help="search a run-time split policy: each of up to K states of the uplink's "
+                   f"rate gets its own split; 1: one static split {_default('policy_states')}")
     p.add_argument("--population", type=positive_int,
                    help=f"designs per generation, even {_default('population')}")
     p.add_argument("--generations", type=positive_int, help=_default("generations"))

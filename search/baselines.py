@@ -30,12 +30,13 @@ from models.profile import ModelProfile
 from models.spec import ArchSpec
 from models.train import TrainResult
 from sim import Scenario
+from sim.policy import SplitPolicy
 from sim.seeds import child
 from sim.stability import Load
 from sim.workload import Stage
 
 from .config import SearchConfig
-from .design import Design, GenomeLayout
+from .design import AnyDesign, Design, GenomeLayout
 from .dp import optimal_split
 from .evaluate import Evaluation, Evaluator, MapFn
 from .nsga import (
@@ -216,15 +217,16 @@ class ArchitectureEvaluator(Evaluator):
                                    fixed_arch=self.layout.fixed_arch)
         self._device_flops = scenario.nodes[source[0]].flops
 
-    def memory_violation(self, design: Design, profile: ModelProfile) -> float:
+    def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:
         return 0.0
 
-    def busiest(self, pipeline: Sequence[Stage]) -> Load | None:
+    def busiest(self, pipeline: Sequence[Stage] | SplitPolicy) -> Load | None:
         return None  # no network yet: the split, in stage two, is checked
 
-    def _score(self, design: Design, memory_violation: float, pipeline: Sequence[Stage] | None,
+    def _score(self, design: AnyDesign, memory_violation: float,
+               pipeline: Sequence[Stage] | SplitPolicy | None,
                busiest: Load | None, trained: TrainResult | None) -> Evaluation:
-        assert trained is not None
+        assert trained is not None and isinstance(design, Design)
         t = self.profile(design).total_flops / self._device_flops
         failed = not trained.ok
         return Evaluation(self.layout.encode(design), design.describe(), design.arch.name,

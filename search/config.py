@@ -82,6 +82,13 @@ class SearchConfig(_Frozen):
     training; default: when ``compression`` is on. A comparison that mixes spaces with and
     without compression (a fixed model's splits against the joint search) sets it alike."""
     return_result: bool = False
+    policy_states: Annotated[int, Field(ge=1, le=8)] = 1
+    """Search a run-time split policy with the architecture (:mod:`search.adaptive`): the
+    first node observes its uplink's rate, cut into this many states at quantiles of the rate
+    (fewer where the channel has fewer rates), and each state has its own route, splits and
+    compressions in the genome. 1: one static design, as a plain search."""
+    policy_observe_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    """How old the rate the first node observes is (s): 0, the current rate."""
     population: Annotated[int, Field(ge=4)] = 12
     generations: Annotated[int, Field(ge=1)] = 4
     dp_seeding: bool = True

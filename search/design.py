@@ -40,8 +40,8 @@ from models.space import SearchSpace
 from models.spec import ArchSpec
 from sim.scenario import Scenario
 
-__all__ = ["Design", "GenomeLayout", "check_design", "check_routes", "design_from_description",
-           "hosts", "scenario_routes"]
+__all__ = ["AnyDesign", "Design", "GenomeLayout", "PolicyDesign", "check_design", "check_routes",
+           "design_from_description", "hosts", "policy_from_description", "scenario_routes"]
 
 
 def scenario_routes(scenario: Scenario, max_routes: int = 16) -> tuple[tuple[str, ...], ...]:
@@ -138,6 +138,44 @@ class Design:
         }, sort_keys=True, separators=(",", ":"))
 
 
+STATE_SEPARATOR = " | "
+"""Between the state designs of a :class:`PolicyDesign`'s description."""
+
+
+@dataclass(frozen=True)
+class PolicyDesign:
+    """A run-time split policy of one architecture: ``states[k]`` is the design (route and
+    cuts) a request runs when the first node observes channel state k (worst channel first;
+    :mod:`search.adaptive`). Every node holds the blocks that any state gives it."""
+
+    states: tuple[Design, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.states) < 2:
+            raise ValueError("a policy design has two or more states (one is a Design)")
+        if any(d.arch != self.states[0].arch for d in self.states):
+            raise ValueError("every state of a policy design runs the same architecture")
+
+    @property
+    def arch(self) -> ArchSpec:
+        return self.states[0].arch
+
+    def describe(self) -> str:
+        return STATE_SEPARATOR.join(d.describe() for d in self.states)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every node that runs a block in some state, in order of first appearance."""
+        return tuple(dict.fromkeys(h for d in self.states for h in d.hosts))
+
+    def to_json(self) -> str:
+        return json.dumps({"states": [json.loads(d.to_json()) for d in self.states]},
+                          sort_keys=True, separators=(",", ":"))
+
+
+AnyDesign = Design | PolicyDesign
+
+
 @dataclass(frozen=True)
 class GenomeLayout:
     """Where each gene sits, and the genome <-> design mapping, for a space and a scenario."""
@@ -148,6 +186,10 @@ class GenomeLayout:
     fixed_arch: ArchSpec | None = None
     """If given, the genome has no architecture genes: only this architecture's route, split
     and compression are searched."""
+    states: int = 1
+    """Channel states of a run-time split policy: the genome carries a route, splits and
+    compressions per state after the architecture genes, and decodes to a
+    :class:`PolicyDesign` (1: one design, today's static search)."""
 
     @cached_property
     def hops(self) -> int:
@@ -188,16 +230,27 @@ class GenomeLayout:
         return ()
 
     @property
+    def state_genes(self) -> int:
+        """Genes of one state's design: route, split per hop, compression pair per hop."""
+        return 1 + 3 * self.hops
+
+    @property
     def n_genes(self) -> int:
-        return self.n_arch + 1 + 3 * self.hops
+        return self.n_arch + self.states * self.state_genes
 
     @cached_property
     def bounds(self) -> tuple[int, ...]:
         """Number of values of each gene (gene g takes 0 .. bound - 1)."""
         comp = (len(BOTTLENECKS), len(BIT_WIDTHS)) if self.compression else (1, 1)
         arch_bounds = () if self.fixed_arch is not None else self.space.gene_bounds
-        return (*arch_bounds, len(self.routes), *([self.max_blocks + 1] * self.hops),
-                *(comp * self.hops))
+        one = (len(self.routes), *([self.max_blocks + 1] * self.hops), *(comp * self.hops))
+        return (*arch_bounds, *(one * self.states))
+
+    @cached_property
+    def split_genes(self) -> tuple[int, ...]:
+        """Indices of the split-position genes, every state's."""
+        return tuple(self.n_arch + k * self.state_genes + 1 + h
+                     for k in range(self.states) for h in range(self.hops))
 
     def validate(self, genome: Sequence[int]) -> tuple[int, ...]:
         g = tuple(int(v) for v in genome)
@@ -209,12 +262,28 @@ class GenomeLayout:
         return g
 
     def decode(self, genome: Sequence[int]) -> Design:
+        """The design of a genome of a static layout (``states`` 1; see :meth:`decode_any`)."""
+        design = self.decode_any(genome)
+        if isinstance(design, PolicyDesign):
+            raise ValueError(f"a genome of {self.states} channel states is a policy design "
+                             "(decode_any reads it)")
+        return design
+
+    def decode_any(self, genome: Sequence[int]) -> AnyDesign:
+        """The design of a genome: a :class:`Design`, or with ``states`` > 1 a
+        :class:`PolicyDesign`."""
         g = self.validate(genome)
         arch = self.decode_arch(g[: self.n_arch])
-        route = self.routes[g[self.n_arch]]
+        blocks = [g[self.n_arch + k * self.state_genes: self.n_arch + (k + 1) * self.state_genes]
+                  for k in range(self.states)]
+        designs = tuple(self._decode_state(arch, b) for b in blocks)
+        return designs[0] if self.states == 1 else PolicyDesign(designs)
+
+    def _decode_state(self, arch: ArchSpec, g: Sequence[int]) -> Design:
+        route = self.routes[g[0]]
         hops = len(route) - 1
-        split = g[self.n_arch + 1: self.n_arch + 1 + self.hops]
-        comp = g[self.n_arch + 1 + self.hops:]
+        split = g[1: 1 + self.hops]
+        comp = g[1 + self.hops:]
         # each split gene with its own compression genes, in order of position (ties: gene order)
         order = sorted(range(hops), key=lambda h: (min(split[h], arch.n_blocks), h))
         cuts: list[Cut] = []
@@ -229,19 +298,27 @@ class GenomeLayout:
                 cuts.append(Cut(p))
         return Design(arch, route, tuple(cuts))
 
-    def encode(self, design: Design) -> tuple[int, ...]:
-        """The canonical genome of a design."""
+    def encode(self, design: AnyDesign) -> tuple[int, ...]:
+        """The canonical genome of a design (of a policy design with ``states`` states, or of a
+        design that every state runs)."""
         arch_genes = self.encode_arch(design.arch)
+        states = design.states if isinstance(design, PolicyDesign) else (design,) * self.states
+        if len(states) != self.states:
+            raise ValueError(f"the layout has {self.states} states, the design "
+                             f"{len(states)}")
+        return (*arch_genes, *(g for d in states for g in self._encode_state(d)))
+
+    def _encode_state(self, design: Design) -> tuple[int, ...]:
         route = self.routes.index(design.route)
         split = [c.position for c in design.cuts] + [0] * (self.hops - len(design.cuts))
         comp: list[int] = []
         for c in list(design.cuts) + [Cut(0)] * (self.hops - len(design.cuts)):
             comp += [BOTTLENECKS.index(c.bottleneck), BIT_WIDTHS.index(c.bits)]
-        return (*arch_genes, route, *split, *comp)
+        return (route, *split, *comp)
 
     def canonical(self, genome: Sequence[int]) -> tuple[int, ...]:
         """One genome per distinct design."""
-        return self.encode(self.decode(genome))
+        return self.encode(self.decode_any(genome))
 
 
 _PART = re.compile(r"^([^\[\]]+)\[(\d+):(\d+)\]$")
@@ -273,17 +350,29 @@ def design_from_description(arch: ArchSpec, text: str) -> Design:
     return design
 
 
+def policy_from_description(arch: ArchSpec, text: str) -> AnyDesign:
+    """A design or, with states separated by ``" | "``, a policy design, from what
+    :meth:`Design.describe` or :meth:`PolicyDesign.describe` writes."""
+    parts = text.split(STATE_SEPARATOR)
+    if len(parts) == 1:
+        return design_from_description(arch, text)
+    return PolicyDesign(tuple(design_from_description(arch, p) for p in parts))
+
+
 def hosts(text: str) -> tuple[str, ...]:
     """:attr:`Design.hosts` read from what :meth:`Design.describe` writes:
-    ``phone[0:6] -> edge[6:6] -> cloud[6:9]`` runs on phone and cloud."""
+    ``phone[0:6] -> edge[6:6] -> cloud[6:9]`` runs on phone and cloud (a policy design's: the
+    nodes that run a block in some state)."""
     out = []
-    for part in text.partition(" (")[0].split(" -> "):
-        m = _PART.match(part.strip())
-        if m is None:
-            raise ValueError(f"design {text!r}: cannot read {part!r} (expected NODE[start:stop])")
-        if int(m.group(3)) > int(m.group(2)):
-            out.append(m.group(1))
-    return tuple(out)
+    for state in text.split(STATE_SEPARATOR):
+        for part in state.partition(" (")[0].split(" -> "):
+            m = _PART.match(part.strip())
+            if m is None:
+                raise ValueError(f"design {text!r}: cannot read {part!r} "
+                                 "(expected NODE[start:stop])")
+            if int(m.group(3)) > int(m.group(2)):
+                out.append(m.group(1))
+    return tuple(dict.fromkeys(out))
 
 
 def check_design(design: Design) -> Design:

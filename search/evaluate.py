@@ -32,11 +32,13 @@ from models.space import get_space
 from models.spec import ArchSpec
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
+from sim.policy import SplitPolicy
 from sim.stability import Load, offered_load
 from sim.workload import Stage
 
+from .adaptive import ChannelStates, channel_states, policy_of
 from .config import SearchConfig, resolve_config_dataset
-from .design import Design, GenomeLayout, check_routes, scenario_routes
+from .design import AnyDesign, Design, GenomeLayout, check_routes, scenario_routes
 from .pipeline import design_pipeline, segment_costs
 
 __all__ = ["Evaluation", "Evaluator", "MapFn", "TrainJob", "run_train_job"]
@@ -140,6 +142,22 @@ def run_train_job(job: TrainJob) -> TrainResult:
     return result
 
 
+def _combined(results: Sequence[tuple[TrainResult | None, float]]) -> TrainResult:
+    """One result from the weighted results of a design's trainings: the weighted accuracy,
+    or the first failure."""
+    if len(results) == 1:
+        only = results[0][0]
+        assert only is not None
+        return only
+    total = 0.0
+    for result, weight in results:
+        assert result is not None
+        if not result.ok:
+            return result
+        total += weight * result.accuracy
+    return TrainResult(total, sum(r.train_time_s for r, _ in results if r is not None), "ok")
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -201,9 +219,14 @@ class Evaluator:
         self.scenario = scenario
         self.config, _ = resolve_config_dataset(config)
         self.cache_path = cache_path
+        self.states: ChannelStates | None = None
+        """The observed link's channel states, for a policy search (``policy_states`` > 1)."""
+        if config.policy_states > 1:
+            self.states = channel_states(scenario, config.policy_states)
         self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
                                    compression=config.compression,
-                                   fixed_arch=config.fixed_architecture())
+                                   fixed_arch=config.fixed_architecture(),
+                                   states=self.states.count if self.states else 1)
         self._budget = self.config.budget.to_budget()
         self._device = device_tag(self.config.device)
         self._cache = AccuracyCache(cache_path)
@@ -267,19 +290,72 @@ class Evaluator:
                                backward_flops_factor=(w.backward_flops_factor
                                                       if w.mode == "training" else None))
 
-    def busiest(self, pipeline: Sequence[Stage]) -> Load | None:
+    def simulated(self, design: AnyDesign) -> tuple[Stage, ...] | SplitPolicy:
+        """What :func:`sim.simulate` runs for a design: its pipeline, or a policy design's
+        split policy (one pipeline per channel state, :mod:`search.adaptive`)."""
+        if isinstance(design, Design):
+            return self.pipeline(design, self.profile(design))
+        assert self.states is not None, "a policy design needs a policy search's states"
+        return policy_of(design.states, self.states, self.scenario, self.pipeline, NUM_CLASSES,
+                         self.config.policy_observe_delay_s)
+
+    def busiest(self, pipeline: Sequence[Stage] | SplitPolicy) -> Load | None:
         """The resource a design's ``pipeline`` offers the highest utilisation
-        (:mod:`sim.stability`; at or over 1 there is no steady state, so no latency to score)."""
-        loads = offered_load(self.scenario, pipeline,
-                             self.scenario.workload.warmup_tasks + self.config.sim_tasks)
+        (:mod:`sim.stability`; at or over 1 there is no steady state, so no latency to score).
+        A policy's pipelines load their resources at the share of time of their state."""
+        tasks = self.scenario.workload.warmup_tasks + self.config.sim_tasks
+        if not isinstance(pipeline, SplitPolicy):
+            loads = offered_load(self.scenario, pipeline, tasks)
+        else:
+            assert pipeline.shares is not None
+            total: dict[tuple[str, str], float] = {}
+            for share, stages in zip(pipeline.shares, pipeline.pipelines, strict=True):
+                for x in offered_load(self.scenario, stages, tasks):
+                    key = (x.kind, x.resource)
+                    total[key] = total.get(key, 0.0) + share * x.utilisation
+            loads = [Load(name, kind, rho) for (kind, name), rho in total.items()]
         return max(loads, key=lambda x: x.utilisation) if loads else None
 
-    def memory_violation(self, design: Design, profile: ModelProfile) -> float:
+    def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:
+        """How far the design's segments overrun their nodes' ``memory_bytes`` (0: they fit).
+        A policy design's node holds every block some state gives it: our estimate is the
+        memory of the span from its first such block to its last, plus every state's codecs."""
+        if isinstance(design, Design):
+            return self._overrun(
+                (c.node, c.memory_bytes) for c in segment_costs(
+                    design, profile or self.profile(design), self.scenario.input_bits_per_element))
+        plain = self.profile(Design(design.arch, design.states[0].route, ()))
+        spans: dict[str, tuple[int, int]] = {}
+        codecs: dict[str, set[tuple[int, float, int, str]]] = {}
+        for d in design.states:
+            prof = self.profile(d)
+            for node, (a, b) in zip(d.route, d.segments(), strict=True):
+                if b <= a:
+                    continue
+                lo, hi = spans.get(node, (a, b))
+                spans[node] = (min(lo, a), max(hi, b))
+                for pos, end in ((a, "decoder"), (b, "encoder")):
+                    c = prof.codec(pos)
+                    if c is not None:
+                        codecs.setdefault(node, set()).add(
+                            (pos, c.cut.bottleneck, c.cut.bits, end))
+        need = []
+        for node, (a, b) in spans.items():
+            extra = 0
+            for pos, bottleneck, bits, end in codecs.get(node, set()):
+                c = self.profile(Design(design.arch, design.states[0].route,
+                                        (Cut(pos, bottleneck, bits),))).codec(pos)
+                assert c is not None
+                extra += 4 * (c.decoder_params if end == "decoder" else c.encoder_params)
+            need.append((node, plain.segment_memory_bytes(a, b) + extra))
+        return self._overrun(need)
+
+    def _overrun(self, needs: Iterable[tuple[str, float]]) -> float:
         total = 0.0
-        for cost in segment_costs(design, profile, self.scenario.input_bits_per_element):
-            limit = self.scenario.nodes[cost.node].memory_bytes
-            if limit is not None and cost.memory_bytes > limit:
-                total += cost.memory_bytes / limit - 1.0
+        for node, memory in needs:
+            limit = self.scenario.nodes[node].memory_bytes
+            if limit is not None and memory > limit:
+                total += memory / limit - 1.0
         return total
 
     def _noise_population(self) -> str:
@@ -294,7 +370,7 @@ class Evaluator:
         blocks = json.dumps(arch.to_dict()["blocks"], sort_keys=True)
         return f"architecture:{hashlib.sha256(blocks.encode()).hexdigest()[:16]}{tuned}"
 
-    def _noise_jobs(self, designs: Sequence[Design]) -> list[list[TrainJob]]:
+    def _noise_jobs(self, designs: Sequence[AnyDesign]) -> list[list[TrainJob]]:
         """Trainings that measure the proxy's seed-to-seed noise, per seed (rows) and
         architecture (columns): the first ``noise_architectures`` distinct architectures of
         ``designs`` (topped up with architectures drawn from the space with ``eval_seed``) at
@@ -326,6 +402,19 @@ class Evaluator:
         base = self.train_job(Design(archs[0], self.layout.routes[0], ()))
         return [[dataclasses.replace(base, arch_json=a.to_json(), seed=self.config.eval_seed + k)
                  for a in archs] for k in range(seeds)]  # (a seed's weights: its own key)
+
+    def train_jobs(self, design: AnyDesign) -> list[tuple[TrainJob, float]]:
+        """The trainings a design's accuracy comes from, with their weights: one for a
+        design; for a policy design one per state, weighted by the state's share of time
+        (a request's expected accuracy), states with the same compression sharing a training."""
+        if isinstance(design, Design):
+            return [(self.train_job(design), 1.0)]
+        assert self.states is not None
+        weights: dict[TrainJob, float] = {}
+        for d, share in zip(design.states, self.states.shares, strict=True):
+            job = self.train_job(d)
+            weights[job] = weights.get(job, 0.0) + share
+        return list(weights.items())
 
     def train_job(self, design: Design) -> TrainJob:
         return TrainJob(
@@ -388,44 +477,40 @@ class Evaluator:
         """Whether the data set keeps a held-out test set (for :meth:`test_accuracies`)."""
         return _dataset(self.config.dataset, self.config.dataset_seed).x_test is not None
 
-    def test_accuracies(self, designs: Sequence[Design], map_fn: MapFn = map
+    def test_accuracies(self, designs: Sequence[AnyDesign], map_fn: MapFn = map
                         ) -> list[TrainResult]:
         """Each design's accuracy on the held-out test set, trained on the training and
-        validation parts with the search's budget and seed (cached like any training). A
-        ValueError when the data set has no test set."""
+        validation parts with the search's budget and seed (cached like any training; a policy
+        design's, weighted over its states). A ValueError when the data set has no test set."""
         if not self.has_test_set:
             raise ValueError(f"data set {self.config.dataset!r} has no held-out test set")
-        wanted = [dataclasses.replace(self.train_job(d), final=True) for d in designs]
-        jobs: dict[TrainJob, TrainResult | None] = dict.fromkeys(wanted)
+        wanted = [[(dataclasses.replace(job, final=True), w) for job, w in self.train_jobs(d)]
+                  for d in designs]
+        jobs: dict[TrainJob, TrainResult | None] = {
+            job: None for weighted in wanted for job, _ in weighted}
         self._train_all(jobs, map_fn)
-        out = []
-        for job in wanted:
-            result = jobs[job]
-            assert result is not None
-            out.append(result)
-        return out
+        return [_combined([(jobs[job], w) for job, w in weighted]) for weighted in wanted]
 
     def evaluate(self, genomes: Sequence[Sequence[int]], map_fn: MapFn = map) -> list[Evaluation]:
         """Score genomes: distinct accuracies are trained through ``map_fn``, then each design is
         simulated here."""
-        return self.evaluate_designs([self.layout.decode(g) for g in genomes], map_fn)
+        return self.evaluate_designs([self.layout.decode_any(g) for g in genomes], map_fn)
 
-    def evaluate_designs(self, designs: Sequence[Design], map_fn: MapFn = map
+    def evaluate_designs(self, designs: Sequence[AnyDesign], map_fn: MapFn = map
                          ) -> list[Evaluation]:
         """Score designs, also ones the genome cannot express (a reference model, for the
         baselines; their :attr:`Evaluation.genome` is empty)."""
-        profiles = [self.profile(d) for d in designs]
-        mem = [self.memory_violation(d, p) for d, p in zip(designs, profiles, strict=True)]
-        pipes = [self.pipeline(d, p) if m == 0.0 else None  # built once: checked, simulated
-                 for d, p, m in zip(designs, profiles, mem, strict=True)]
+        mem = [self.memory_violation(d) for d in designs]
+        pipes = [self.simulated(d) if m == 0.0 else None  # built once: checked, simulated
+                 for d, m in zip(designs, mem, strict=True)]
         busiest = [None if pipe is None else self.busiest(pipe) for pipe in pipes]
         scored = [m == 0.0 and (b is None or b.stable)
                   for m, b in zip(mem, busiest, strict=True)]
-        design_jobs = [self.train_job(d) if ok else None
+        design_jobs = [self.train_jobs(d) if ok else None
                        for d, ok in zip(designs, scored, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}
-        for job in design_jobs:
-            if job is not None:
+        for weighted in design_jobs:
+            for job, _ in weighted or ():
                 jobs.setdefault(job, None)
         noise = ([] if self._noise_checked else
                  self._noise_jobs([d for d, ok in zip(designs, scored, strict=True) if ok]))
@@ -440,11 +525,15 @@ class Evaluator:
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
                                   self.accuracy_sd, measured, len(noise), "search")
         out = []
-        for d, m, pipe, b, job in zip(designs, mem, pipes, busiest, design_jobs, strict=True):
-            out.append(self._score(d, m, pipe, b, None if job is None else jobs[job]))
+        for d, m, pipe, b, weighted in zip(designs, mem, pipes, busiest, design_jobs,
+                                           strict=True):
+            trained = None if weighted is None else _combined(
+                [(jobs[job], w) for job, w in weighted])
+            out.append(self._score(d, m, pipe, b, trained))
         return out
 
-    def _score(self, design: Design, memory_violation: float, pipeline: Sequence[Stage] | None,
+    def _score(self, design: AnyDesign, memory_violation: float,
+               pipeline: Sequence[Stage] | SplitPolicy | None,
                busiest: Load | None, trained: TrainResult | None) -> Evaluation:
         nan = math.nan
         try:

@@ -56,7 +56,9 @@ from deap import base, creator, tools
 from sim import Scenario
 from sim.seeds import child
 
+from .adaptive import dp_policy
 from .config import SearchConfig, resolve_config_dataset
+from .design import Design, PolicyDesign
 from .dp import COMPRESSIONS, PLAIN, optimal_design
 from .evaluate import NUM_CLASSES, Evaluation, Evaluator, MapFn, _init_worker
 from .indicators import hypervolume, nondominated, normalise
@@ -220,7 +222,7 @@ class _Search:
         self.bounds = np.array(self.layout.bounds)
         n = self.layout.n_genes
         self.pm = config.mutation_prob if config.mutation_prob is not None else 1.0 / n
-        self.split_genes = range(self.layout.n_arch + 1, self.layout.n_arch + 1 + self.layout.hops)
+        self.split_genes = set(self.layout.split_genes)
         self.evaluations: dict[tuple[int, ...], Evaluation] = {}
         self.history: list[dict[str, float]] = []
         self.rng = np.random.default_rng(child(np.random.SeedSequence(config.seed), 7))
@@ -234,11 +236,17 @@ class _Search:
     def dp_genome(self, kind: int, genome: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """The architecture and route of ``genome`` (default: a random one) with the cuts of
         least no-queueing latency, of one of three kinds (see the module docstring)."""
-        design = self.layout.decode(self.random_genome() if genome is None else genome)
+        design = self.layout.decode_any(self.random_genome() if genome is None else genome)
         options = (PLAIN,) if not self.layout.compression else SEED_CUTS[kind % len(SEED_CUTS)]
-        best, _ = optimal_design(design.arch, self.scenario, design.route, options,
-                                 num_classes=NUM_CLASSES)
-        return self.layout.encode(best)
+        route = (design if isinstance(design, Design) else design.states[0]).route
+        states = self.evaluator.states
+        if states is None or states.count == 1:
+            best, _ = optimal_design(design.arch, self.scenario, route, options,
+                                     num_classes=NUM_CLASSES)
+            return self.layout.encode(best)
+        # a policy: each state's cuts planned at the state's rate (search.adaptive)
+        return self.layout.encode(PolicyDesign(tuple(
+            dp_policy(design.arch, self.scenario, route, states, options, NUM_CLASSES))))
 
     def initial_population(self) -> list[tuple[int, ...]]:
         pop: dict[tuple[int, ...], tuple[int, ...]] = {}  # canonical -> the genome bred

@@ -28,7 +28,7 @@ from models.resolve import resolve_architecture
 from sim import simulate
 from sim.report import confidence_half_width
 
-from .design import Design, design_from_description
+from .design import AnyDesign, policy_from_description
 from .evaluate import Evaluation, Evaluator, MapFn
 
 __all__ = ["REMEASURE_STREAM", "Remeasured", "design_of", "remeasure_front", "remeasure_seed"]
@@ -64,19 +64,19 @@ class Remeasured:
     """Accuracy on the held-out test set (NaN where the data set has none, or training failed)."""
 
 
-def design_of(evaluator: Evaluator, e: Evaluation) -> Design:
+def design_of(evaluator: Evaluator, e: Evaluation) -> AnyDesign:
     """The design an evaluation scored: from its genome where the evaluator's layout reads it
     as that design, else (a baseline's genome of another layout, or a reference model that no
     genome expresses) from its architecture's name and its description."""
     if e.genome:
         try:
-            design = evaluator.layout.decode(e.genome)
+            design = evaluator.layout.decode_any(e.genome)
         except ValueError:
             pass
         else:
             if design.describe() == e.design and design.arch.name == e.arch:
                 return design
-    return design_from_description(resolve_architecture(e.arch), e.design)
+    return policy_from_description(resolve_architecture(e.arch), e.design)
 
 
 def remeasure_front(evaluator: Evaluator, front: Sequence[Evaluation], map_fn: MapFn = map
@@ -103,9 +103,8 @@ def remeasure_front(evaluator: Evaluator, front: Sequence[Evaluation], map_fn: M
     tasks = evaluator.scenario.workload.warmup_tasks + config.remeasure_tasks
     out = []
     for e, design, test in zip(chosen, designs, tests, strict=True):
-        result = simulate(evaluator.scenario, evaluator.pipeline(design, evaluator.profile(design)),
-                          seed=seed, replications=reps, tasks=tasks, engine="auto",
-                          backward_included=True)
+        result = simulate(evaluator.scenario, evaluator.simulated(design), seed=seed,
+                          replications=reps, tasks=tasks, engine="auto", backward_included=True)
         means = [float(r.latency_s.mean()) for r in result.records]
         p95s = [float(np.percentile(r.latency_s, 95)) for r in result.records]
         out.append(Remeasured(

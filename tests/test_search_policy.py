@@ -1,0 +1,197 @@
+"""Policy search: the architecture and one split per channel state, in one genome."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.build import Cut
+from models.space import get_space
+from search.adaptive import (
+    bottleneck_policy,
+    channel_states,
+    dp_policy,
+    oracle_policy,
+    policy_of,
+    threshold_policy,
+)
+from search.config import SearchConfig
+from search.design import (
+    Design,
+    GenomeLayout,
+    PolicyDesign,
+    policy_from_description,
+    scenario_routes,
+)
+from search.dp import no_queue_latency
+from search.evaluate import Evaluator
+from search.pipeline import design_pipeline
+from sim import scenario_from_dict, simulate
+
+from .conftest import three_tier
+from .test_search import FAST, PLAIN
+
+GE = {"model": "gilbert_elliott", "good_rate_bps": 20e6, "bad_rate_bps": 0.5e6,
+      "mean_good_s": 1.4, "mean_bad_s": 0.6}
+"""A slow two-state uplink, bad 30% of the time: long enough that a request sees one state."""
+
+
+def ge_scenario(**channel: Any) -> Any:
+    d = three_tier()
+    d["nodes"]["phone"]["flops"] = 2e8
+    d["input_shape"] = [1, 28, 28]
+    d["links"][0]["channel"] = {**GE, **channel}
+    d["workload"]["arrivals"]["rate_hz"] = 2.0
+    return scenario_from_dict(d)
+
+
+def config(**changes: Any) -> SearchConfig:
+    base: dict[str, Any] = {"population": 6, "generations": 2, "executor": "serial",
+                            "sim_tasks": 100, "budget": FAST, "compression": False,
+                            "policy_states": 3, "remeasure_replications": 0, **PLAIN}
+    base.update(changes)
+    return SearchConfig(**base)
+
+
+def test_channel_states_of_gilbert_elliott_and_rayleigh() -> None:
+    """Two rates give two states (three asked): the bad rate and the good one, at their time
+    shares (stationary: 0.6 / 2.0 bad); a constant link has one state."""
+    st = channel_states(ge_scenario(), 3)
+    assert st.count == 2 and st.thresholds_bps == (20e6,)
+    assert st.rates_bps == pytest.approx((0.5e6, 20e6))
+    assert st.shares == pytest.approx((0.3, 0.7), abs=0.02)
+    d = three_tier()
+    assert channel_states(scenario_from_dict(d), 4).count == 1
+    d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 10e6, "tx_power_dbm": 23,
+                                "distance_m": 120, "coherence_s": 0.01}
+    ray = channel_states(scenario_from_dict(d), 4)
+    assert ray.count == 4 and ray.shares == pytest.approx((0.25,) * 4, abs=0.01)
+    # each state's rate lies between its thresholds (a harmonic mean of rates in the bin)
+    edges = (0.0, *ray.thresholds_bps, math.inf)
+    assert all(lo <= r < hi for r, lo, hi in zip(ray.rates_bps, edges, edges[1:], strict=False))
+
+
+def test_policy_genomes_round_trip_and_a_static_design_is_a_policy() -> None:
+    s = ge_scenario()
+    space = get_space("tiny")
+    layout = GenomeLayout(space, scenario_routes(s), compression=True, states=2)
+    static_layout = GenomeLayout(space, scenario_routes(s), compression=True)
+    assert layout.n_genes == space.n_genes + 2 * static_layout.state_genes
+    assert len(layout.split_genes) == 2 * static_layout.hops
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        g = [int(rng.integers(b)) for b in layout.bounds]
+        d = layout.decode_any(g)
+        assert isinstance(d, PolicyDesign)
+        assert layout.decode_any(layout.canonical(g)) == d
+        assert policy_from_description(d.arch, d.describe()) == d
+    arch = space.decode([0] * space.n_genes)
+    one = Design(arch, tuple(s.path), (Cut(1), Cut(arch.n_blocks)))
+    both = layout.decode_any(layout.encode(one))
+    assert both == PolicyDesign((one, one))
+    with pytest.raises(ValueError, match="policy design"):
+        layout.decode(layout.encode(one))
+
+
+def test_a_policy_of_one_design_scores_as_that_design(tmp_path: Path) -> None:
+    """Same accuracy (the state weights sum to one), same simulated latency: a policy search
+    can express every static design at the same score."""
+    s = ge_scenario()
+    static = Evaluator(s, config(policy_states=1), str(tmp_path / "c.sqlite"))
+    policy = Evaluator(s, config(), str(tmp_path / "c.sqlite"))
+    assert static.layout.states == 1 and policy.layout.states == 2
+    arch = get_space("tiny").decode([0] * get_space("tiny").n_genes)
+    one = Design(arch, tuple(s.path), (Cut(1), Cut(arch.n_blocks)))
+    (a,) = static.evaluate_designs([one])
+    (b,) = policy.evaluate_designs([PolicyDesign((one, one))])
+    assert a.status == b.status == "ok"
+    assert b.accuracy == pytest.approx(a.accuracy, abs=1e-12)
+    assert b.latency_s == a.latency_s and b.p95_latency_s == a.p95_latency_s
+    assert b.utilisation == pytest.approx(a.utilisation, rel=1e-12)
+
+
+def test_dp_policy_plans_each_state_at_its_rate() -> None:
+    """Brute force over every split vector, per state, at the state's (constant) rate."""
+    s = ge_scenario()
+    st = channel_states(s, 2)
+    arch = get_space("tiny").decode([0, 1, 0, 1, 0, 0, 0, 0, 0])
+    route = tuple(s.path)
+    designs = dp_policy(arch, s, route, st)
+    from models.profile import profile_model
+    from search.adaptive import state_scenario
+    from search.dp import brute_force_split
+
+    profile = profile_model(arch, s.input_shape, 10)
+    for design, rate in zip(designs, st.rates_bps, strict=True):
+        planned = state_scenario(s, st.link, rate)
+        best = brute_force_split(profile, planned, route, arch)
+        assert no_queue_latency(design, profile, planned) == pytest.approx(best.latency_s)
+    assert designs[0] != designs[1]  # the bad state keeps more on the phone
+    assert designs[0].positions[0] > designs[1].positions[0]
+
+
+def test_the_oracle_bounds_every_planned_policy_at_light_load() -> None:
+    """No queueing (one request every 4 s): the oracle is no slower than the static DP design,
+    the DP policy, the threshold policy or the bottleneck policy on any request."""
+    d = three_tier()
+    d["nodes"]["phone"]["flops"] = 2e8
+    d["input_shape"] = [1, 28, 28]
+    d["links"][0]["channel"] = dict(GE)
+    d["workload"].update({"arrivals": {"process": "periodic", "rate_hz": 0.25},
+                          "tasks": 300, "warmup_tasks": 0})
+    s = scenario_from_dict(d)
+    arch = get_space("tiny").decode([0, 1, 0, 1, 0, 0, 0, 0, 0])
+    route = tuple(s.path)
+    st = channel_states(s, 2)
+
+    def pipe(design: Design, profile: Any) -> Any:
+        return design_pipeline(design, profile, s.input_bits_per_element)
+
+    def latency(p: Any) -> np.ndarray:
+        r = simulate(s, p, seed=2, engine="fast").records[0]
+        return r.completion_s - r.arrival_s
+
+    oracle = latency(oracle_policy(arch, s, route, pipe))
+    lens_designs, lens_states = threshold_policy(arch, s, route)
+    others = {
+        "dp policy": policy_of(dp_policy(arch, s, route, st), st, s, pipe),
+        "threshold": policy_of(lens_designs, lens_states, s, pipe),
+        "bottleneck": policy_of(bottleneck_policy(arch, s, route, st), st, s, pipe),
+    }
+    for name, p in others.items():
+        assert np.all(oracle <= latency(p) + 1e-9), name
+    assert 1 <= lens_states.count <= 3
+
+
+@pytest.mark.slow
+def test_a_policy_search_runs_from_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``jmsnas search --policy-states 3`` on a Gilbert-Elliott uplink: two states (the link
+    has two rates); every front design names a design per state, is scored, re-measured and
+    printed."""
+    import yaml
+
+    from jmsnas.main import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ge.yaml").write_text(yaml.safe_dump(ge_scenario().model_dump()))
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump({
+        "noise_architectures": 0, "remeasure_replications": 5, "remeasure_tasks": 100,
+        "test_accuracy": False, "sim_tasks": 100, "compression": False,
+        "budget": {"batch_size": 32}}))
+    assert main(["search", "ge.yaml", "--config", "fast.yaml", "--policy-states", "3",
+                 "--population", "6", "--generations", "1", "--epochs", "2", "--subset", "400",
+                 "--executor", "serial", "--dataset", "mnist5k", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    import csv
+
+    with open(tmp_path / "runs" / "search-ge-seed0" / "front.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(row["design"].count(" | ") == 1 for row in rows)
+    assert all(int(row["replications"]) == 5 for row in rows)
+    assert rows[0]["design"] in out
