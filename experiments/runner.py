@@ -10,8 +10,8 @@ from .common import Output, run_experiment
 
 __all__ = ["EXPERIMENTS", "run_all", "run_named"]
 
-EXPERIMENTS = ("validate", "proxy", "tradeoff", "pareto", "channel", "load", "hops", "speedup",
-               "convergence", "fidelity")
+EXPERIMENTS = ("validate", "proxy", "tradeoff", "pareto", "channel", "adaptive", "load", "hops",
+               "speedup", "convergence", "fidelity")
 """In the order of the report."""
 
 

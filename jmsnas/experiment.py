@@ -11,7 +11,7 @@ from ._args import HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
-NAMES = ("validate, proxy, tradeoff, pareto, channel, load, hops, speedup, convergence, "
+NAMES = ("validate, proxy, tradeoff, pareto, channel, adaptive, load, hops, speedup, convergence, "
          "fidelity")
 """As :data:`experiments.runner.EXPERIMENTS` lists them (a test checks), written out so that the
 help does not import the experiments."""

@@ -327,7 +327,12 @@ _COMP = re.compile(r"^(\d+):([0-9.]+)x(\d+)b$")
 
 def design_from_description(arch: ArchSpec, text: str) -> Design:
     """Parse what :meth:`Design.describe` writes (``front.csv``'s ``design`` column):
-    ``phone[0:3] -> edge[3:9] (3:0.5x8b)``."""
+    ``phone[0:3] -> edge[3:9] (3:0.5x8b)``. A policy design's description (states separated by
+    ``" | "``) is refused in one line: :func:`policy_from_description` reads it."""
+    if STATE_SEPARATOR in text:
+        raise ValueError(f"design {text!r} is a split policy (one design per channel state, "
+                         "separated by ' | '), not one design; give one state's design (deploying "
+                         "a policy is not supported yet)")
     body, _, comp = text.partition(" (")
     compression: dict[int, Cut] = {}
     for item in filter(None, comp.rstrip(")").split(",")):

@@ -52,6 +52,8 @@ EXPECTED = {
     "pareto": {"pareto_points.csv": "point", "pareto_hypervolume.csv": "hv",
                "pareto_summary.csv": "summary", "pareto.png": None},
     "channel": {"channel.csv": "", "channel_robustness.csv": "matrix", "channel.png": None},
+    "adaptive": {"adaptive.csv": "plan", "adaptive_search.csv": "search",
+                 "adaptive_paired.csv": "paired", "adaptive.png": None},
     "load": {"load_rate.csv": "rate", "load_devices.csv": "device", "load.png": None},
     "hops": {"hops.csv": "", "hops_summary.csv": "summary", "hops_fronts.csv": "point",
              "hops.png": None},
@@ -176,6 +178,29 @@ def test_proxy_study_scores_every_architecture_and_records_its_noise(quick_run: 
     assert all(arch == n for _, arch, _ in recorded)
     saved = yaml.safe_load((quick_run / "proxy" / "config.yaml").read_text())
     assert saved["config"]["dataset"] in ("fashion-mnist", "mnist5k")
+
+
+def test_adaptive_policies_follow_the_channel(quick_run: Path) -> None:
+    """On a Gilbert-Elliott uplink whose states last seconds the DP policy's p95 is far below
+    the static design's (the quick run: 0.16x), and every method's row names its states; the
+    policy search's front is re-measured and compared with the static one's."""
+    import yaml
+
+    cfg = yaml.safe_load((quick_run / "adaptive" / "config.yaml").read_text())["config"]
+    _, rows = read(quick_run / "adaptive" / "adaptive.csv")
+    slow = {r["method"]: r for r in rows if r["condition"] == "GE 30% bad, 2 s"}
+    assert set(slow) == {"static", "policy", "threshold", "bottleneck", "oracle"}
+    assert float(slow["static"]["p95_vs_static"]) == 1.0
+    assert float(slow["policy"]["p95_latency_s"]) < 0.5 * float(slow["static"]["p95_latency_s"])
+    assert int(slow["policy"]["states"]) == 2 and " | " in slow["policy"]["designs"]
+    for r in rows:
+        assert 0.0 <= float(r["within_deadline"]) <= 1.0
+        assert int(r["states"]) <= int(cfg["states"]) or r["method"] in ("threshold", "oracle")
+    _, search = read(quick_run / "adaptive" / "adaptive_search.csv")
+    assert {r["search"] for r in search} == {"static", "policy"}
+    assert all(" | " in r["design"] for r in search if r["search"] == "policy")
+    _, paired = read(quick_run / "adaptive" / "adaptive_paired.csv")
+    assert [int(r["seed"]) for r in paired] == cfg["seeds"]
 
 
 def test_latency_of_a_fixed_design_does_not_fall_when_the_channel_rate_drops(

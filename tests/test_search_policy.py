@@ -95,6 +95,10 @@ def test_policy_genomes_round_trip_and_a_static_design_is_a_policy() -> None:
     assert both == PolicyDesign((one, one))
     with pytest.raises(ValueError, match="policy design"):
         layout.decode(layout.encode(one))
+    from search.design import design_from_description
+
+    with pytest.raises(ValueError, match=r"is a split policy .* not supported yet"):
+        design_from_description(arch, PolicyDesign((one, one)).describe())
 
 
 def test_a_policy_of_one_design_scores_as_that_design(tmp_path: Path) -> None:
