@@ -11,6 +11,7 @@ a killed experiment resumes where it stopped and no architecture is trained twic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -36,6 +37,7 @@ from search.evaluate import Evaluation, Evaluator
 from search.nsga import CHECKPOINT, SearchResult, executor_map, fingerprint, run_search
 from search.pipeline import segment_costs
 from search.remeasure import Remeasured, remeasure_front
+from search.runs import lock_run_folder
 from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
 from sim.report import confidence_half_width
 from sim.scenario import load_yaml
@@ -334,8 +336,10 @@ def experiment_main(name: str, run: Callable[[Context], Output],
 
 def run_experiment(name: str, run: Callable[[Context], Output], out: Path, quick: bool,
                    progress: bool) -> Output:
+    """Run one experiment into ``out/NAME``, which it holds locked while it runs: a second run
+    into the same folder is refused in one line instead of resuming the same searches at once."""
     folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    ctx = Context(name, folder, quick, progress, load_experiment_config(name, quick))
-    ctx.write_config()
-    return run(ctx)
+    with contextlib.closing(lock_run_folder(folder)):
+        ctx = Context(name, folder, quick, progress, load_experiment_config(name, quick))
+        ctx.write_config()
+        return run(ctx)

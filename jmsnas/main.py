@@ -14,7 +14,7 @@ from typing import Any
 from . import deploy, experiment, profile, search, simulate
 from ._args import HelpFormatter
 
-__all__ = ["COMMANDS", "build_parser", "main", "version"]
+__all__ = ["COMMANDS", "build_parser", "cli", "main", "version"]
 
 COMMANDS = (simulate, profile, search, deploy, experiment)
 """The command modules, in the order of ``jmsnas --help``."""
@@ -67,3 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jmsnas: interrupted", file=sys.stderr)
         return 130
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cli() -> int:
+    """The console entry point: :func:`main`, with SIGTERM (``kill``, a job scheduler's stop)
+    turned into an orderly exit, so that the run stops its training workers and releases its
+    folder as on Ctrl-C, instead of dying and leaving the workers running."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
+    return main()

@@ -168,9 +168,16 @@ def executor_map(config: SearchConfig) -> Iterator[MapFn]:
     if config.executor == "serial" or config.workers == 1:
         yield map
         return
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker) as pool:
+    pool = ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker)
+    try:
         yield pool.map
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM through the command line) or failed:
+        for worker in list((getattr(pool, "_processes", None) or {}).values()):  # stop the
+            worker.terminate()  # trainings now rather than wait for them
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager

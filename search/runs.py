@@ -89,8 +89,8 @@ def lock_run_folder(folder: Path) -> IO[str]:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
-        raise ValueError(f"{folder} is in use by a running search (process {holder}): wait "
-                         "for it to end, or choose another --out") from None
+        raise ValueError(f"{folder} is in use by a running search or experiment (process "
+                         f"{holder}): wait for it to end, or choose another --out") from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")

@@ -323,3 +323,37 @@ def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path: Path) ->
     (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps([1, 2, 3]))  # not a checkpoint
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         search.load()
+
+
+@pytest.mark.slow
+def test_a_terminated_search_stops_its_training_workers(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) on a search with a pool of training workers: the command exits with
+    143 within seconds and takes its worker processes with it (before, the workers were left
+    running, adopted by init, training for nobody)."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jmsnas", "search", "three-tier", "--workers", "2",
+         "--population", "4", "--generations", "3", "--epochs", "2", "--subset", "3000",
+         "--dataset", "mnist5k"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    deadline = time.monotonic() + 120
+    while len(children()) < 3 and time.monotonic() < deadline:  # two workers and the tracker
+        time.sleep(0.5)
+    time.sleep(2)  # the workers are training
+    kids = children()
+    assert len(kids) >= 2, kids
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 15
+    while (alive := [k for k in kids if os.path.exists(f"/proc/{k}")]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"worker processes left running: {alive}"

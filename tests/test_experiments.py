@@ -572,3 +572,26 @@ def test_the_proxy_study_measures_the_searchs_default_budget() -> None:
 
     cfg = load_experiment_config("proxy", quick=False)
     assert _budget(cfg["budgets"][cfg["default"]], "default") == BudgetConfig().to_budget()
+
+
+def test_an_experiment_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """Two runs of one experiment into one folder would resume the same searches at once: the
+    second is refused in one line while the first holds the folder, and runs once it is free."""
+    from experiments.common import Output, run_experiment
+    from search.runs import lock_run_folder
+
+    ran = []
+
+    def fake(ctx: Any) -> Output:
+        ran.append(ctx.out)
+        return Output(ctx.name, "t", "")
+
+    held = lock_run_folder(tmp_path / "validate")
+    try:
+        with pytest.raises(ValueError, match="in use by a running search or experiment"):
+            run_experiment("validate", fake, tmp_path, True, False)
+        assert not ran
+    finally:
+        held.close()
+    run_experiment("validate", fake, tmp_path, True, False)
+    assert ran == [tmp_path / "validate"]
