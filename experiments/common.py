@@ -319,7 +319,14 @@ def save(fig: Figure, path: Path) -> None:
 
 def experiment_main(name: str, run: Callable[[Context], Output],
                     argv: Sequence[str] | None = None) -> int:
-    """``python -m experiments.NAME [--quick] [--out DIR]``."""
+    """``python -m experiments.NAME [--quick] [--out DIR]``: SIGTERM exits as Ctrl-C does, so
+    the searches' training workers stop with the run (see :func:`jmsnas.main.cli`)."""
+    import signal
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}")
     parser.add_argument("--quick", action="store_true", help="the small size (minutes)")
     parser.add_argument("--out", default="runs/experiments", help="output folder")

@@ -32,7 +32,7 @@ from models.build import Cut
 from models.profile import ModelProfile, profile_model
 from models.spec import ArchSpec
 from sim.network import make_rate_process
-from sim.policy import OraclePolicy, SplitPolicy
+from sim.policy import OraclePolicy, SplitPolicy, thresholds_of
 from sim.scenario import (
     ConstantChannel,
     GilbertElliottChannel,
@@ -98,18 +98,21 @@ def _horizon_s(spec: LinkSpec, scenario: Scenario) -> float:
 def channel_states(scenario: Scenario, states: int, link: tuple[str, str] | None = None,
                    seed: int = 0, samples: int = 50_000) -> ChannelStates:
     """Cut the rate of ``link`` (default: the path's first hop) into at most ``states`` states
-    of about equal time share (equal quantiles merge: a Gilbert-Elliott link has two at most),
-    from one long realisation drawn with ``seed``."""
+    of about equal time share (:func:`sim.policy.thresholds_of`: a Gilbert-Elliott link has
+    two states for any ``states`` >= 2), from one long realisation drawn with ``seed``."""
     if states < 1:
         raise ValueError(f"states must be >= 1, got {states}")
-    link = link or (scenario.path[0], scenario.path[1])
+    if link is None:
+        if len(scenario.path) < 2:
+            raise ValueError(f"scenario {scenario.name!r}: a split policy observes the uplink "
+                             "of the path's first node, and the path has one node")
+        link = (scenario.path[0], scenario.path[1])
     spec = _link(scenario, link)
     channel = make_rate_process(spec, scenario, np.random.SeedSequence([seed, 15]))
     horizon = _horizon_s(spec, scenario)
     t = np.linspace(0.0, horizon, samples, endpoint=False)
     rates = np.asarray(channel.rate_at(t), dtype=np.float64)
-    cuts = np.quantile(rates, np.arange(1, states) / states, method="higher")
-    thresholds = tuple(sorted({float(c) for c in cuts if c > rates.min()}))
+    thresholds = thresholds_of(rates, states)
     state = np.searchsorted(np.asarray(thresholds), rates, side="right")
     shares, means = [], []
     for k in range(len(thresholds) + 1):

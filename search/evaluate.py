@@ -32,7 +32,7 @@ from models.space import get_space
 from models.spec import ArchSpec
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
-from sim.policy import SplitPolicy
+from sim.policy import SplitPolicy, merge_pipelines
 from sim.stability import Load, offered_load
 from sim.workload import Stage
 
@@ -142,6 +142,38 @@ def run_train_job(job: TrainJob) -> TrainResult:
     return result
 
 
+def _check_policy_sources(scenario: Scenario) -> None:
+    """A policy's states are cut at one rate distribution and weighted by its time shares:
+    every source's uplink must have the channel model of the path's first hop (independent
+    realisations of it), else a ValueError naming the source."""
+    if len(scenario.path) < 2:
+        raise ValueError(f"scenario {scenario.name!r}: policy_states > 1 needs a path of two "
+                         "or more nodes (the first node observes its uplink)")
+    graph = scenario.graph()
+    first, second = scenario.path[0], scenario.path[1]
+    model = graph.edges[first, second]["spec"].channel
+    for src in scenario.workload.sources:
+        if src != first and graph.has_edge(src, second) and \
+                graph.edges[src, second]["spec"].channel != model:
+            raise ValueError(
+                f"scenario {scenario.name!r}: policy_states > 1 needs every source's uplink to "
+                f"have the channel of {first} -> {second} (the states are cut at its rate "
+                f"distribution and weighted by its time shares); {src} -> {second} has another")
+
+
+def _crossing(pipeline: Sequence[Stage] | SplitPolicy | None) -> bool:
+    """Whether a policy's pipelines visit nodes or links in orders no single sequence holds
+    (two states on routes that cross, in a mesh): :func:`sim.policy.merge_pipelines` refuses
+    them, so such a design is scored infeasible instead of stopping the search."""
+    if not isinstance(pipeline, SplitPolicy):
+        return False
+    try:
+        merge_pipelines(pipeline.pipelines)
+    except ValueError:
+        return True
+    return False
+
+
 def _combined(results: Sequence[tuple[TrainResult | None, float]]) -> TrainResult:
     """One result from the weighted results of a design's trainings: the weighted accuracy,
     or the first failure."""
@@ -222,6 +254,7 @@ class Evaluator:
         self.states: ChannelStates | None = None
         """The observed link's channel states, for a policy search (``policy_states`` > 1)."""
         if config.policy_states > 1:
+            _check_policy_sources(scenario)
             self.states = channel_states(scenario, config.policy_states)
         self.layout = GenomeLayout(get_space(config.space), scenario_routes(scenario),
                                    compression=config.compression,
@@ -318,37 +351,38 @@ class Evaluator:
 
     def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:
         """How far the design's segments overrun their nodes' ``memory_bytes`` (0: they fit).
-        A policy design's node holds every block some state gives it: our estimate is the
-        memory of the span from its first such block to its last, plus every state's codecs."""
+        A policy design's node holds every block some state gives it, once per model (states
+        with another compression run other fine-tuned weights): our estimate is, per model, the
+        memory of the span from the node's first such block to its last, plus its largest
+        codecs."""
         if isinstance(design, Design):
             return self._overrun(
                 (c.node, c.memory_bytes) for c in segment_costs(
                     design, profile or self.profile(design), self.scenario.input_bits_per_element))
         plain = self.profile(Design(design.arch, design.states[0].route, ()))
-        spans: dict[str, tuple[int, int]] = {}
-        codecs: dict[str, set[tuple[int, float, int, str]]] = {}
+        # states with the same compression run one model; each other compression is a model
+        # of its own (fine-tuned weights), which a node serving it holds as well
+        models: dict[tuple[Cut, ...], list[Design]] = {}
         for d in design.states:
-            prof = self.profile(d)
-            for node, (a, b) in zip(d.route, d.segments(), strict=True):
-                if b <= a:
-                    continue
-                lo, hi = spans.get(node, (a, b))
-                spans[node] = (min(lo, a), max(hi, b))
-                for pos, end in ((a, "decoder"), (b, "encoder")):
-                    c = prof.codec(pos)
-                    if c is not None:
-                        codecs.setdefault(node, set()).add(
-                            (pos, c.cut.bottleneck, c.cut.bits, end))
-        need = []
-        for node, (a, b) in spans.items():
-            extra = 0
-            for pos, bottleneck, bits, end in codecs.get(node, set()):
-                c = self.profile(Design(design.arch, design.states[0].route,
-                                        (Cut(pos, bottleneck, bits),))).codec(pos)
-                assert c is not None
-                extra += 4 * (c.decoder_params if end == "decoder" else c.encoder_params)
-            need.append((node, plain.segment_memory_bytes(a, b) + extra))
-        return self._overrun(need)
+            models.setdefault(d.compressing_cuts, []).append(d)
+        need: dict[str, float] = {}
+        for states in models.values():
+            spans: dict[str, tuple[int, int]] = {}
+            codecs: dict[str, float] = {}
+            for d in states:
+                prof = self.profile(d)
+                for node, (a, b) in zip(d.route, d.segments(), strict=True):
+                    if b <= a:
+                        continue
+                    lo, hi = spans.get(node, (a, b))
+                    spans[node] = (min(lo, a), max(hi, b))
+                    dec, enc = prof.codec(a), prof.codec(b)
+                    codecs[node] = max(codecs.get(node, 0.0), 4.0 * (
+                        (dec.decoder_params if dec else 0) + (enc.encoder_params if enc else 0)))
+            for node, (a, b) in spans.items():
+                need[node] = need.get(node, 0.0) + plain.segment_memory_bytes(a, b) \
+                    + codecs.get(node, 0.0)
+        return self._overrun(need.items())
 
     def _overrun(self, needs: Iterable[tuple[str, float]]) -> float:
         total = 0.0
@@ -503,9 +537,10 @@ class Evaluator:
         mem = [self.memory_violation(d) for d in designs]
         pipes = [self.simulated(d) if m == 0.0 else None  # built once: checked, simulated
                  for d, m in zip(designs, mem, strict=True)]
-        busiest = [None if pipe is None else self.busiest(pipe) for pipe in pipes]
-        scored = [m == 0.0 and (b is None or b.stable)
-                  for m, b in zip(mem, busiest, strict=True)]
+        busiest = [None if pipe is None or _crossing(pipe) else self.busiest(pipe)
+                   for pipe in pipes]
+        scored = [m == 0.0 and (b is None or b.stable) and not _crossing(pipe)
+                  for m, b, pipe in zip(mem, busiest, pipes, strict=True)]
         design_jobs = [self.train_jobs(d) if ok else None
                        for d, ok in zip(designs, scored, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}
@@ -546,6 +581,12 @@ class Evaluator:
                               p95_latency_s=nan, device_energy_j=nan,
                               violation=memory_violation, status="infeasible",
                               message="a segment does not fit its node's memory_bytes")
+        if _crossing(pipeline):
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan, mean_latency_s=nan,
+                              p95_latency_s=nan, device_energy_j=nan, violation=1.0,
+                              status="infeasible",
+                              message="its states' routes visit nodes in opposite orders (the "
+                                      "simulator runs a policy's pipelines as one sequence)")
         rho = nan if busiest is None else busiest.utilisation
         if busiest is not None and not busiest.stable:  # no steady state: a finite run's
             return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan,  # latency means

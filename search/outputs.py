@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .design import hosts
+from .design import STATE_SEPARATOR, hosts
 from .evaluate import NUM_CLASSES, Evaluation
 from .nsga import SearchResult
 from .runs import write_run_config
@@ -46,8 +46,18 @@ HISTORY_COLUMNS = ["generation", "evaluations", "feasible", "hypervolume", "best
                    "best_latency_s", "elapsed_s"]
 
 
+def _splits(design: str) -> str:
+    """The placement part of a design's description, every state's for a policy design."""
+    return STATE_SEPARATOR.join(d.split(" (")[0] for d in design.split(STATE_SEPARATOR))
+
+
+def _compression(design: str) -> str:
+    """The compression part of a design's description, every state's for a policy design."""
+    return STATE_SEPARATOR.join(d.partition(" (")[2] for d in design.split(STATE_SEPARATOR))
+
+
 def _row(e: Evaluation) -> list[object]:
-    splits = e.design.split(" (")[0]
+    splits = _splits(e.design)
     return [e.accuracy, e.accuracy_sd, e.latency_s, e.mean_latency_s, e.p95_latency_s,
             e.device_energy_j, e.utilisation, splits, e.arch, " ".join(map(str, e.genome)),
             e.design, e.status, e.violation, e.message]
@@ -73,7 +83,7 @@ def front_rows(result: SearchResult) -> list[dict[str, Any]]:
             "p95_latency_s": p95, "p95_latency_ci95_s": r.p95_ci95_s if r else nan,
             "replications": r.replications if r else 0,
             "energy_j": r.device_energy_j if r else e.device_energy_j,
-            "search_latency_s": e.latency_s, "splits": e.design.split(" (")[0], "arch": e.arch,
+            "search_latency_s": e.latency_s, "splits": _splits(e.design), "arch": e.arch,
             "genome": " ".join(map(str, e.genome)), "design": e.design})
     return sorted(rows, key=lambda row: row["latency_s"])  # re-measured: the order may move
 
@@ -94,7 +104,7 @@ def chance_warning(result: SearchResult, num_classes: int = NUM_CLASSES) -> str 
     measured or near 0, as it is at chance; the cap keeps a very noisy proxy from calling
     everything chance): the proxy-training budget is too small for the data, and the front
     ranks noise. None otherwise."""
-    models = {(e.arch, e.design.partition(" (")[2]): e for e in result.evaluations.values()
+    models = {(e.arch, _compression(e.design)): e for e in result.evaluations.values()
               if math.isfinite(e.accuracy)}  # the compression, as the design's text says it
     scored = list(models.values())
     if not scored:

@@ -18,7 +18,9 @@ is a Python loop, not vectorised.
 Stages are solved one after the other; tasks of several sources that meet at a queue are merged
 in order of arrival there. Tasks that arrive at a queue at the same instant are served in the order
 SimPy serves them: by when the event that brought them there was scheduled, then by task index
-(a tie on both, which needs a double coincidence, may still be ordered differently). This is exact
+(a tie on both, which needs a double coincidence, may still be ordered differently; a split
+policy's task that reaches a queue on arrival, having skipped the stages before, at the instant
+another task does from an earlier stage is refused, see :func:`_refuse_fresh_ties`). This is exact
 when every queue is visited by one stage of the pipeline (otherwise, e.g. the backward pass of
 training mode on the device, tasks of different stages interleave in one queue and the
 stage-by-stage order breaks: the evaluator refuses).
@@ -92,6 +94,23 @@ def _solve_queue(
     return start, d
 
 
+def _refuse_fresh_ties(plan: Plan, s: int, res_s: NDArray[np.intp],
+                       ready: NDArray[np.float64], fresh: NDArray[np.bool_]) -> None:
+    """Raise :class:`FastEvaluatorError` where a task that skipped every stage so far reaches
+    a queue at the very instant another task, from an earlier stage, does: SimPy orders the
+    two by when the events that woke them were scheduled (an arrival's by the arrival before
+    it), an order the recursion does not track. Needs exact ties: periodic or replayed
+    arrivals with constant work, not Poisson ones."""
+    for r in np.unique(res_s[res_s >= 0]).tolist():
+        here = res_s == r
+        new, old = ready[here & fresh], ready[here & ~fresh]
+        if new.size and old.size and np.intersect1d(new, old).size:
+            raise FastEvaluatorError(
+                f"the fast evaluator cannot order tasks that reach {plan.resources[r].name!r} "
+                f"(stage {s}) at the same instant, one on arrival and one from an earlier stage "
+                "(use the simpy engine)")
+
+
 def _strictly_increasing(x: NDArray[np.float64]) -> bool:
     return bool(np.all(x[1:] > x[:-1]))
 
@@ -118,9 +137,13 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
     # When the event that makes each task ask for the current stage was scheduled: SimPy serves
     # requests made at the same instant in that order (then by task index), and so do we.
     woke = tasks.arrival_s
+    fresh = np.ones(n, dtype=bool)  # has not yet visited a stage (a policy's may skip some)
     for s in range(k):
         queued[s] = ready
         res_s = np.full(n, plan.resource[0, s]) if single_row else plan.resource[:, s][rows]
+        if plan.policy is not None:
+            _refuse_fresh_ties(plan, s, res_s, ready, fresh)
+            fresh &= res_s < 0
         work = np.full(n, plan.base[0, s]) if single_row else plan.base[:, s][rows]
         if not plan.is_link[s]:
             work *= tasks.multipliers[:, s]

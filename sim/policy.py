@@ -11,8 +11,8 @@ run the same choices; designs simulated with the same seed see the same channel,
 are compared on the same sample paths (common random numbers).
 
 The states come from the channel's own rate distribution (:func:`rate_thresholds`): K - 1
-quantiles of the rate over time, estimated from a long realisation, duplicates dropped, so a
-Gilbert-Elliott link has at most two states however large K is.
+quantiles of the rate over time, estimated from a long realisation, duplicates dropped; a
+channel of K or fewer distinct rates (Gilbert-Elliott: two) is cut between them.
 
 Both engines run the *merged* pipeline (:func:`merge_pipelines`): every policy pipeline is a
 subsequence of one sequence of stages, and a task skips the stages its own pipeline lacks
@@ -34,7 +34,7 @@ from .channels import RateProcess
 from .workload import Compute, Pipeline, Stage
 
 __all__ = ["OraclePolicy", "Policy", "SplitPolicy", "merge_pipelines", "rate_thresholds",
-           "stage_key"]
+           "stage_key", "thresholds_of"]
 
 
 @dataclass(frozen=True)
@@ -117,24 +117,34 @@ Policy = SplitPolicy | OraclePolicy
 """What :func:`sim.simulate` runs besides a plain pipeline: one pipeline per task, chosen."""
 
 
-def rate_thresholds(channel: RateProcess, states: int, *, horizon_s: float,
-                    samples: int = 20_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Thresholds that cut ``channel``'s rate into at most ``states`` states of about equal
-    time share, and the share of time in each: quantiles k / states of the rate sampled at
-    ``samples`` evenly spaced times over ``[0, horizon_s)`` (take a horizon of many coherence
-    times or sojourns). Equal quantiles (a channel with few rates) merge, so fewer states may
-    come back."""
+def thresholds_of(rates: NDArray[np.float64], states: int) -> tuple[float, ...]:
+    """Thresholds that cut sampled ``rates`` into at most ``states`` states: between its
+    distinct rates where it has ``states`` or fewer (a Gilbert-Elliott link: its two rates,
+    whatever their time shares), else at the quantiles k / states (equal quantiles merge).
+    State k holds the rates with k thresholds at or below them."""
     if states < 1:
         raise ValueError(f"states must be >= 1, got {states}")
+    distinct = np.unique(rates)
+    if distinct.size <= states:
+        return tuple(float(r) for r in distinct[1:])
+    cuts = np.quantile(rates, np.arange(1, states) / states, method="higher")
+    return tuple(sorted({float(c) for c in cuts if c > distinct[0]}))
+
+
+def rate_thresholds(channel: RateProcess, states: int, *, horizon_s: float,
+                    samples: int = 20_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Thresholds that cut ``channel``'s rate into at most ``states`` states
+    (:func:`thresholds_of`), and the share of time in each, from the rate sampled at
+    ``samples`` evenly spaced times over ``[0, horizon_s)`` (take a horizon of many coherence
+    times or sojourns)."""
     if not (horizon_s > 0 and math.isfinite(horizon_s)):
         raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
     rates = np.asarray(channel.rate_at(np.linspace(0.0, horizon_s, samples, endpoint=False)),
                        dtype=np.float64)
-    cuts = np.quantile(rates, np.arange(1, states) / states, method="higher")
-    thresholds = sorted({float(c) for c in cuts if c > rates.min()})
+    thresholds = thresholds_of(rates, states)
     state = np.searchsorted(np.asarray(thresholds), rates, side="right")
     shares = np.bincount(state, minlength=len(thresholds) + 1) / rates.size
-    return tuple(thresholds), tuple(float(s) for s in shares)
+    return thresholds, tuple(float(s) for s in shares)
 
 
 def stage_key(stage: Stage) -> tuple[str, ...]:

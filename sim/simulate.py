@@ -168,8 +168,16 @@ def simulate(
             if loads is None:
                 assert policy is not None and task_set.variant is not None
                 loads = _policy_load(scenario, policy, task_set.variant, n)
+            fast = None
             if used_engine == "fast":
-                records.append(run_fast(plan, task_set, keep_timeline=keep_timeline))
+                try:
+                    fast = run_fast(plan, task_set, keep_timeline=keep_timeline)
+                except FastEvaluatorError:
+                    if engine == "fast":
+                        raise
+                    used_engine = "simpy"  # auto: a tie the recursion cannot order
+            if fast is not None:
+                records.append(fast)
                 if bar is not None:
                     bar.update(task_set.n)
             else:

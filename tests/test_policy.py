@@ -135,9 +135,17 @@ def test_fast_equals_simpy_on_a_policy_with_several_sources() -> None:
     assert_same_path(a, b)
     tl = a.records[0].timeline
     assert tl is not None
-    for j in range(4):  # every phone's tasks take both pipelines, by its own uplink
+    from sim.network import compile_plan
+    from sim.simulate import replication_seeds
+
+    plan = compile_plan(s, p, replication_seeds(3, 0)[1])  # the same channel realisations
+    for j in range(4):  # every phone's tasks follow the state of its own uplink
         mine = tl.source == j
-        assert 0 < (tl.resource[mine, 1] >= 0).mean() < 1
+        link = plan.resources[plan.observed[j]]
+        assert link.name == f"phone{j + 1}->edge" and link.channel is not None
+        expected = link.channel.rate_at(tl.task_arrival_s[mine]) >= 12e6
+        np.testing.assert_array_equal(tl.resource[mine, 1] >= 0, expected)
+        assert 0 < expected.mean() < 1
 
 
 @pytest.mark.parametrize("engine", ["simpy", "fast"])
@@ -215,3 +223,32 @@ def test_the_oracle_is_the_best_pipeline_per_task_when_nothing_queues() -> None:
     for thresholds in [(5e6,), (25e6,)]:
         policy_lat = latency(SplitPolicy((ON_PHONE, TO_CLOUD), thresholds, ("phone", "edge")))
         assert np.all(oracle <= policy_lat + 1e-9)
+
+
+def test_a_tie_the_recursion_cannot_order_falls_back_to_simpy(tmp_path: Any) -> None:
+    """Periodic arrivals, constant work and a trace that steps every 0.125 s: a task that skips
+    the phone reaches the uplink on arrival at the instant one from the phone's compute does.
+    SimPy orders them by when their waking events were scheduled; the fast evaluator refuses
+    the case, and ``auto`` runs SimPy (before, ``auto`` silently gave latencies 0.07 s off)."""
+    import yaml
+
+    from sim import FastEvaluatorError
+
+    d = three_tier()
+    rows = ["time_s,rate_bps"] + [f"{k * 0.125},{5e6 if k % 2 == 0 else 20e6}"
+                                  for k in range(201)]
+    (tmp_path / "alt.csv").write_text("\n".join(rows) + "\n")
+    d["links"][0]["channel"] = {"model": "trace", "file": "alt.csv"}
+    d["workload"].update({"arrivals": {"process": "periodic", "rate_hz": 8.0, "phase_s": 0.0625},
+                          "tasks": 100, "warmup_tasks": 0})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    s = load_scenario(tmp_path / "s.yaml")
+    x = (Compute("phone", 1.25e8), Transfer("phone", "edge", 2e6), Compute("edge", 1e9))
+    y = (Transfer("phone", "edge", 1e6), Compute("edge", 1e9))
+    p = SplitPolicy((x, y), (10e6,), ("phone", "edge"))
+    with pytest.raises(FastEvaluatorError, match="same instant"):
+        simulate(s, p, seed=0, engine="fast")
+    a = simulate(s, p, seed=0, engine="simpy")
+    b = simulate(s, p, seed=0, engine="auto")
+    assert b.report.engine == "simpy"
+    np.testing.assert_array_equal(a.records[0].completion_s, b.records[0].completion_s)

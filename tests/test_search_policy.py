@@ -199,3 +199,98 @@ def test_a_policy_search_runs_from_the_command_line(
     assert rows and all(row["design"].count(" | ") == 1 for row in rows)
     assert all(int(row["replications"]) == 5 for row in rows)
     assert rows[0]["design"] in out
+
+
+def test_a_gilbert_elliott_link_has_two_states_at_any_bad_share() -> None:
+    """Half the time bad or more: the median is the bad rate, so quantile cuts alone gave one
+    state and a policy search silently ran static; the two rates are cut between instead."""
+    for good, bad in ((1.0, 1.0), (0.8, 1.2), (0.5, 1.5)):
+        st = channel_states(ge_scenario(mean_good_s=good, mean_bad_s=bad), 2)
+        assert st.count == 2 and st.thresholds_bps == (20e6,), (good, bad)
+        assert st.shares[0] == pytest.approx(bad / (good + bad), abs=0.03)
+
+
+def test_policy_searches_refuse_what_they_cannot_weigh(tmp_path: Path) -> None:
+    """A one-node path has no uplink to observe; sources whose uplinks differ would need
+    per-source state shares: both refused in one line naming the cause."""
+    d = three_tier()
+    d["path"] = ["phone"]
+    d["pipeline"] = [{"compute": "phone", "flops": 1e6}]
+    with pytest.raises(ValueError, match="path of two or more nodes"):
+        Evaluator(scenario_from_dict(d), config(), str(tmp_path / "c.sqlite"))
+    from experiments.common import scenario_variant
+
+    shared = scenario_variant("shared-edge")
+    with pytest.raises(ValueError, match="phone2 -> edge has another"):
+        Evaluator(shared, config(), str(tmp_path / "c.sqlite"))
+
+
+def _mesh() -> Any:
+    ge, fast = dict(GE), {"model": "constant", "rate_bps": 50e6}
+    return scenario_from_dict({
+        "name": "mesh", "input_shape": [1, 28, 28],
+        "nodes": {"phone": {"kind": "device", "flops": 2e8},
+                  "e1": {"kind": "edge", "flops": 1e10}, "e2": {"kind": "edge", "flops": 1e10},
+                  "cloud": {"kind": "cloud", "flops": 1e11}},
+        "links": [{"src": "phone", "dst": "e1", "channel": ge},
+                  {"src": "phone", "dst": "e2", "channel": fast},
+                  {"src": "e1", "dst": "e2", "channel": fast, "duplex": True},
+                  {"src": "e1", "dst": "cloud", "channel": fast},
+                  {"src": "e2", "dst": "cloud", "channel": fast}],
+        "path": ["phone", "e1", "cloud"],
+        "workload": {"sources": ["phone"], "arrivals": {"process": "poisson", "rate_hz": 2.0},
+                     "tasks": 200, "warmup_tasks": 10}})
+
+
+def test_states_on_crossing_routes_are_infeasible_not_a_crash(tmp_path: Path) -> None:
+    """phone -> e1 -> e2 in one state and phone -> e2 -> e1 in the other: no single stage
+    order holds both, which used to stop the search for good (a resume bred the same design)."""
+    s = _mesh()
+    ev = Evaluator(s, config(), str(tmp_path / "c.sqlite"))
+    arch = get_space("tiny").decode([0] * get_space("tiny").n_genes)
+    n = arch.n_blocks
+    a = Design(arch, ("phone", "e1", "e2", "cloud"), (Cut(0), Cut(1), Cut(n)))
+    b = Design(arch, ("phone", "e2", "e1", "cloud"), (Cut(0), Cut(1), Cut(n)))
+    (crossed,) = ev.evaluate_designs([PolicyDesign((a, b))])
+    assert crossed.status == "infeasible" and "opposite orders" in crossed.message
+    (fine,) = ev.evaluate_designs([PolicyDesign((a, a))])
+    assert fine.status == "ok"
+
+
+def test_policy_memory_counts_each_model_a_node_holds(tmp_path: Path) -> None:
+    """Two states with different compressions run two fine-tuned models: a node serving both
+    holds both, so the policy needs more memory than either state alone; two states with one
+    model need what that model needs."""
+    s = ge_scenario()
+    ev = Evaluator(s, config(compression=True), str(tmp_path / "c.sqlite"))
+    arch = get_space("tiny").decode([0, 1, 0, 1, 0, 0, 0, 0, 0])
+    n, route = arch.n_blocks, tuple(s.path)
+    plain = Design(arch, route, (Cut(2), Cut(n)))
+    squeezed = Design(arch, route, (Cut(2, 0.25, 8), Cut(n)))
+    one = ev.profile(plain).segment_memory_bytes(2, n)
+    limit = 1.5 * one  # one model fits on the edge, two do not
+    d = s.model_dump()
+    d["nodes"]["edge"]["memory_bytes"] = limit
+    ev = Evaluator(scenario_from_dict(d), config(compression=True), str(tmp_path / "c.sqlite"))
+    assert ev.memory_violation(PolicyDesign((plain, plain))) == 0.0
+    assert ev.memory_violation(plain) == 0.0 and ev.memory_violation(squeezed) == 0.0
+    assert ev.memory_violation(PolicyDesign((plain, squeezed))) > 0.0
+
+
+def test_a_policy_accuracy_weights_its_states_models(tmp_path: Path) -> None:
+    """States with different compressions: the accuracy is the share-weighted accuracy of the
+    two models, each as a static search scores it."""
+    s = ge_scenario()
+    cache = str(tmp_path / "c.sqlite")
+    static = Evaluator(s, config(policy_states=1, compression=True), cache)
+    policy = Evaluator(s, config(compression=True), cache)
+    arch = get_space("tiny").decode([0, 1, 0, 1, 0, 0, 0, 0, 0])
+    n, route = arch.n_blocks, tuple(s.path)
+    bad = Design(arch, route, (Cut(n), Cut(n)))
+    good = Design(arch, route, (Cut(2, 0.25, 8), Cut(n)))
+    a, b = static.evaluate_designs([bad, good])
+    (p,) = policy.evaluate_designs([PolicyDesign((bad, good))])
+    assert a.accuracy != b.accuracy
+    shares = policy.states.shares  # type: ignore[union-attr]
+    assert p.accuracy == pytest.approx(shares[0] * a.accuracy + shares[1] * b.accuracy,
+                                       abs=1e-12)
