@@ -290,7 +290,7 @@ def test_a_folder_in_use_is_never_shared(tmp_path: Path,
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         with pytest.raises(ValueError, match=rf"^{re.escape(str(base))} is in use by a running "
-                                             rf"search \(process {holder.pid}\)"):
+                                             rf"search or experiment \(process {holder.pid}\)"):
             lock_run_folder(base)
         with pytest.raises(ValueError, match="in use by a running search"):
             choose_run_folder(base, "any", named=True)
