@@ -33,7 +33,7 @@ from models.spec import ArchSpec
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
 from sim.policy import SplitPolicy, merge_pipelines
-from sim.stability import Load, offered_load
+from sim.stability import Load, offered_load, shared_load
 from sim.workload import Stage
 
 from .adaptive import ChannelStates, channel_states, policy_of
@@ -341,12 +341,7 @@ class Evaluator:
             loads = offered_load(self.scenario, pipeline, tasks)
         else:
             assert pipeline.shares is not None
-            total: dict[tuple[str, str], float] = {}
-            for share, stages in zip(pipeline.shares, pipeline.pipelines, strict=True):
-                for x in offered_load(self.scenario, stages, tasks):
-                    key = (x.kind, x.resource)
-                    total[key] = total.get(key, 0.0) + share * x.utilisation
-            loads = [Load(name, kind, rho) for (kind, name), rho in total.items()]
+            loads = shared_load(self.scenario, pipeline.pipelines, pipeline.shares, tasks)
         return max(loads, key=lambda x: x.utilisation) if loads else None
 
     def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:

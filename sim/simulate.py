@@ -17,7 +17,7 @@ from .policy import OraclePolicy, Policy, SplitPolicy
 from .report import LatencyReport, summarise
 from .scenario import Scenario
 from .seeds import child, children
-from .stability import Load, offered_load
+from .stability import Load, offered_load, shared_load
 from .workload import Stage, pipeline_from_specs, sample_tasks, training_pipeline
 
 __all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
@@ -78,11 +78,7 @@ def _policy_load(scenario: Scenario, policy: Policy, variant: np.ndarray,
                  n: int) -> list[Load]:
     """Offered utilisation of a policy's resources at the share of tasks each pipeline got."""
     shares = np.bincount(variant, minlength=policy.states) / max(variant.size, 1)
-    total: dict[tuple[str, str], float] = {}
-    for share, stages in zip(shares.tolist(), policy.pipelines, strict=True):
-        for x in offered_load(scenario, stages, n):
-            total[x.kind, x.resource] = total.get((x.kind, x.resource), 0.0) + share * x.utilisation
-    return [Load(name, kind, rho) for (kind, name), rho in total.items()]
+    return shared_load(scenario, policy.pipelines, shares.tolist(), n)
 
 
 def simulate(

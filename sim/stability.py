@@ -31,7 +31,7 @@ from .scenario import FileArrivals, LinkSpec, RayleighChannel, Scenario
 from .workload import Compute, Stage, read_arrival_file, stages_for_source
 
 __all__ = ["SHADOWING_Z", "Load", "arrival_rates_hz", "offered_load", "overloaded",
-           "stability_rate_bps"]
+           "shared_load", "stability_rate_bps"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,17 @@ def offered_load(scenario: Scenario, stages: Sequence[Stage],
                 rho = lam * stage.size_bits / rate if rate > 0 else math.inf
             work[key] = work.get(key, 0.0) + rho
     return [Load(name, kind, rho) for (kind, name), rho in work.items()]
+
+
+def shared_load(scenario: Scenario, pipelines: Sequence[Sequence[Stage]],
+                shares: Sequence[float], tasks: int | None = None) -> list[Load]:
+    """Offered utilisation when a share of the requests runs each pipeline (a split policy's
+    states): the share-weighted sum of each pipeline's :func:`offered_load`."""
+    total: dict[tuple[str, str], float] = {}
+    for share, stages in zip(shares, pipelines, strict=True):
+        for x in offered_load(scenario, stages, tasks):
+            total[x.kind, x.resource] = total.get((x.kind, x.resource), 0.0) + share * x.utilisation
+    return [Load(name, kind, rho) for (kind, name), rho in total.items()]
 
 
 def overloaded(loads: Sequence[Load]) -> list[Load]:
