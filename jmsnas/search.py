@@ -19,11 +19,12 @@ if TYPE_CHECKING:
     from search.progress import SearchProgress
     from sim import Scenario
 
-__all__ = ["CONFIG_DEFAULTS", "CONFIG_FLAGS", "add_parser", "format_front", "front_json", "run"]
+__all__ = ["CONFIG_DEFAULTS", "CONFIG_FLAGS", "add_parser", "default_workers", "format_front",
+           "front_json", "run"]
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "dataset": "auto", "space": "tiny", "population": 12, "generations": 4,
-    "objective": "pareto", "lam": 1.0, "epochs": 2, "subset": 10000, "workers": 1,
+    "objective": "pareto", "lam": 1.0, "epochs": 2, "subset": 10000,
     "executor": "local", "device": "cpu", "seed": 0, "policy_states": 1,
 }
 """The defaults of :class:`search.config.SearchConfig` that ``--help`` shows, written out so
@@ -37,6 +38,16 @@ CONFIG_FLAGS: dict[str, str] = {
     "policy_states": "policy_states",
 }
 """Options that set a search setting: argparse's name -> the setting (dotted in ``budget``)."""
+
+
+def default_workers() -> int:
+    """The command's default training processes: the CPU cores this process may use, at most
+    4 (proxy training runs on one torch thread per process, so a pool is how a search uses
+    the cores; the accuracies are the same with any number)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 def _default(dest: str) -> str:
@@ -87,8 +98,9 @@ def add_parser(commands: Any) -> None:
                    f"{_default('epochs')}")
     p.add_argument("--subset", type=positive_int, help=f"proxy-training images "
                    f"{_default('subset')}")
-    p.add_argument("--workers", type=positive_int, help=f"proxy-training processes "
-                   f"{_default('workers')}")
+    p.add_argument("--workers", type=positive_int, help="proxy-training processes, each on one "
+                   "torch thread (default: the CPU cores, at most 4, or the --config file's; the "
+                   "results do not depend on it)")
     p.add_argument("--executor", choices=["serial", "local", "dask"],
                    help=f"where proxy training runs; local: a process pool {_default('executor')}")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -213,7 +225,8 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
     scenario_path = resolve_scenario_path(args.scenario)
     scenario = load_scenario(scenario_path)
     _use_data_dir(args.data_dir)
-    base = load_search_config(args.config) if args.config else SearchConfig()
+    cores = SearchConfig(workers=default_workers())  # the library's default is one process
+    base = load_search_config(args.config, base=cores) if args.config else cores
     config = base.with_changes(**_changes(args))
     config, reason = resolve_config_dataset(config)
     say.note(reason)

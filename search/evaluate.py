@@ -532,10 +532,11 @@ class Evaluator:
         mem = [self.memory_violation(d) for d in designs]
         pipes = [self.simulated(d) if m == 0.0 else None  # built once: checked, simulated
                  for d, m in zip(designs, mem, strict=True)]
-        busiest = [None if pipe is None or _crossing(pipe) else self.busiest(pipe)
-                   for pipe in pipes]
-        scored = [m == 0.0 and (b is None or b.stable) and not _crossing(pipe)
-                  for m, b, pipe in zip(mem, busiest, pipes, strict=True)]
+        crossing = [_crossing(pipe) for pipe in pipes]
+        busiest = [None if pipe is None or cross else self.busiest(pipe)
+                   for pipe, cross in zip(pipes, crossing, strict=True)]
+        scored = [m == 0.0 and (b is None or b.stable) and not cross
+                  for m, b, cross in zip(mem, busiest, crossing, strict=True)]
         design_jobs = [self.train_jobs(d) if ok else None
                        for d, ok in zip(designs, scored, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}

@@ -147,7 +147,8 @@ def run_fast(plan: Plan, tasks: TaskSet, *, keep_timeline: bool = False) -> RunR
         work = np.full(n, plan.base[0, s]) if single_row else plan.base[:, s][rows]
         if not plan.is_link[s]:
             work *= tasks.multipliers[:, s]
-        groups = np.unique(res_s).tolist()
+        # the queues of the stage: every row's, or (a policy's rows may go unused) the tasks'
+        groups = np.unique(plan.resource[:, s] if plan.policy is None else res_s).tolist()
         if groups == [-1]:  # no task visits it
             start[s] = end[s] = ready
             continue

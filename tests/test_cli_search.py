@@ -129,6 +129,9 @@ def test_resume_dir_alone_continues_an_interrupted_run(
     saved = read_run_config(out)
     assert saved.scenario == (EXAMPLES / "three-tier.yaml").resolve()
     assert saved.config.generations == 2 and saved.config.dataset == "digits"
+    from jmsnas.search import default_workers
+
+    assert saved.config.workers == default_workers()  # the command's default: the cores
     s, config = load_scenario(saved.scenario), saved.config
     assert folder_state(out, fingerprint(s, config)) == "unfinished"  # a rerun continues it
     capsys.readouterr()

@@ -62,7 +62,7 @@ def _quick_start_command(text: str) -> str:
 @pytest.mark.slow
 def test_readme_quick_start_output_is_current(tmp_path: Path) -> None:
     """The README's first command, run as a user would in a fresh folder, prints exactly the
-    front the README shows (about 7 minutes on two cores)."""
+    front the README shows (about 9 minutes on two cores)."""
     text = README.read_text(encoding="utf-8")
     command = _quick_start_command(text)
     assert command.startswith("jmsnas search ")
