@@ -6,15 +6,13 @@ the mean seconds per evaluation and its ratio to the search's default budget, me
 same run. Then times a compressed variant (fine-tuned from its parent's weights) against its
 parent, the cost the issue of inheritance is about.
 
-    python benchmarks/bench_proxy.py [--archs 4] [--threads 2] [--device cpu|cuda]
+    python benchmarks/bench_proxy.py [--archs 4] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-
-import torch
 
 from experiments.common import load_experiment_config
 from experiments.proxy import sample_genomes
@@ -26,10 +24,8 @@ from search.config import BudgetConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     cfg = load_experiment_config("proxy", quick=False)
     name, _ = resolve_dataset(cfg["dataset"])
     data = load_dataset(name)
@@ -39,7 +35,7 @@ def main() -> None:
     specs = specs[:: max(1, len(specs) // args.archs)][: args.archs]
     budgets = {"search default": BudgetConfig().to_budget()}
     budgets |= {k: ProxyBudget(**v) for k, v in cfg["budgets"].items()}
-    print(f"{name}, {len(specs)} architectures, torch threads {args.threads}, {args.device}")
+    print(f"{name}, {len(specs)} architectures, proxy training on one torch thread, {args.device}")
     proxy_accuracy(specs[0], data, ProxyBudget(epochs=1, subset=2000), device=args.device)  # warm
     seconds = {}
     for label, budget in budgets.items():
