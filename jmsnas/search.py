@@ -40,10 +40,21 @@ CONFIG_FLAGS: dict[str, str] = {
 """Options that set a search setting: argparse's name -> the setting (dotted in ``budget``)."""
 
 
+def _file_sets(path: str | None, key: str) -> bool:
+    """Whether the --config file at ``path`` gives ``key``."""
+    if path is None:
+        return False
+    from sim.scenario import load_yaml
+
+    data = load_yaml(Path(path).read_text(encoding="utf-8"))
+    return isinstance(data, dict) and key in data
+
+
 def default_workers() -> int:
-    """The command's default training processes: the CPU cores this process may use, at most
-    4 (proxy training runs on one torch thread per process, so a pool is how a search uses
-    the cores; the accuracies are the same with any number)."""
+    """The command's default training processes on the CPU with the local executor: the CPU
+    cores this process may use, at most 4 (proxy training runs on one torch thread per
+    process, so a pool is how a search uses the cores; the accuracies are the same with any
+    number). Elsewhere (a GPU, Dask, serial) the default stays 1."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -98,9 +109,10 @@ def add_parser(commands: Any) -> None:
                    f"{_default('epochs')}")
     p.add_argument("--subset", type=positive_int, help=f"proxy-training images "
                    f"{_default('subset')}")
-    p.add_argument("--workers", type=positive_int, help="proxy-training processes, each on one "
-                   "torch thread (default: the CPU cores, at most 4, or the --config file's; the "
-                   "results do not depend on it)")
+    p.add_argument("--workers", type=positive_int,
+                   help="proxy-training processes, each on one torch thread (default: on the CPU "
+                   "with --executor local, the CPU cores, at most 4, else 1; or the --config "
+                   "file's; the results do not depend on it)")
     p.add_argument("--executor", choices=["serial", "local", "dask"],
                    help=f"where proxy training runs; local: a process pool {_default('executor')}")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -225,9 +237,11 @@ def _fresh(args: argparse.Namespace, say: _Say) -> _Plan:
     scenario_path = resolve_scenario_path(args.scenario)
     scenario = load_scenario(scenario_path)
     _use_data_dir(args.data_dir)
-    cores = SearchConfig(workers=default_workers())  # the library's default is one process
-    base = load_search_config(args.config, base=cores) if args.config else cores
+    base = load_search_config(args.config) if args.config else SearchConfig()
     config = base.with_changes(**_changes(args))
+    if (args.workers is None and config.device == "cpu" and config.executor == "local"
+            and not _file_sets(args.config, "workers")):  # the library's default is one
+        config = config.with_changes(workers=default_workers())
     config, reason = resolve_config_dataset(config)
     say.note(reason)
     named = args.out is not None

@@ -348,8 +348,8 @@ class Evaluator:
         """How far the design's segments overrun their nodes' ``memory_bytes`` (0: they fit).
         A policy design's node holds every block some state gives it, once per model (states
         with another compression run other fine-tuned weights): our estimate is, per model, the
-        memory of the span from the node's first such block to its last, plus its largest
-        codecs."""
+        memory of the span from the node's first such block to its last, plus every encoder and
+        decoder it holds."""
         if isinstance(design, Design):
             return self._overrun(
                 (c.node, c.memory_bytes) for c in segment_costs(
@@ -363,7 +363,7 @@ class Evaluator:
         need: dict[str, float] = {}
         for states in models.values():
             spans: dict[str, tuple[int, int]] = {}
-            codecs: dict[str, float] = {}
+            codecs: dict[str, dict[tuple[int, str], int]] = {}  # node: (position, end): bytes
             for d in states:
                 prof = self.profile(d)
                 for node, (a, b) in zip(d.route, d.segments(), strict=True):
@@ -371,12 +371,14 @@ class Evaluator:
                         continue
                     lo, hi = spans.get(node, (a, b))
                     spans[node] = (min(lo, a), max(hi, b))
-                    dec, enc = prof.codec(a), prof.codec(b)
-                    codecs[node] = max(codecs.get(node, 0.0), 4.0 * (
-                        (dec.decoder_params if dec else 0) + (enc.encoder_params if enc else 0)))
+                    held = codecs.setdefault(node, {})
+                    if (dec := prof.codec(a)) is not None:
+                        held[a, "decoder"] = 4 * dec.decoder_params
+                    if (enc := prof.codec(b)) is not None:
+                        held[b, "encoder"] = 4 * enc.encoder_params
             for node, (a, b) in spans.items():
                 need[node] = need.get(node, 0.0) + plain.segment_memory_bytes(a, b) \
-                    + codecs.get(node, 0.0)
+                    + sum(codecs.get(node, {}).values())
         return self._overrun(need.items())
 
     def _overrun(self, needs: Iterable[tuple[str, float]]) -> float:

@@ -146,6 +146,7 @@ def simulate(
         bar = tqdm(total=total, unit="task", desc="simulate", mininterval=0.5, leave=False)
     records: list[RunRecord] = []
     used_engine = engine
+    engines: list[str] = []  # each replication's, for the report
     plan: Plan | None = None
     try:
         for rep in range(replications):
@@ -172,6 +173,7 @@ def simulate(
                     if engine == "fast":
                         raise
                     used_engine = "simpy"  # auto: a tie the recursion cannot order
+            engines.append(used_engine)
             if fast is not None:
                 records.append(fast)
                 if bar is not None:
@@ -184,7 +186,8 @@ def simulate(
         if bar is not None:
             bar.close()
     assert plan is not None and loads is not None
-    report = summarise(records, plan, scenario=scenario.name, engine=used_engine, seed=seed,
+    report = summarise(records, plan, scenario=scenario.name,
+                       engine=", ".join(dict.fromkeys(engines)), seed=seed,
                        offered={x.resource: x.utilisation for x in loads})
     return SimulationResult(report=report, records=records, plan=plan)
 

@@ -294,3 +294,24 @@ def test_a_policy_accuracy_weights_its_states_models(tmp_path: Path) -> None:
     shares = policy.states.shares  # type: ignore[union-attr]
     assert p.accuracy == pytest.approx(shares[0] * a.accuracy + shares[1] * b.accuracy,
                                        abs=1e-12)
+
+
+def test_policy_memory_counts_an_encoder_and_a_decoder_one_node_holds(tmp_path: Path) -> None:
+    """One model, one compressed cut after block 2: the edge runs blocks 2.. behind it in one
+    state (its decoder) and blocks ..2 before it in the other (its encoder): it holds both."""
+    s = ge_scenario()
+    arch = get_space("tiny").decode([0, 1, 0, 1, 0, 0, 0, 0, 0])
+    n, route = arch.n_blocks, tuple(s.path)
+    cut = Cut(2, 0.25, 8)
+    behind = Design(arch, route, (cut, Cut(n)))  # edge: [2, n), decoder at 2
+    before = Design(arch, route, (Cut(0), cut))  # edge: [0, 2), encoder at 2; cloud the rest
+    ev = Evaluator(s, config(compression=True), str(tmp_path / "c.sqlite"))
+    codec = ev.profile(behind).codec(2)
+    assert codec is not None
+    need = (ev.profile(Design(arch, route, ())).segment_memory_bytes(0, n)
+            + 4 * (codec.encoder_params + codec.decoder_params))
+    for limit, over in ((need, False), (need - 1, True)):
+        d = s.model_dump()
+        d["nodes"]["edge"]["memory_bytes"] = limit
+        ev = Evaluator(scenario_from_dict(d), config(compression=True), str(tmp_path / "c.sqlite"))
+        assert (ev.memory_violation(PolicyDesign((behind, before))) > 0) == over, limit
