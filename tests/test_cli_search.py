@@ -129,9 +129,7 @@ def test_resume_dir_alone_continues_an_interrupted_run(
     saved = read_run_config(out)
     assert saved.scenario == (EXAMPLES / "three-tier.yaml").resolve()
     assert saved.config.generations == 2 and saved.config.dataset == "digits"
-    from jmsnas.search import default_workers
-
-    assert saved.config.workers == default_workers()  # the command's default: the cores
+    assert saved.config.workers == 1  # serial: the cores are the default of a local pool only
     s, config = load_scenario(saved.scenario), saved.config
     assert folder_state(out, fingerprint(s, config)) == "unfinished"  # a rerun continues it
     capsys.readouterr()
@@ -360,3 +358,18 @@ def test_a_terminated_search_stops_its_training_workers(tmp_path: Path) -> None:
             time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive, f"worker processes left running: {alive}"
+
+
+def test_the_local_pool_defaults_to_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """With the local executor on the CPU, ``--workers`` defaults to the cores (at most 4); a
+    --config file's ``workers`` wins over that default."""
+    from jmsnas.search import default_workers
+
+    monkeypatch.chdir(tmp_path)
+    cmd = [a if a != "serial" else "local" for a in _command(tmp_path)]
+    assert main([*cmd, "--out", "a"]) == 0
+    assert read_run_config(tmp_path / "a").config.workers == default_workers()
+    (tmp_path / "fast.yaml").write_text(FAST + "workers: 1\n")
+    assert main([*cmd, "--out", "b"]) == 0
+    assert read_run_config(tmp_path / "b").config.workers == 1
