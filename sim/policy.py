@@ -37,6 +37,15 @@ __all__ = ["OraclePolicy", "Policy", "SplitPolicy", "merge_pipelines", "rate_thr
            "stage_key", "thresholds_of"]
 
 
+def _check_pipelines(owner: str, pipelines: tuple[Pipeline, ...]) -> None:
+    """A ValueError naming the field unless there is a pipeline and each has a stage."""
+    if not pipelines:
+        raise ValueError(f"{owner}.pipelines: needs at least one pipeline")
+    for k, p in enumerate(pipelines):
+        if not p:
+            raise ValueError(f"{owner}.pipelines[{k}]: needs at least one stage")
+
+
 @dataclass(frozen=True)
 class SplitPolicy:
     """One pipeline per channel state of ``link`` (see the module docstring).
@@ -52,14 +61,11 @@ class SplitPolicy:
     link: tuple[str, str]
     observe_delay_s: float = 0.0
     shares: tuple[float, ...] | None = field(default=None, compare=False)
-    """Optional: the long-run share of tasks in each state (for reports only)."""
+    """Optional: the long-run share of time in each state (the search weighs its states'
+    accuracies and offered loads by them; the simulator does not use them)."""
 
     def __post_init__(self) -> None:
-        if not self.pipelines:
-            raise ValueError("SplitPolicy.pipelines: needs at least one pipeline")
-        for k, p in enumerate(self.pipelines):
-            if not p:
-                raise ValueError(f"SplitPolicy.pipelines[{k}]: needs at least one stage")
+        _check_pipelines("SplitPolicy", self.pipelines)
         if len(self.thresholds_bps) != len(self.pipelines) - 1:
             raise ValueError(f"SplitPolicy.thresholds_bps: {len(self.pipelines)} pipelines need "
                              f"{len(self.pipelines) - 1} thresholds, got "
@@ -102,11 +108,7 @@ class OraclePolicy:
     pipelines: tuple[Pipeline, ...]
 
     def __post_init__(self) -> None:
-        if not self.pipelines:
-            raise ValueError("OraclePolicy.pipelines: needs at least one pipeline")
-        for k, p in enumerate(self.pipelines):
-            if not p:
-                raise ValueError(f"OraclePolicy.pipelines[{k}]: needs at least one stage")
+        _check_pipelines("OraclePolicy", self.pipelines)
 
     @property
     def states(self) -> int:
