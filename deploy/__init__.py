@@ -1,5 +1,7 @@
 """Real execution: a split design run over loopback sockets, one process per node.
 
+- :mod:`deploy.routing`: where each request goes: one design, or a split policy's design per
+  channel state.
 - :mod:`deploy.wire`: the frame format (raw tensor bytes, no pickle).
 - :mod:`deploy.pacing`: a token-bucket sender that follows a channel's rate over time.
 - :mod:`deploy.node`: one node process (receiver, FIFO workers, paced sender).
@@ -9,15 +11,18 @@
 Like :mod:`search`, this package joins :mod:`models` and :mod:`sim`.
 """
 
-from .designs import design_from_description, load_design
-from .run import DeployError, DeployResult, deploy, request_input, used_route
+from .designs import design_from_description, load_design, load_routing
+from .routing import Routing, used_route
+from .run import DeployError, DeployResult, deploy, request_input
 
 __all__ = [
     "DeployError",
     "DeployResult",
+    "Routing",
     "deploy",
     "design_from_description",
     "load_design",
+    "load_routing",
     "request_input",
     "used_route",
 ]

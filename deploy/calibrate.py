@@ -36,6 +36,7 @@ from torch import Tensor
 from models.build import build_model
 from models.split import Segment, split_model
 from search.design import Design
+from sim.policy import SplitPolicy
 from sim.report import LatencyReport
 from sim.scenario import Scenario
 from sim.simulate import simulate
@@ -43,10 +44,12 @@ from sim.workload import Compute, Stage, Transfer
 
 from .node import run_stage
 from .pacing import sleep_until
-from .run import request_input, used_route
+from .routing import Routing, used_route
+from .run import request_input
 from .wire import DATA, Message, decode_payload, encode, payload_tensors, recv_message
 
-__all__ = ["Calibration", "StageTiming", "calibrate", "handoff_s", "predict", "stage_means"]
+__all__ = ["Calibration", "PolicyCalibration", "StageTiming", "calibrate", "calibrate_policy",
+           "handoff_s", "predict", "stage_means"]
 
 _MIN_CV = 0.01
 _WARMUP = 3
@@ -186,17 +189,37 @@ def calibrate(scenario: Scenario, design: Design, *, seed: int = 0, num_classes:
     The measurement runs in a fresh process started like a node (spawn, one torch thread): in
     the caller's process, earlier work (for example training with two OpenMP threads) was seen
     to slow a segment by up to 30%."""
+    return _calibrate_all(scenario, (design,), seed, num_classes, reps, idle_rate_hz)[0]
+
+
+def calibrate_policy(scenario: Scenario, routing: Routing, *, seed: int = 0,
+                     num_classes: int = 10, reps: int = 20,
+                     idle_rate_hz: float | None = None) -> PolicyCalibration:
+    """:func:`calibrate` for each state of a split policy (states that run the same design are
+    measured once), in one fresh process."""
+    unique = list(dict.fromkeys(routing.designs))
+    cals = _calibrate_all(scenario, tuple(unique), seed, num_classes, reps, idle_rate_hz)
+    return PolicyCalibration(tuple(cals[unique.index(d)] for d in routing.designs))
+
+
+def _calibrate_all(scenario: Scenario, designs: tuple[Design, ...], seed: int, num_classes: int,
+                   reps: int, idle_rate_hz: float | None) -> list[Calibration]:
     rate = getattr(scenario.workload.arrivals, "rate_hz", None) if idle_rate_hz is None \
         else idle_rate_hz
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        return pool.submit(_calibrate_here, scenario, design, seed, num_classes, reps,
+        return pool.submit(_calibrate_here, scenario, designs, seed, num_classes, reps,
                            rate).result()
 
 
-def _calibrate_here(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,
-                    rate: float | None) -> Calibration:
+def _calibrate_here(scenario: Scenario, designs: tuple[Design, ...], seed: int, num_classes: int,
+                    reps: int, rate: float | None) -> list[Calibration]:
     torch.set_num_threads(1)  # as in a node process
+    return [_calibrate_design(scenario, d, seed, num_classes, reps, rate) for d in designs]
+
+
+def _calibrate_design(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,
+                      rate: float | None) -> Calibration:
     route = used_route(design)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -221,16 +244,74 @@ def _calibrate_here(scenario: Scenario, design: Design, seed: int, num_classes: 
     return Calibration(tuple(compute), tuple(frame_bits), tuple(overhead), dispatch)
 
 
+@dataclass(frozen=True)
+class PolicyCalibration:
+    """A split policy's calibration: one :class:`Calibration` per state.
+
+    Two things a policy cannot keep per state in the simulator, pooled over the states that
+    share them (our choice; both are small beside the latency): a node's work variation (the
+    simulator draws one multiplier per node and request, so every state's compute on a node has
+    one coefficient of variation: the mean of theirs) and a hop's transport cost (a link has one
+    propagation delay: the mean of the states' measured costs on it)."""
+
+    states: tuple[Calibration, ...]
+
+    def policy(self, routing: Routing, scenario: Scenario) -> SplitPolicy:
+        pipelines = [cal.pipeline(d, scenario)
+                     for cal, d in zip(self.states, routing.designs, strict=True)]
+        cvs: dict[str, list[float]] = {}
+        for cal in self.states:
+            for t in cal.compute:
+                cvs.setdefault(t.node, []).append(t.cv)
+        pooled = {node: float(np.mean(v)) for node, v in cvs.items()}
+
+        def same_cv(stage: Stage) -> Stage:
+            if not isinstance(stage, Compute):
+                return stage
+            cv = pooled[stage.node]
+            return Compute(stage.node, stage.work_flops, "lognormal", cv) if cv >= _MIN_CV \
+                else Compute(stage.node, stage.work_flops)
+
+        assert routing.link is not None
+        return SplitPolicy(tuple(tuple(same_cv(s) for s in p) for p in pipelines),
+                           routing.thresholds_bps, routing.link, routing.observe_delay_s)
+
+    def scenario(self, routing: Routing, scenario: Scenario) -> Scenario:
+        """``scenario`` with each link's propagation increased by the mean transport cost the
+        states measured on it."""
+        costs: dict[frozenset[str], list[float]] = {}
+        for cal, d in zip(self.states, routing.designs, strict=True):
+            for hop, o in zip(itertools.pairwise(used_route(d)), cal.overhead_s, strict=True):
+                costs.setdefault(frozenset(hop), []).append(o)
+        extra = {hop: float(np.mean(v)) for hop, v in costs.items()}
+        links = [link.model_copy(update={"propagation_s": link.propagation_s
+                                         + extra.get(frozenset((link.src, link.dst)), 0.0)})
+                 for link in scenario.links]
+        return scenario.model_copy(update={"links": links})
+
+
 def stage_means(report: LatencyReport) -> list[dict[str, Any]]:
     """A report's per-stage means, in the form of ``DeployResult.summary()["stages"]``."""
     return [{"label": s.label, "waiting_s": s.waiting_s, "service_s": s.service_s,
              "propagation_s": s.propagation_s} for s in report.stages]
 
 
-def predict(scenario: Scenario, design: Design, calibration: Calibration, *, tasks: int,
+def predict(scenario: Scenario, design: Design | Routing,
+            calibration: Calibration | PolicyCalibration, *, tasks: int,
             seed: int = 0) -> LatencyReport:
     """What the simulator predicts for ``deploy(scenario, design, tasks=tasks, seed=seed)``:
-    the calibrated pipeline on the calibrated scenario, replication 0 of ``seed`` (the arrival
-    times and channel path the deployment follows)."""
+    the calibrated pipeline (a split policy's calibrated pipelines, :class:`PolicyCalibration`)
+    on the calibrated scenario, replication 0 of ``seed`` (the arrival times and channel path
+    the deployment follows)."""
+    if isinstance(calibration, PolicyCalibration):
+        if not isinstance(design, Routing):
+            raise TypeError("a policy's calibration predicts its Routing")
+        return simulate(calibration.scenario(design, scenario),
+                        calibration.policy(design, scenario), seed=seed, tasks=tasks,
+                        engine="simpy").report
+    if isinstance(design, Routing):
+        if design.count != 1:
+            raise TypeError("a split policy needs its PolicyCalibration (calibrate_policy)")
+        design = design.designs[0]
     return simulate(calibration.scenario(design, scenario), calibration.pipeline(design, scenario),
                     seed=seed, tasks=tasks, engine="simpy").report

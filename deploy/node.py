@@ -1,21 +1,26 @@
 """One node of a deployment, run in its own OS process.
 
-The node listens for its upstream neighbour (the previous node, or the client for the first),
-connects to its downstream one (the next node, or the result sink for the last) and runs:
+The node listens for its upstream neighbours (the nodes that may send to it, or the client for
+the first), connects to its downstream ones (the nodes it may send to, and the result sink if it
+sends results) and runs:
 
-- a receiver thread: reads frames, stamps their arrival and queues them, each with the time it
-  is due: arrival plus the incoming link's propagation delay;
+- a receiver thread per upstream connection: reads frames, stamps their arrival and queues them,
+  each with the time it is due: arrival plus the propagation delay of the link it crossed (the
+  frame carries it). The first node of a split policy also picks the request's channel state
+  here, from the rate of the link it observes (:class:`Chooser`), and writes it into the frame;
 - ``servers`` worker threads, FIFO from that queue, one torch thread each (the process runs
   ``torch.set_num_threads(1)``; torch releases the GIL while it computes): wait until the
-  request is due (the delay is constant per link, so due times keep the queue's order), decode
-  the payload, run the node's segment, encode what it sends on;
-- a sender thread: the outgoing link's FIFO queue, paced to the channel (:class:`PacedLink`).
+  request is due (the delay is constant per link, so due times keep each link's order), decode
+  the payload, run the node's segment for the request's state, encode what it sends on;
+- a sender thread per downstream: that link's FIFO queue, paced to its channel
+  (:class:`PacedLink`).
 
-Per request it records when the frame was received and released to the queue, when a worker
-started and finished, and when the sender started and finished; on END it finishes the queue,
-forwards END, writes the records (atomically) and reports ``done``. It talks to the process that
-started it over a pipe: ``ready`` with its port, ``connect`` with its downstream port, ``done``
-or ``error``; when that pipe closes (the parent died), the node exits at once.
+Per request it records when the frame was received and released to the queue, its state, when a
+worker started and finished, and when the sender started and finished; once every upstream has
+sent END it finishes the queue, forwards END downstream, writes the records (atomically) and
+reports ``done``. It talks to the process that started it over a pipe: ``ready`` with its port,
+``connect`` with its downstream ports, ``done`` or ``error``; when that pipe closes (the parent
+died), the node exits at once.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,18 +54,47 @@ __all__ = ["NodeSpec", "model_input", "node_main", "one_line", "run_stage"]
 _CONNECT_TIMEOUT_S = 120.0
 
 
+SINK = ""
+"""The name of the result sink among a node's downstreams."""
+
+
+@dataclass(frozen=True)
+class Chooser:
+    """How the first node of a split policy picks a request's state: k when k of
+    ``thresholds_bps`` are at or below the rate of ``rate`` (the observed link's channel
+    realisation) ``observe_delay_s`` before the request arrived (see :mod:`deploy.routing`)."""
+
+    rate: RateProcess
+    thresholds_bps: tuple[float, ...]
+    observe_delay_s: float = 0.0
+
+    def state(self, t_rel: float) -> int:
+        """The state of a request that arrived ``t_rel`` seconds after the run's origin."""
+        seen = max(t_rel - self.observe_delay_s, 0.0)
+        rate = float(self.rate.rate_at(np.array([seen]))[0])
+        return int(np.searchsorted(np.asarray(self.thresholds_bps), rate, side="right"))
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What one node process needs (pickled to it)."""
 
     name: str
-    segment_path: str
+    segment_paths: dict[int, str]
+    """Per state that visits the node: the file of the segment it runs (an empty segment
+    forwards)."""
+    next_hop: dict[int, str]
+    """Per state that visits the node: where it sends the request (:data:`SINK`: the result)."""
     servers: int
-    propagation_in_s: float
-    """Propagation delay of the incoming link (0 for the first node: the client is local)."""
-    rate_out: RateProcess | None
-    """The outgoing link's channel realisation; None for the last node (the sink is not shaped)."""
+    upstreams: int
+    """Connections that send to the node (the client counts for the first node)."""
+    rates_out: dict[str, RateProcess | None]
+    """The channel realisation of each outgoing link (None: not shaped, as the sink is)."""
+    propagation_out: dict[str, float]
+    """The propagation delay of each outgoing link (the frames carry it to the receiver)."""
     records_path: str
+    chooser: Chooser | None = None
+    """The first node of a split policy: how it picks each request's state."""
     netns_path: str | None = None
     """With tc shaping: the network namespace the node runs in (see :mod:`deploy.netns`)."""
     listen_host: str = "127.0.0.1"
@@ -89,10 +124,17 @@ class _Node:
         self.commands: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.records: dict[int, dict[str, float]] = {}
         self.work: queue.Queue[Any] = queue.Queue()
-        self.out: queue.Queue[Any] = queue.Queue()
-        self.finished = threading.Event()
-        self.segment = load_segment(spec.segment_path)
-        self.link: PacedLink | None = None
+        self.outs: dict[str, queue.Queue[Any]] = {d: queue.Queue() for d in spec.rates_out}
+        self.finished: dict[str, threading.Event] = {d: threading.Event() for d in spec.rates_out}
+        loaded = {path: load_segment(path) for path in set(spec.segment_paths.values())}
+        self.segments: dict[int, Segment] = {k: loaded[path]
+                                             for k, path in spec.segment_paths.items()}
+        self.links: dict[str, PacedLink] = {}
+        self.in_socks: list[socket.socket] = []
+        self.edge_lock = threading.Lock()
+        self.started = False
+        self.ended = 0
+        self.t0 = 0.0
 
     def report(self, *message: Any) -> None:
         with self.conn_lock:
@@ -135,48 +177,64 @@ class _Node:
             raise TimeoutError(f"no connect command within {_CONNECT_TIMEOUT_S:g} s") from None
         if command[0] != "connect":
             raise RuntimeError(f"expected connect, got {command[0]!r}")
-        _, host, port, from_home = command
-        if from_home and home is not None and own is not None:  # the result sink: unshaped
-            setns(home)
-            out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
-            setns(own)
-        else:
-            out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
-        in_sock, _ = listener.accept()
+        for dest, host, port, from_home in command[1]:
+            if from_home and home is not None and own is not None:  # the result sink: unshaped
+                setns(home)
+                out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
+                setns(own)
+            else:
+                out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
+            self.links[dest] = PacedLink(_ready(out_sock), self.spec.rates_out[dest])
+        for _ in range(self.spec.upstreams):
+            in_sock, _ = listener.accept()
+            self.in_socks.append(_ready(in_sock))
         listener.close()
-        for s in (out_sock, in_sock):
-            s.settimeout(None)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.link = PacedLink(out_sock, self.spec.rate_out)
-        self.in_sock = in_sock
-        self.thread(self.receive, "receiver")
+        for k, sock in enumerate(self.in_socks):
+            self.thread(lambda sock=sock: self.receive(sock), f"receiver-{k}")  # type: ignore[misc]
         for k in range(self.spec.servers):
             self.thread(self.serve, f"worker-{k}")
-        self.thread(self.send, "sender")
-        self.finished.wait()
+        for dest in self.links:
+            self.thread(lambda dest=dest: self.send(dest),  # type: ignore[misc]
+                        f"sender-{dest or 'sink'}")
+        for event in self.finished.values():
+            event.wait()
         tmp = self.spec.records_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({str(k): v for k, v in self.records.items()}, fh)
         os.replace(tmp, self.spec.records_path)
         self.report("done")
 
-    def receive(self) -> None:
-        assert self.link is not None
+    def receive(self, sock: socket.socket) -> None:
+        chooser = self.spec.chooser
         while True:
-            msg = recv_message(self.in_sock)
+            msg = recv_message(sock)
             now = time.monotonic()
             if msg is None:
-                raise ConnectionError("the upstream connection closed before the end of the run")
+                raise ConnectionError("an upstream connection closed before the end of the run")
             if msg.kind == START:
-                self.link.t0 = msg.value
-                self.out.put(msg)
+                # the first START sets the origin and goes on; later ones are dropped
+                with self.edge_lock:
+                    if not self.started:
+                        self.started = True
+                        self.t0 = msg.value
+                        for dest, link in self.links.items():
+                            link.t0 = msg.value
+                            self.outs[dest].put(msg)
             elif msg.kind == END:
-                self.work.join()  # every request done before END goes on
-                self.out.put(msg)
+                with self.edge_lock:
+                    self.ended += 1
+                    last = self.ended == self.spec.upstreams
+                if last:
+                    self.work.join()  # every request done before END goes on
+                    for out in self.outs.values():
+                        out.put(msg)
                 return
             else:
-                due = now + self.spec.propagation_in_s
-                self.records[msg.request] = {"received": now, "arrived": due}
+                due = now + msg.value
+                if chooser is not None:
+                    msg.state = chooser.state(now - self.t0)
+                self.records[msg.request] = {"received": now, "arrived": due,
+                                             "state": msg.state}
                 self.work.put((due, msg))
 
     def serve(self) -> None:
@@ -184,27 +242,36 @@ class _Node:
             due, msg = self.work.get()
             sleep_until(due)
             rec = self.records[msg.request]
+            dest = self.spec.next_hop[msg.state]
             rec["start"] = time.monotonic()
-            out = run_stage(self.segment, decode_payload(msg.tensors))
-            frame = encode(Message(DATA, msg.request, 0.0, payload_tensors(out)))
+            out = run_stage(self.segments[msg.state], decode_payload(msg.tensors))
+            frame = encode(Message(DATA, msg.request, self.spec.propagation_out[dest],
+                                   payload_tensors(out), msg.state))
             rec["end"] = time.monotonic()
-            self.out.put((msg.request, frame))
+            self.outs[dest].put((msg.request, frame))
             self.work.task_done()
 
-    def send(self) -> None:
-        assert self.link is not None
+    def send(self, dest: str) -> None:
+        link, out = self.links[dest], self.outs[dest]
         while True:
-            item = self.out.get()
+            item = out.get()
             if isinstance(item, Message):
-                self.link.sock.sendall(encode(item))
+                link.sock.sendall(encode(item))
                 if item.kind == END:
-                    self.finished.set()
+                    self.finished[dest].set()
                     return
                 continue
             request, frame = item
-            start, end = self.link.send(frame)
+            start, end = link.send(frame)
             rec = self.records[request]
             rec["link_start"], rec["link_end"], rec["bytes"] = start, end, float(len(frame))
+
+
+def _ready(sock: socket.socket) -> socket.socket:
+    """A connected socket set for frames: blocking, no Nagle delay."""
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -1,10 +1,12 @@
-"""Run a split design for real: one process per node, loopback TCP, paced links.
+"""Run a split design or a split policy for real: one process per node, loopback TCP, paced
+links.
 
-:func:`deploy` saves the design's segments, starts a process per node of the route up to the one
-that runs the last block (:mod:`deploy.node`), chains them with TCP connections over loopback,
-sends requests from a client thread at the scenario's arrival times (the same arrival and
-channel sample path that :func:`sim.simulate` draws with the same seed, replication 0) and
-collects each request's result and per-stage times. Whatever happens, every node process is
+:func:`deploy` saves the design's segments, starts a process per node that a request may visit
+(:mod:`deploy.node`; for a static design, the route up to the node that runs the last block),
+connects each node to those it may send to over loopback TCP (:mod:`deploy.routing`), sends
+requests from a client thread at the scenario's arrival times (the same arrival and channel
+sample path that :func:`sim.simulate` draws with the same seed, replication 0) and collects each
+request's result, state and per-stage times. Whatever happens, every node process is
 stopped before it returns or raises; results are written only when the run completed.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -33,19 +34,21 @@ from torch import Tensor
 
 from models.build import build_model
 from models.split import save_segments, split_model
-from search.design import Design
+from search.design import AnyDesign
 from sim.network import compile_plan
 from sim.report import confidence_half_width
 from sim.scenario import Scenario
 from sim.simulate import replication_seeds
-from sim.workload import Compute, Stage, Transfer, sample_tasks
+from sim.workload import Transfer, sample_tasks
 
 from .netns import TcLinks, netns_unavailable
-from .node import NodeSpec, node_main, one_line
+from .node import SINK, Chooser, NodeSpec, node_main, one_line
 from .pacing import sleep_until
+from .routing import Routing, deploy_plan, used_route
 from .wire import DATA, END, START, Message, encode, recv_message
 
-__all__ = ["DeployError", "DeployResult", "deploy", "deploy_plan", "request_input", "used_route"]
+__all__ = ["DeployError", "DeployResult", "Routing", "deploy", "deploy_plan", "request_input",
+           "used_route"]
 
 Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
@@ -55,27 +58,6 @@ _INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
 
 class DeployError(RuntimeError):
     """A deployment that could not run or did not finish (the message says which node)."""
-
-
-def used_route(design: Design) -> tuple[str, ...]:
-    """The nodes a request visits: the route up to the node that runs the last block (as in
-    :func:`search.pipeline.segment_costs`)."""
-    last = max(j for j, (a, b) in enumerate(design.segments()) if b > a)
-    return design.route[: last + 1]
-
-
-def deploy_plan(design: Design) -> tuple[Stage, ...]:
-    """The stages a deployed request goes through, with placeholder work: what the run measures,
-    in the simulator's labels and order (compute on every node that runs blocks, a transfer per
-    hop)."""
-    route = used_route(design)
-    stages: list[Stage] = []
-    for j, (node, (a, b)) in enumerate(zip(route, design.segments(), strict=False)):
-        if b > a:
-            stages.append(Compute(node, 1.0))
-        if j < len(route) - 1:
-            stages.append(Transfer(node, route[j + 1], 1.0))
-    return tuple(stages)
 
 
 def request_input(scenario: Scenario, seed: int, request: int) -> Tensor:
@@ -95,7 +77,11 @@ class DeployResult:
     """Measured times of a deployment, relative to the run's origin (seconds).
 
     ``wait_s``, ``service_s``, ``propagation_s`` have one column per stage (``labels``, the
-    simulator's stage labels); ``measured`` marks the requests after the warm-up.
+    simulator's stage labels; a split policy's stages are those of all its states merged, and a
+    request has zeros in the stages its state skips, as in the simulator's report);
+    ``measured`` marks the requests after the warm-up; ``state`` is the channel state each
+    request followed (0 for a static design) and ``expected_state`` the one the policy names
+    for the rate at its nominal arrival time (what the simulator runs).
     """
 
     labels: list[str]
@@ -106,7 +92,13 @@ class DeployResult:
     propagation_s: NDArray[np.float64]
     measured: NDArray[np.bool_]
     frame_bytes: list[float]
-    """Mean bytes per frame on each hop."""
+    """Mean bytes per frame on each transfer stage, over the requests that crossed it."""
+    states: int = 1
+    """Channel states of the design (1: static)."""
+    state: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    expected_state: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    policy: dict[str, Any] | None = None
+    """A split policy's observed link, thresholds and observation delay."""
     outputs: dict[int, Tensor] = field(default_factory=dict)
 
     @property
@@ -133,6 +125,10 @@ class DeployResult:
                 for k, label in enumerate(self.labels)
             ],
             "frame_bytes": self.frame_bytes,
+            "state_requests": np.bincount(self.state[self.measured],
+                                          minlength=self.states).tolist(),
+            "state_mismatches": int(np.sum(self.state != self.expected_state)),
+            **({} if self.policy is None else {"policy": self.policy}),
         }
 
     def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -140,7 +136,7 @@ class DeployResult:
         each written to a temporary name and renamed."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        header = ["request", "measured", "arrival_s", "completion_s", "latency_s"]
+        header = ["request", "measured", "state", "arrival_s", "completion_s", "latency_s"]
         for label in self.labels:
             header += [f"{label} wait_s", f"{label} service_s", f"{label} propagation_s"]
         tmp = out / "requests.csv.tmp"
@@ -148,8 +144,8 @@ class DeployResult:
             w = csv.writer(fh)
             w.writerow(header)
             for i in range(self.arrival_s.size):
-                row: list[object] = [i, int(self.measured[i]), self.arrival_s[i],
-                                     self.completion_s[i], self.latency_s[i]]
+                row: list[object] = [i, int(self.measured[i]), int(self.state[i]),
+                                     self.arrival_s[i], self.completion_s[i], self.latency_s[i]]
                 for k in range(len(self.labels)):
                     row += [self.wait_s[i, k], self.service_s[i, k], self.propagation_s[i, k]]
                 w.writerow(row)
@@ -160,29 +156,25 @@ class DeployResult:
         return [out / name for name in RESULT_FILES]
 
 
-def _check(scenario: Scenario, design: Design, shaper: str) -> None:
+def _check(scenario: Scenario, routing: Routing, shaper: str) -> None:
     if shaper not in ("pace", "tc"):
         raise ValueError(f"shaper must be pace or tc, got {shaper!r}")
     if shaper == "tc":
+        if routing.count > 1:
+            raise ValueError("--shaper tc runs static designs (one chain of namespaces); deploy "
+                             "a split policy with --shaper pace")
         why = netns_unavailable()
         if why is not None:
             raise ValueError(why)
     if scenario.input_bits_per_element not in _INPUT_DTYPES:
         raise ValueError(f"input_bits_per_element must be 8, 16 or 32 to deploy, got "
                          f"{scenario.input_bits_per_element}")
-    if len(scenario.workload.sources) != 1 or scenario.workload.sources[0] != design.route[0]:
+    if len(scenario.workload.sources) != 1 or scenario.workload.sources[0] != routing.first:
         raise ValueError(f"workload.sources: deploy runs one source, the design's first node "
-                         f"{design.route[0]!r}; got {scenario.workload.sources}")
+                         f"{routing.first!r}; got {scenario.workload.sources}")
     if scenario.workload.mode != "inference":
         raise ValueError("workload.mode: deploy runs inference only")
-    graph = scenario.graph()
-    for node in design.route:
-        if node not in scenario.nodes:
-            raise ValueError(f"the design runs on {node!r}, which is not a node of the scenario")
-    for u, v in zip(design.route, design.route[1:], strict=False):
-        if not graph.has_edge(u, v):
-            raise ValueError(f"the design sends over {u} -> {v}, which is not a link")
-
+    routing.check_links(scenario)
 
 class _Run:
     """The processes and threads of one deployment; :meth:`close` stops them all."""
@@ -248,8 +240,9 @@ class _Setup:
     """What the processes of one run need to know, fixed before they start."""
 
     scenario: Scenario
-    design: Design
+    routing: Routing
     arrivals: NDArray[np.float64]
+    expected_state: NDArray[np.intp]
     specs: list[NodeSpec]
     tc: TcLinks | None
     seed: int
@@ -258,27 +251,32 @@ class _Setup:
     stall_timeout_s: float
 
 
-def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], *,
+def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.PathLike[str], *,
            tasks: int | None = None, seed: int = 0, num_classes: int = 10,
            shaper: Shaper = "pace", keep_outputs: bool = False, progress: bool = False,
            stall_timeout_s: float = 60.0,
            on_start: Callable[[dict[str, int]], None] | None = None) -> DeployResult:
     """Run ``design`` for real and measure it (see the module docstring).
 
-    The model has the weights of ``torch.manual_seed(seed)`` at construction (a deployment
-    measures time; :func:`search` trains only proxies; the caller's torch RNG is left as it
-    was). ``tasks`` overrides ``workload.tasks``; the first ``workload.warmup_tasks`` are not
-    measured. ``shaper``: ``pace`` holds each link to its channel inside the sending node
-    (:mod:`deploy.pacing`); ``tc`` puts every node after the first in its own network namespace
-    and shapes the veth links with tbf instead (:mod:`deploy.netns`, root only; a hop's time is
-    then split between its service and propagation by the socket buffers, and only their sum is
-    meaningful). ``on_start`` receives the node processes' pids once they run. The nodes are
-    started with ``multiprocessing``'s spawn method: a script that calls this needs the
-    ``if __name__ == "__main__":`` guard. Old ``requests.csv`` and ``summary.json`` in
-    ``out_dir`` are removed first. Raises :class:`DeployError` naming the node when a node fails
-    or dies, or when no result arrives for ``stall_timeout_s``.
+    ``design`` is a design, a policy design (its states cut from the scenario's uplink as
+    :meth:`Routing.of` does by default) or a :class:`Routing` (to set the policy's states and
+    observation delay). The model has the weights of ``torch.manual_seed(seed)`` at
+    construction (a deployment measures time; :func:`search` trains only proxies; the caller's
+    torch RNG is left as it was); a policy's states with different compressions run different
+    models, each built that way. ``tasks`` overrides ``workload.tasks``; the first
+    ``workload.warmup_tasks`` are not measured. ``shaper``: ``pace`` holds each link to its
+    channel inside the sending node (:mod:`deploy.pacing`); ``tc`` puts every node after the
+    first in its own network namespace and shapes the veth links with tbf instead
+    (:mod:`deploy.netns`, root only, static designs only; a hop's time is then split between
+    its service and propagation by the socket buffers, and only their sum is meaningful).
+    ``on_start`` receives the node processes' pids once they run. The nodes are started with
+    ``multiprocessing``'s spawn method: a script that calls this needs the ``if __name__ ==
+    "__main__":`` guard. Old ``requests.csv`` and ``summary.json`` in ``out_dir`` are removed
+    first. Raises :class:`DeployError` naming the node when a node fails or dies, or when no
+    result arrives for ``stall_timeout_s``.
     """
-    _check(scenario, design, shaper)
+    routing = design if isinstance(design, Routing) else Routing.of(design, scenario)
+    _check(scenario, routing, shaper)
     n = scenario.workload.tasks if tasks is None else tasks
     if n <= scenario.workload.warmup_tasks:
         raise ValueError(f"tasks ({n}) must exceed workload.warmup_tasks "
@@ -287,38 +285,73 @@ def deploy(scenario: Scenario, design: Design, out_dir: str | os.PathLike[str], 
     for old in RESULT_FILES:
         (out / old).unlink(missing_ok=True)
     work = out / "segments"
-    route = used_route(design)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(design.arch, scenario.input_shape[0], num_classes, cuts=design.cuts)
-    paths = save_segments(split_model(model.eval())[: len(route)], work)
+    files = _save_segments(routing, scenario, work, seed, num_classes)
 
-    stages = deploy_plan(design)
     arr_seed, ch_seed, serv_seed = replication_seeds(seed, 0)
-    plan = compile_plan(scenario, stages, ch_seed)
+    stages = routing.stages[0]
+    observed = () if routing.link is None or routing.link in routing.hops else \
+        (Transfer(*routing.link, 1.0),)
+    plan = compile_plan(scenario, (*stages, *observed), ch_seed)
     links = {r.name: r for r in plan.resources if r.kind == "link"}
     arrivals = sample_tasks(scenario, stages, n, arr_seed, serv_seed).arrival_s
-    hops = [links[f"{u}->{v}"] for u, v in itertools.pairwise(route)]
+    chooser = None
+    expected = np.zeros(n, dtype=np.intp)
+    if routing.count > 1:
+        assert routing.link is not None
+        channel = links["->".join(routing.link)].channel
+        assert channel is not None
+        chooser = Chooser(channel, routing.thresholds_bps, routing.observe_delay_s)
+        expected = np.array([chooser.state(float(t)) for t in arrivals], dtype=np.intp)
     tc = None
     if shaper == "tc":
-        tc = TcLinks(len(route), [h.channel for h in hops if h.channel is not None])
+        hops = [links[f"{u}->{v}"] for u, v in routing.hops]
+        tc = TcLinks(len(routing.nodes), [h.channel for h in hops if h.channel is not None])
     specs = []
-    for j, node in enumerate(route):
+    for j, node in enumerate(routing.nodes):
+        dests = [SINK if d is None else d for d in routing.downstream(node)]
         specs.append(NodeSpec(
-            name=node, segment_path=str(paths[j]), servers=scenario.nodes[node].servers,
-            propagation_in_s=hops[j - 1].propagation_s if j > 0 else 0.0,
-            rate_out=hops[j].channel if j < len(hops) and tc is None else None,
+            name=node,
+            segment_paths={k: str(files[k][node]) for k in routing.visits(node)},
+            next_hop={k: routing.next_hop(node, k) or SINK for k in routing.visits(node)},
+            servers=scenario.nodes[node].servers,
+            upstreams=max(len(routing.upstream(node)), 1),
+            rates_out={d: None if d == SINK or tc is not None else links[f"{node}->{d}"].channel
+                       for d in dests},
+            propagation_out={d: 0.0 if d == SINK else links[f"{node}->{d}"].propagation_s
+                             for d in dests},
             records_path=str(work / f"records-{node}.json"),
+            chooser=chooser if node == routing.first else None,
             netns_path=tc.netns_path(j) if tc is not None else None,
             listen_host=tc.addresses[j] if tc is not None else "127.0.0.1"))
     for spec in specs:
         Path(spec.records_path).unlink(missing_ok=True)
-    setup = _Setup(scenario, design, arrivals, specs, tc, seed, keep_outputs, progress,
-                   stall_timeout_s)
+    setup = _Setup(scenario, routing, arrivals, expected, specs, tc, seed, keep_outputs,
+                   progress, stall_timeout_s)
     with contextlib.ExitStack() as stack:
         if tc is not None:
             stack.enter_context(tc)
         return _launch(setup, on_start)
+
+
+def _save_segments(routing: Routing, scenario: Scenario, folder: Path, seed: int,
+                   num_classes: int) -> list[dict[str, Path]]:
+    """Save every state's segments; per state, the file of each node it visits. States that
+    cut the model with the same compressions share one model, so their segments are saved
+    once."""
+    models: dict[tuple[object, ...], list[Path]] = {}
+    files = []
+    for design in routing.designs:
+        key = tuple(design.cuts)
+        if key not in models:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = build_model(design.arch, scenario.input_shape[0], num_classes,
+                                    cuts=design.cuts)
+            models[key] = save_segments(split_model(model.eval()),
+                                        folder / f"model-{len(models)}")
+        paths = models[key]
+        files.append({node: paths[j] for j, node in enumerate(used_route(design))})
+    return files
 
 
 def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
@@ -358,7 +391,7 @@ def _accept(sink: socket.socket, run: _Run, timeout_s: float = 60.0) -> socket.s
 
 def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
     run = _Run()
-    specs = setup.specs
+    specs, routing = setup.specs, setup.routing
     try:
         _start_nodes(run, specs)
         if on_start is not None:
@@ -367,19 +400,20 @@ def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) ->
         try:
             sink = socket.create_server(("127.0.0.1", 0))
             run.sockets.append(sink)
-            downstream = [(s.listen_host, ports[s.name], False) for s in specs[1:]]
-            downstream.append(("127.0.0.1", sink.getsockname()[1], True))
-            for (_, _, conn), target in zip(run.procs, downstream, strict=True):
-                conn.send(("connect", *target))
-            client = socket.create_connection((specs[0].listen_host, ports[specs[0].name]),
+            host = {s.name: s.listen_host for s in specs}
+            for (_, _, conn), spec in zip(run.procs, specs, strict=True):
+                targets = [(SINK, "127.0.0.1", sink.getsockname()[1], True) if d == SINK
+                           else (d, host[d], ports[d], False) for d in spec.rates_out]
+                conn.send(("connect", targets))
+            client = socket.create_connection((host[routing.first], ports[routing.first]),
                                               timeout=60)
             run.sockets.append(client)
-            result_sock = _accept(sink, run)
-            run.sockets.append(result_sock)
-            for s in (client, result_sock):
+            results = [_accept(sink, run) for _ in routing.sinks]
+            run.sockets.extend(results)
+            for s in (client, *results):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _drive(run, setup, client, result_sock)
+            return _drive(run, setup, client, results)
         except OSError as exc:  # a connection that failed: most likely a node that died
             run.raise_if_failed()
             raise DeployError(one_line(f"{type(exc).__name__}: {exc}")) from None
@@ -411,7 +445,7 @@ def _wait_ready(run: _Run) -> dict[str, int]:
 
 
 def _drive(run: _Run, setup: _Setup, client: socket.socket,
-           result_sock: socket.socket) -> DeployResult:
+           results: list[socket.socket]) -> DeployResult:
     arrivals, tc = setup.arrivals, setup.tc
     n = arrivals.size
     t0 = time.monotonic() + _START_MARGIN_S
@@ -421,17 +455,19 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
     got: dict[int, float] = {}
     outputs: dict[int, Tensor] = {}
     failures: list[str] = []
-    started = threading.Event()
+    started = threading.Semaphore(0)
 
-    def sink() -> None:
+    def sink(sock: socket.socket) -> None:
         try:
-            while len(got) < n:
-                msg = recv_message(result_sock)
+            while True:
+                msg = recv_message(sock)
                 if msg is None:
-                    raise ConnectionError("the last node closed its connection")
+                    raise ConnectionError("a node closed its result connection")
                 if msg.kind == START:
-                    started.set()
-                elif msg.kind == DATA:
+                    started.release()
+                elif msg.kind == END:
+                    return
+                else:
                     got[msg.request] = time.monotonic()
                     if setup.keep_outputs:
                         outputs[msg.request] = msg.tensors[0].clone()
@@ -440,7 +476,8 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
 
     def send_requests() -> None:
         try:
-            started.wait()
+            for _ in results:  # every node that sends results is connected and started
+                started.acquire()
             for i in range(n):
                 x = request_input(setup.scenario, setup.seed, i)
                 frame = encode(Message(DATA, i, 0.0, (x,)))
@@ -449,8 +486,8 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
         except Exception as exc:
             failures.append(f"client: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=sink, daemon=True),
-               threading.Thread(target=send_requests, daemon=True)]
+    threads = [threading.Thread(target=sink, args=(s,), daemon=True) for s in results]
+    threads.append(threading.Thread(target=send_requests, daemon=True))
     for t in threads:
         t.start()
     bar = None
@@ -485,41 +522,56 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
         if time.monotonic() > deadline:
             raise DeployError("the nodes did not finish within 60 s of the last result")
         run.poll(0.1)
-    records = [json.loads(Path(s.records_path).read_text(encoding="utf-8"))
-               for s in setup.specs]
-    return _result(setup.design, setup.specs, records, arrivals, t0,
-                   setup.scenario.workload.warmup_tasks, outputs)
+    records = {s.name: json.loads(Path(s.records_path).read_text(encoding="utf-8"))
+               for s in setup.specs}
+    return _result(setup, records, t0, outputs)
 
 
-def _result(design: Design, specs: list[NodeSpec], records: list[dict[str, dict[str, float]]],
-            arrivals: NDArray[np.float64], t0: float, warmup: int,
+def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: float,
             outputs: dict[int, Tensor]) -> DeployResult:
-    stages = deploy_plan(design)
-    labels = [s.label for s in stages]
-    n, k = arrivals.size, len(stages)
+    """Each request's stage times from the nodes' records, in the merged stages' columns."""
+    routing, arrivals = setup.routing, setup.arrivals
+    merged, positions = routing.stages
+    n, k = arrivals.size, len(merged)
     wait_s, service_s, prop_s = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     completion = np.zeros(n)
-    busy = [b > a for a, b in design.segments()]
+    state = np.zeros(n, dtype=np.intp)
+    sent: list[list[float]] = [[] for _ in range(k)]
     for i in range(n):
+        state[i] = int(records[routing.first][str(i)]["state"])
+        design, route, where = routing.designs[state[i]], routing.routes[state[i]], \
+            positions[state[i]]
         ready = t0 + float(arrivals[i])  # when the request can go on
         s = 0
-        for j in range(len(specs)):
-            rec = records[j][str(i)]
+        for j, node in enumerate(route):
+            rec = records[node][str(i)]
             if j > 0:  # the previous stage was the transfer into this node
-                prop_s[i, s - 1] = rec["arrived"] - ready
+                prop_s[i, where[s - 1]] = rec["arrived"] - ready
                 ready = rec["arrived"]
-            if busy[j]:
-                wait_s[i, s] = rec["start"] - ready
-                service_s[i, s] = rec["end"] - rec["start"]
+            a, b = design.segments()[j]
+            if b > a:
+                wait_s[i, where[s]] = rec["start"] - ready
+                service_s[i, where[s]] = rec["end"] - rec["start"]
                 ready = rec["end"]
                 s += 1
             # a node that runs no block forwards: copying the frame counts as the link's wait
-            if j < len(specs) - 1:
-                wait_s[i, s] = rec["link_start"] - ready
-                service_s[i, s] = rec["link_end"] - rec["link_start"]
+            if j < len(route) - 1:
+                wait_s[i, where[s]] = rec["link_start"] - ready
+                service_s[i, where[s]] = rec["link_end"] - rec["link_start"]
+                sent[where[s]].append(rec["bytes"])
                 ready = rec["link_end"]
                 s += 1
         completion[i] = ready - t0
-    frame_bytes = [float(np.mean([r[str(i)]["bytes"] for i in range(n)])) for r in records[:-1]]
-    return DeployResult(labels, arrivals.copy(), completion, wait_s, service_s, prop_s,
-                        np.arange(n) >= warmup, frame_bytes, outputs)
+    frame_bytes = [float(np.mean(b)) if b else 0.0
+                   for b, stage in zip(sent, merged, strict=True) if isinstance(stage, Transfer)]
+    return DeployResult(routing.labels, arrivals.copy(), completion, wait_s, service_s, prop_s,
+                        np.arange(n) >= setup.scenario.workload.warmup_tasks, frame_bytes,
+                        routing.count, state, setup.expected_state.copy(), _policy(routing),
+                        outputs)
+
+
+def _policy(routing: Routing) -> dict[str, Any] | None:
+    if routing.link is None:
+        return None
+    return {"observed_link": list(routing.link), "thresholds_bps": list(routing.thresholds_bps),
+            "observe_delay_s": routing.observe_delay_s}

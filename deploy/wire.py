@@ -1,9 +1,10 @@
 """The message format between node processes: a length-prefixed frame of raw tensor bytes.
 
 A frame is ``u64 length`` followed by the message: a fixed header (magic, kind, request id, a
-float, number of tensors), one small descriptor per tensor (dtype, shape, byte count), then the
-tensors' bytes as they are in memory. Nothing is pickled, so an 8-bit activation crosses a link as
-one byte per element plus a few dozen bytes of header. :func:`frame_overhead_bytes` gives those
+float, the channel state a split policy chose for the request, number of tensors), one small
+descriptor per tensor (dtype, shape, byte count), then the tensors' bytes as they are in
+memory. Nothing is pickled, so an 8-bit activation crosses a link as one byte per element plus
+a few dozen bytes of header. :func:`frame_overhead_bytes` gives those
 header bytes, which the calibrated simulation adds to each transfer.
 """
 
@@ -33,8 +34,8 @@ __all__ = [
 ]
 
 DATA, START, END = 0, 1, 2
-_MAGIC = b"JMS1"
-_HEAD = struct.Struct("!4sBQdB")  # magic, kind, request id, value (t0 for START), tensors
+_MAGIC = b"JMS2"
+_HEAD = struct.Struct("!4sBQdBB")  # magic, kind, request id, value, state, tensors
 _LEN = struct.Struct("!Q")
 _TENSOR = struct.Struct("!BBQ")  # dtype code, ndim, bytes
 _DIM = struct.Struct("!I")
@@ -44,10 +45,15 @@ _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
 @dataclass
 class Message:
+    """``value``: the run's origin for START; for DATA, the propagation delay of the link the
+    frame crosses (the receiver holds the frame that long). ``state``: the channel state whose
+    split the request follows (0 for a static design; set by the first node)."""
+
     kind: int
     request: int = 0
     value: float = 0.0
     tensors: tuple[Tensor, ...] = ()
+    state: int = 0
 
 
 def payload_tensors(payload: Payload) -> tuple[Tensor, ...]:
@@ -65,7 +71,7 @@ def decode_payload(tensors: tuple[Tensor, ...]) -> Payload:
 
 def encode(message: Message) -> bytes:
     """The whole frame (length prefix included), ready to send."""
-    parts = [_HEAD.pack(_MAGIC, message.kind, message.request, message.value,
+    parts = [_HEAD.pack(_MAGIC, message.kind, message.request, message.value, message.state,
                         len(message.tensors))]
     blobs = []
     for t in message.tensors:
@@ -119,7 +125,7 @@ def parse_frame(frame: bytes) -> Message:
 
 
 def _parse(body: bytearray) -> Message:
-    magic, kind, request, value, count = _HEAD.unpack_from(body, 0)
+    magic, kind, request, value, state, count = _HEAD.unpack_from(body, 0)
     if magic != _MAGIC:
         raise ConnectionError("not a JMSNAS frame")
     offset = _HEAD.size
@@ -138,4 +144,4 @@ def _parse(body: bytearray) -> Message:
                             offset=offset).reshape(shape)
         tensors.append(torch.from_numpy(arr))
         offset += nbytes
-    return Message(kind, request, value, tuple(tensors))
+    return Message(kind, request, value, tuple(tensors), state)

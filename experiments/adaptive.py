@@ -9,7 +9,10 @@ with 95% CIs, and the share of requests within the deadline.
 Part two (searches): on one Gilbert-Elliott uplink, the static joint search and the policy
 search (``policy_states``), both on p95 latency, over GA seeds; both fronts re-measured on fresh
 replications; the p95 reduction of the policy front at equal accuracy and the hypervolumes,
-paired over seeds.
+paired over seeds. Each front design is also simulated beside the per-request oracle of its own
+architecture and compressions (:func:`search.adaptive.oracle_policy`, plain cuts and the
+design's own compressions) on the same replications as part one: how far each front design is
+from the best any split of its network could do per request.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from search.adaptive import (
     policy_of,
     threshold_policy,
 )
-from search.design import Design
+from search.design import Design, PolicyDesign, policy_from_description
 from search.dp import PLAIN, optimal_design
 from search.indicators import hypervolume, normalise
 from search.pipeline import design_pipeline
@@ -46,7 +49,7 @@ PLAN_COLUMNS = ["condition", "family", "arch", "method", "states", "mean_latency
                 "mean_ci95_s", "p95_latency_s", "p95_ci95_s", "within_deadline",
                 "p95_vs_static", "p95_vs_oracle", "designs"]
 SEARCH_COLUMNS = ["seed", "search", "accuracy", "mean_latency_s", "p95_latency_s", "p95_ci95_s",
-                  "arch", "design"]
+                  "arch", "design", "p95_same_paths_s", "oracle_p95_s", "p95_vs_oracle"]
 PAIRED_COLUMNS = ["seed", "hv_static", "hv_policy", "p95_reduction_median",
                   "p95_reduction_best", "levels_compared"]
 METHODS = ("static", "policy", "threshold", "bottleneck", "oracle")
@@ -115,6 +118,33 @@ def plan_rows(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+def _against_oracle(c: dict[str, Any], scenario: Scenario, arch_name: str,
+                    described: str) -> dict[str, float]:
+    """A front design's p95 and its architecture's oracle p95 (plain cuts and the design's own
+    compressions) on part one's replications (common random numbers)."""
+    arch = resolve_architecture(arch_name)
+    design = policy_from_description(arch, described)
+    route = tuple(scenario.path)
+
+    def pipe(d: Design, profile: Any) -> Any:
+        return design_pipeline(d, profile, scenario.input_bits_per_element)
+
+    states = channel_states(scenario, int(c["states"]))
+    designs = design.states if isinstance(design, PolicyDesign) else (design,)
+    compressions = list(dict.fromkeys(
+        [PLAIN, *((cut.bottleneck, cut.bits) for d in designs for cut in d.compressing_cuts)]))
+    if isinstance(design, PolicyDesign):
+        run: Any = policy_of(design.states, states, scenario, pipe)
+    else:
+        run = pipe(design, profile_model(arch, scenario.input_shape, 10,
+                                         cuts=design.compressing_cuts))
+    oracle = oracle_policy(arch, scenario, route, pipe, compressions)
+    reps, tasks, deadline = int(c["replications"]), int(c["tasks"]), float(c["deadline_s"])
+    own = _measure(scenario, run, reps, tasks, deadline)["p95_latency_s"]
+    best = _measure(scenario, oracle, reps, tasks, deadline)["p95_latency_s"]
+    return {"p95_same_paths_s": own, "oracle_p95_s": best, "p95_vs_oracle": own / best}
+
+
 def _reduction(static: list[Remeasured], policy: list[Remeasured],
                accuracy: dict[tuple[int, ...], float]) -> list[float]:
     """At each static front design's accuracy, 1 - (lowest p95 of a policy front design at
@@ -150,7 +180,8 @@ def run(ctx: Context) -> Output:
                                     "accuracy": front[r.genome].accuracy,
                                     "mean_latency_s": r.mean_latency_s,
                                     "p95_latency_s": r.p95_latency_s, "p95_ci95_s": r.p95_ci95_s,
-                                    "arch": r.arch, "design": r.design})
+                                    "arch": r.arch, "design": r.design,
+                                    **_against_oracle(c, scenario, r.arch, r.design)})
             fronts[seed, kind] = [(accuracy[r.genome], r.p95_latency_s) for r in measured[kind]]
         ref = cfg.hv_reference()[:2]  # (accuracy, re-measured p95) of each front
         hv = {k: hypervolume(normalise(fronts[seed, k], ref)) for k in ("static", "policy")}
@@ -163,7 +194,7 @@ def run(ctx: Context) -> Output:
     write_csv(ctx.path("adaptive_search.csv"), search_rows, SEARCH_COLUMNS)
     write_csv(ctx.path("adaptive_paired.csv"), paired, PAIRED_COLUMNS)
     _plot(ctx, rows, fronts, c)
-    return Output(ctx.name, TITLE, _text(c, rows, paired), ["adaptive.png"],
+    return Output(ctx.name, TITLE, _text(c, rows, paired, search_rows), ["adaptive.png"],
                   ["adaptive.csv", "adaptive_search.csv", "adaptive_paired.csv"])
 
 
@@ -201,7 +232,8 @@ def _plot(ctx: Context, rows: list[dict[str, Any]],
     save(fig, ctx.path("adaptive.png"))
 
 
-def _text(c: dict[str, Any], rows: list[dict[str, Any]], paired: list[dict[str, Any]]) -> str:
+def _text(c: dict[str, Any], rows: list[dict[str, Any]], paired: list[dict[str, Any]],
+          search_rows: list[dict[str, Any]]) -> str:
     lines = []
     for cond in dict.fromkeys(r["condition"] for r in rows):
         mine = [r for r in rows if r["condition"] == cond]
@@ -220,6 +252,12 @@ def _text(c: dict[str, Any], rows: list[dict[str, Any]], paired: list[dict[str, 
               + (f" (Wilcoxon p {stats.wilcoxon(diff).pvalue:.3f})"
                  if len(diff) > 1 and any(d != 0 for d in diff) else "") + "."
               if red else "The policy front had no design as accurate as the static front's.")
+    for kind in ("static", "policy"):
+        ratio = [r["p95_vs_oracle"] for r in search_rows if r["search"] == kind]
+        if ratio:
+            search += (f" The {kind} front designs' p95 is {np.median(ratio):.2f}x their "
+                       f"architecture's oracle (median; {min(ratio):.2f}-{max(ratio):.2f}, "
+                       f"{sum(x <= 1.10 for x in ratio)} of {len(ratio)} within 10%).")
     return ("Part one, fixed architectures with plain cuts (the same accuracy for every method), "
             f"{c['replications']} replications of {c['tasks']} requests:\n\n"
             + "\n".join(lines) + "\n\n" + search)

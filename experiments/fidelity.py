@@ -8,6 +8,12 @@ sample path. The loads are utilisations of the design's bottleneck stage, measur
 back-to-back calibration, so that "low" and "moderate" mean the same on a faster machine. Each
 finished calibration (with its rate) and case is saved in ``cases-HASH/`` (the hash of the
 experiment's config) and reused when the same config runs again.
+
+Split policies (``policies``: one split per state of the uplink, worst first) run the same way
+on their own channels (a policy needs an uplink whose rate changes): the first node picks each
+request's split from the rate it observes, and the simulator runs the calibrated policy on the
+same channel path. A policy's bottleneck is the largest over its states, each state's transfer
+at that state's representative rate (:func:`search.adaptive.channel_states`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,17 @@ from typing import Any
 from matplotlib import pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-from deploy import deploy, load_design
-from deploy.calibrate import Calibration, StageTiming, calibrate, predict, stage_means
+from deploy import Routing, deploy, load_routing
+from deploy.calibrate import (
+    Calibration,
+    PolicyCalibration,
+    StageTiming,
+    calibrate,
+    calibrate_policy,
+    predict,
+    stage_means,
+)
+from search.adaptive import channel_states
 from search.design import Design
 from sim import Scenario
 from sim.network import mean_rate_bps
@@ -38,14 +53,16 @@ STAGE_COLUMNS = ["design", "channel", "load", "stage", "part", "predicted_s", "m
 METRICS = ("mean", "p50", "p95")
 
 
-def _bottleneck_s(cal: Calibration, scenario: Scenario, design: Design) -> float:
+def _bottleneck_s(cal: Calibration, scenario: Scenario, design: Design,
+                  rate_bps: float | None = None) -> float:
     """The largest mean stage time: a node's measured work or a hop's frame at the link's mean
-    rate."""
+    rate (``rate_bps`` for the first hop, if given)."""
     times = [t.mean_s for t in cal.compute]
     route = design.route
     for j, bits in enumerate(cal.frame_bits):
         link = scenario.graph().edges[route[j], route[j + 1]]["spec"]
-        times.append(bits / mean_rate_bps(link, scenario))
+        rate = rate_bps if j == 0 and rate_bps is not None else mean_rate_bps(link, scenario)
+        times.append(bits / rate)
     return max(times)
 
 
@@ -61,38 +78,69 @@ def _cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _calibration(value: dict[str, Any]) -> Calibration:
+def _calibration(value: dict[str, Any]) -> Calibration | PolicyCalibration:
+    if "states" in value:
+        states = [_calibration(v) for v in value["states"]]
+        return PolicyCalibration(tuple(s for s in states if isinstance(s, Calibration)))
     return Calibration(tuple(StageTiming(**t) for t in value["compute"]),
                        tuple(value["frame_bits"]), tuple(value["overhead_s"]),
                        value["dispatch_s"])
 
 
-def _bottleneck(c: dict[str, Any], base: Scenario, design: Design) -> dict[str, Any]:
-    """The design's bottleneck stage time from a back-to-back calibration."""
-    first = calibrate(base, design, seed=int(c["seed"]), reps=int(c["calibration_reps"]),
-                      idle_rate_hz=0.0)
-    return {"bottleneck_s": _bottleneck_s(first, base, design)}
+def _calibrate(c: dict[str, Any], scenario: Scenario, routing: Routing,
+               rate: float | None) -> Calibration | PolicyCalibration:
+    seed, reps = int(c["seed"]), int(c["calibration_reps"])
+    if routing.count == 1:
+        return calibrate(scenario, routing.designs[0], seed=seed, reps=reps, idle_rate_hz=rate)
+    return calibrate_policy(scenario, routing, seed=seed, reps=reps, idle_rate_hz=rate)
 
 
-def _calibrate_at(c: dict[str, Any], design: Design, rate: float) -> dict[str, Any]:
+def _bottleneck(c: dict[str, Any], base: Scenario, routing: Routing) -> dict[str, Any]:
+    """The design's bottleneck stage time from a back-to-back calibration (a policy's: the
+    largest over its states)."""
+    first = _calibrate(c, base, routing, 0.0)
+    if isinstance(first, Calibration):
+        return {"bottleneck_s": _bottleneck_s(first, base, routing.designs[0])}
+    rates = channel_states(base, routing.count).rates_bps
+    return {"bottleneck_s": max(_bottleneck_s(cal, base, d, r) for cal, d, r in
+                                zip(first.states, routing.designs, rates, strict=True))}
+
+
+def _calibrate_at(c: dict[str, Any], base: Scenario, routing: Routing,
+                  rate: float) -> dict[str, Any]:
     """The calibration at ``rate`` requests per second."""
-    at_rate = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
-                                               "workload.arrivals.rate_hz": rate})
-    cal = calibrate(at_rate, design, seed=int(c["seed"]), reps=int(c["calibration_reps"]))
-    return dataclasses.asdict(cal)
+    return dataclasses.asdict(_calibrate(c, base, routing, rate))
 
 
-def _measure(ctx: Context, name: str, scenario: Scenario, design: Design, tasks: int,
-             cal: Calibration, seed: int) -> dict[str, Any]:
+def _measure(ctx: Context, name: str, scenario: Scenario, routing: Routing, tasks: int,
+             cal: Calibration | PolicyCalibration, seed: int) -> dict[str, Any]:
     """One deployment and its prediction."""
-    measured = deploy(scenario, design, ctx.out / "runs" / name, tasks=tasks, seed=seed,
-                      progress=ctx.progress).summary()
-    report = predict(scenario, design, cal, tasks=tasks, seed=seed)
+    result = deploy(scenario, routing, ctx.out / "runs" / name, tasks=tasks, seed=seed,
+                    progress=ctx.progress)
+    result.write(ctx.out / "runs" / name)  # requests.csv: every request's state and stages
+    measured = result.summary()
+    report = predict(scenario, routing, cal, tasks=tasks, seed=seed)
     predicted = {"mean": report.mean_latency_s, "p50": report.p50_latency_s,
                  "p95": report.p95_latency_s, "stages": stage_means(report)}
     return {"measured": {"mean": measured["mean_latency_s"], "p50": measured["p50_latency_s"],
-                         "p95": measured["p95_latency_s"], "stages": measured["stages"]},
+                         "p95": measured["p95_latency_s"], "stages": measured["stages"],
+                         "state_requests": measured["state_requests"],
+                         "state_mismatches": measured["state_mismatches"]},
             "predicted": predicted}
+
+
+def _groups(c: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, splits, channels) of every design the config deploys: the static splits on
+    ``channels``, then the split policies on theirs."""
+    groups = [(f"split {s}", str(s), dict(c["channels"])) for s in c["splits"]]
+    policies = c.get("policies") or {}
+    groups += [(f"policy {s}", str(s), dict(policies["channels"]))
+               for s in policies.get("splits", [])]
+    return groups
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text)
 
 
 def run(ctx: Context) -> Output:
@@ -103,24 +151,27 @@ def run(ctx: Context) -> Output:
     cases = ctx.out / f"cases-{key}"
     rows: list[dict[str, Any]] = []
     stage_rows: list[dict[str, Any]] = []
-    base = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"])})
-    for split in c["splits"]:
-        design = load_design(str(c["architecture"]), base, splits=str(split))
-        label = f"split {split}"
-        bottleneck = _cached(cases / f"split{split}-bottleneck.json",
-                             functools.partial(_bottleneck, c, base, design))["bottleneck_s"]
-        for load, utilisation in c["utilisation"].items():
-            rate = round(float(utilisation) / bottleneck, 2)
-            cal = _calibration(_cached(cases / f"split{split}-{load}-calibration.json",
-                                       functools.partial(_calibrate_at, c, design, rate)))
-            for channel, spec in c["channels"].items():
-                scenario = scenario_variant(c["scenario"], {
+    for label, split, channels in _groups(c):
+        for channel, spec in channels.items():
+            base = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
+                                                    "links.0.channel": spec})
+            routing = load_routing(str(c["architecture"]), base, splits=split)
+            # a static design's load does not depend on the channel: one bottleneck for all
+            stem = f"split{_slug(split)}" + (f"-{channel}" if routing.count > 1 else "")
+            bottleneck = _cached(cases / f"{stem}-bottleneck.json",
+                                 functools.partial(_bottleneck, c, base, routing))["bottleneck_s"]
+            for load, utilisation in c["utilisation"].items():
+                rate = round(float(utilisation) / bottleneck, 2)
+                at_rate = scenario_variant(c["scenario"], {
                     "workload.warmup_tasks": int(c["warmup"]),
                     "workload.arrivals.rate_hz": rate, "links.0.channel": spec})
-                name = f"split{split}-{load}-{channel}"
+                cal = _calibration(_cached(cases / f"{stem}-{load}-calibration.json",
+                                           functools.partial(_calibrate_at, c, at_rate,
+                                                             routing, rate)))
+                name = f"split{_slug(split)}-{load}-{channel}"
                 tasks = int(c["tasks"][load])
                 case = _cached(cases / f"{name}.json", functools.partial(
-                    _measure, ctx, name, scenario, design, tasks, cal, seed))
+                    _measure, ctx, name, at_rate, routing, tasks, cal, seed))
                 for metric in METRICS:
                     p, m = case["predicted"][metric], case["measured"][metric]
                     rows.append({"design": label, "channel": channel, "load": load,
@@ -199,8 +250,12 @@ def _text(rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
     mod = [r for r in rows if r["load"] == "moderate" and r["metric"] == "p95"]
     ok_low = sum(abs(r["relative_error"]) <= 0.10 for r in low)
     ok_mod = sum(abs(r["relative_error"]) <= 0.20 for r in mod)
-    return (f"{c['architecture']} at {c['scenario']}'s input, split after blocks "
-            f"{', '.join(map(str, c['splits']))}, deployed for real over paced loopback links "
+    policies = (c.get("policies") or {}).get("splits", [])
+    which = f"split after blocks {', '.join(map(str, c['splits']))}" + (
+        f" and run by the split policies {', '.join(map(str, policies))} (a split per uplink "
+        "state, worst first)" if policies else "")
+    return (f"{c['architecture']} at {c['scenario']}'s input, {which}, "
+            "deployed for real over paced loopback links "
             "and predicted by the simulator calibrated to this machine (relative error of the "
             "prediction, predicted / measured - 1):\n\n" + head + "\n".join(lines)
             + f"\n\nTargets: mean within 10% at low load in {ok_low} of {len(low)} cases; p95 "

@@ -18,7 +18,8 @@ def add_parser(commands: Any) -> None:
     """Register the command on the sub-parsers ``commands``."""
     p = commands.add_parser(
         "deploy", formatter_class=HelpFormatter,
-        help="run a split design for real: one process per node, paced loopback TCP links",
+        help="run a split design or policy for real: one process per node, paced loopback "
+        "TCP links",
         description="Deploy a design over loopback sockets and measure it: each node of the "
         "route runs its segment in its own process, links are paced to the scenario's channel "
         "(same sample path as `simulate --seed`), requests follow the scenario's arrivals. "
@@ -32,7 +33,14 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--row", type=int, default=0, help="row of front.csv, 0 = first")
     p.add_argument("--splits", metavar="P1,P2,...",
                    help="block positions of the cuts along the scenario's path, for an "
-                   "architecture given as --design (default: none)")
+                   "architecture given as --design (default: none); a split policy gives one "
+                   "list per channel state, worst first, separated by | (e.g. '8|4')")
+    p.add_argument("--policy-states", type=positive_int, metavar="K",
+                   help="a split policy's states are the uplink's rate cut into K (default: "
+                   "the search's policy_states for a front.csv row, else the design's states)")
+    p.add_argument("--observe-delay", type=float, metavar="S",
+                   help="a split policy reads the uplink's rate S seconds before each request "
+                   "arrives (default: the search's policy_observe_delay_s, else 0)")
     p.add_argument("--tasks", type=positive_int,
                    help="requests, the warm-up included (default: the scenario's)")
     p.add_argument("--warmup", type=non_negative_int,
@@ -63,21 +71,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from deploy import deploy, load_design
-    from deploy.calibrate import calibrate, predict, stage_means
+    from deploy import deploy, load_routing
+    from deploy.calibrate import (
+        Calibration,
+        PolicyCalibration,
+        calibrate,
+        calibrate_policy,
+        predict,
+        stage_means,
+    )
 
     from ._args import load_scenario_with
 
+    if args.observe_delay is not None and not args.observe_delay >= 0:
+        raise ValueError(f"--observe-delay must be >= 0, got {args.observe_delay}")
     scenario, _ = load_scenario_with(args.scenario, warmup=args.warmup, tasks=args.tasks)
-    design = load_design(args.design, scenario, row=args.row, splits=args.splits)
+    routing = load_routing(args.design, scenario, row=args.row, splits=args.splits,
+                           policy_states=args.policy_states, observe_delay_s=args.observe_delay)
     out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "prediction.json").unlink(missing_ok=True)
-    (out / "design.json").write_text(design.to_json() + "\n", encoding="utf-8")
+    (out / "design.json").write_text(routing.design.to_json() + "\n", encoding="utf-8")
     # calibrated before the run, in isolation from it
-    cal = calibrate(scenario, design, seed=args.seed, num_classes=args.classes) \
-        if args.predict else None
-    result = deploy(scenario, design, out, tasks=args.tasks, seed=args.seed,
+    cal: Calibration | PolicyCalibration | None = None
+    if args.predict:
+        cal = calibrate(scenario, routing.designs[0], seed=args.seed, num_classes=args.classes) \
+            if routing.count == 1 else \
+            calibrate_policy(scenario, routing, seed=args.seed, num_classes=args.classes)
+    result = deploy(scenario, routing, out, tasks=args.tasks, seed=args.seed,
                     num_classes=args.classes, shaper=args.shaper,
                     progress=not args.json and sys.stderr.isatty())
     result.write(out)
@@ -85,7 +106,7 @@ def _deploy(args: argparse.Namespace) -> int:
     predicted: dict[str, Any] | None = None
     if cal is not None:
         tasks = args.tasks or scenario.workload.tasks
-        report = predict(scenario, design, cal, tasks=tasks, seed=args.seed)
+        report = predict(scenario, routing, cal, tasks=tasks, seed=args.seed)
         predicted = {"calibration": dataclasses.asdict(cal), "stages": stage_means(report)}
         for key in ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s"):
             predicted[key] = getattr(report, key)
@@ -99,7 +120,14 @@ def _deploy(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     ms = 1e3
-    print(f"deployed {design.describe()} over loopback: {summary['tasks']} measured requests")
+    print(f"deployed {routing.describe()} over loopback: {summary['tasks']} measured requests")
+    if routing.count > 1:
+        assert routing.link is not None
+        cuts = ", ".join(f"{t / 1e6:.3g}" for t in routing.thresholds_bps)
+        print(f"  split policy on {routing.link[0]} -> {routing.link[1]}: {routing.count} states "
+              f"cut at {cuts} Mbit/s; measured requests per state "
+              f"{summary['state_requests']}; {summary['state_mismatches']} request(s) took "
+              "another state than the rate at their nominal arrival names")
     print(f"  completion latency  mean {summary['mean_latency_s'] * ms:.2f} ms  (95% CI +/- "
           f"{summary['ci95_half_width_s'] * ms:.2f} ms, batch means)")
     print(f"                      p50 {summary['p50_latency_s'] * ms:.2f}  p95 "

@@ -331,8 +331,7 @@ def design_from_description(arch: ArchSpec, text: str) -> Design:
     ``" | "``) is refused in one line: :func:`policy_from_description` reads it."""
     if STATE_SEPARATOR in text:
         raise ValueError(f"design {text!r} is a split policy (one design per channel state, "
-                         "separated by ' | '), not one design; give one state's design (deploying "
-                         "a policy is not supported yet)")
+                         "separated by ' | '), not one design; policy_from_description reads it")
     body, _, comp = text.partition(" (")
     compression: dict[int, Cut] = {}
     for item in filter(None, comp.rstrip(")").split(",")):

@@ -27,7 +27,7 @@ from deploy.pacing import PacedLink
 from deploy.wire import DATA, Message, encode, frame_overhead_bytes, recv_message
 from models import build_model, get_space
 from models.build import Cut, quantize
-from search.design import Design, GenomeLayout, scenario_routes
+from search.design import Design, GenomeLayout, PolicyDesign, scenario_routes
 from sim import scenario_from_dict
 from sim.channels import ConstantRate, GilbertElliottRate
 
@@ -420,3 +420,147 @@ def test_deploy_command_predicts_beside_the_measurement(
     assert [s["label"] for s in predicted["stages"]] == labels
     assert json.loads((out / "prediction.json").read_text()) == predicted
     assert load_design(str(out / "design.json"), two_node()).positions == (2,)
+
+
+def _trace_scenario(folder: Path, rates: list[float], times: list[float], *,
+                    three_nodes: bool = False, tasks: int = 24) -> Any:
+    """The two-node scenario (or phone, edge, cloud with a direct phone -> cloud link) whose
+    uplink phone -> edge follows a hand-made rate trace, periodic requests 25 ms apart."""
+    trace = folder / "uplink.csv"
+    rows = "".join(f"{t},{r}\n" for t, r in zip(times, rates, strict=True))
+    trace.write_text("time_s,rate_bps\n" + rows)
+    data = two_node(tasks=tasks).model_dump(mode="json", exclude={"base_dir", "pipeline"},
+                                            exclude_none=True)
+    data["links"][0]["channel"] = {"model": "trace", "file": "uplink.csv"}
+    if three_nodes:
+        data["nodes"]["cloud"] = {"kind": "cloud", "flops": 1e11, "servers": 2}
+        data["links"] += [
+            {"src": "edge", "dst": "cloud", "propagation_s": 0.003,
+             "channel": {"model": "constant", "rate_bps": 100e6}},
+            {"src": "phone", "dst": "cloud", "propagation_s": 0.004,
+             "channel": {"model": "constant", "rate_bps": 30e6}}]
+        data["path"] = ["phone", "edge", "cloud"]
+    return scenario_from_dict(data, base_dir=folder)
+
+
+def _trace_state(t: float, times: list[float], rates: list[float], order: list[float]) -> int:
+    """The state of the rate the trace has at time t (written out: the last change at or
+    before t within the looped trace, its rate's rank among the distinct rates; the last rate
+    holds as long as the one before it)."""
+    period = times[-1] + (times[-1] - times[-2])
+    rate = [r for s, r in zip(times, rates, strict=True) if s <= t % period][-1]
+    return order.index(rate)
+
+
+def test_a_deployed_policy_splits_each_request_as_the_rate_it_sees_names(tmp_path: Path) -> None:
+    """Bad uplink (2 Mbit/s): three blocks on the phone, then half the channels at 8 bits; good
+    uplink (20 Mbit/s): the raw image to the edge. Each request must follow the state of the
+    trace's rate at its arrival, run that state's model (the outputs differ: one compresses)
+    and show zeros in the stage its state skips."""
+    times, rates = [0.0, 0.1875, 0.4125, 0.6375], [20e6, 2e6, 20e6, 2e6]  # 12.5 ms off arrivals
+    scenario = _trace_scenario(tmp_path, rates, times)
+    bad = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
+    good = Design(ARCH, ("phone", "edge"), (Cut(0),))
+    policy = PolicyDesign((bad, good))
+    result = deploy(scenario, policy, tmp_path / "run", seed=3, keep_outputs=True)
+    expected = [_trace_state(float(t), times, rates, [2e6, 20e6]) for t in result.arrival_s]
+    assert 0 < sum(expected) < len(expected)  # both states occur
+    assert result.state.tolist() == expected
+    assert result.expected_state.tolist() == expected
+    outputs = {0: whole_model_outputs(scenario, bad, 24, seed=3),
+               1: whole_model_outputs(scenario, good, 24, seed=3)}
+    assert not torch.equal(outputs[0][0], outputs[1][0])
+    for i in range(24):
+        assert torch.equal(result.outputs[i], outputs[expected[i]][i]), i
+    assert result.labels == ["compute@phone", "transfer phone->edge", "compute@edge"]
+    phone = result.service_s[:, 0]
+    assert np.all((phone > 0) == (np.array(expected) == 0))  # the good state skips the phone
+    total = (result.wait_s + result.service_s + result.propagation_s).sum(axis=1)
+    np.testing.assert_allclose(total, result.latency_s, atol=1e-9)
+    summary = result.summary()
+    assert summary["state_requests"] == np.bincount(expected[2:], minlength=2).tolist()
+    assert summary["policy"]["thresholds_bps"] == [20e6]
+    with pytest.raises(ValueError, match="policy_states"):
+        deploy(scenario, PolicyDesign((bad, good, good)), tmp_path / "three")
+
+
+def test_a_deployed_policy_may_end_early_or_take_another_route(tmp_path: Path) -> None:
+    """Three states on phone, edge, cloud: the worst runs everything on the phone, the middle
+    one sends block 3's activation straight to the cloud, the best goes through the edge. The
+    phone then sends to three places (the edge, the cloud, the results) and the cloud hears
+    from two nodes."""
+    times, rates = [0.0, 0.1375, 0.3125, 0.4875], [1e6, 5e6, 20e6, 5e6]
+    scenario = _trace_scenario(tmp_path, rates, times, three_nodes=True, tasks=30)
+    n = ARCH.n_blocks
+    states = (Design(ARCH, ("phone", "edge", "cloud"), (Cut(n), Cut(n))),
+              Design(ARCH, ("phone", "cloud"), (Cut(3),)),
+              Design(ARCH, ("phone", "edge", "cloud"), (Cut(1), Cut(4))))
+    result = deploy(scenario, PolicyDesign(states), tmp_path / "run", seed=1, keep_outputs=True)
+    expected = [_trace_state(float(t), times, rates, [1e6, 5e6, 20e6]) for t in result.arrival_s]
+    assert sorted(set(expected)) == [0, 1, 2]
+    assert result.state.tolist() == expected
+    for k, design in enumerate(states):
+        want = whole_model_outputs(scenario, design, 30, seed=1)
+        for i in np.flatnonzero(np.array(expected) == k):
+            assert torch.equal(result.outputs[int(i)], want[int(i)]), (k, i)
+    # the states' stages merged, each in its first state's order
+    assert result.labels == ["compute@phone", "transfer phone->cloud", "transfer phone->edge",
+                             "compute@edge", "transfer edge->cloud", "compute@cloud"]
+    column = {label: k for k, label in enumerate(result.labels)}
+    visits = [{"compute@phone"},
+              {"compute@phone", "transfer phone->cloud", "compute@cloud"},
+              {"compute@phone", "transfer phone->edge", "compute@edge", "transfer edge->cloud",
+               "compute@cloud"}]
+    for i, k in enumerate(expected):
+        crossed = {label for label, c in column.items() if result.service_s[i, c] > 0}
+        assert crossed == visits[k], (i, k)
+    # each frame is held for its own link's propagation: 2 ms into the edge, 3 ms edge -> cloud,
+    # 4 ms direct. The receiver may stamp a frame a little before the sender's sendall returns
+    # (both after the last chunk left), hence the 0.5 ms below.
+    for label, delay in (("transfer phone->edge", 0.002), ("transfer edge->cloud", 0.003),
+                         ("transfer phone->cloud", 0.004)):
+        held = result.propagation_s[:, column[label]]
+        used = held[held > 0]
+        assert used.size and np.all((used > delay - 5e-4) & (used < delay + 0.01)), label
+
+
+def test_deploy_command_runs_and_predicts_a_policy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--splits`` with states separated by | deploys a split policy; the summary says which
+    state each measured request took and the prediction follows the same states (its stages
+    are the merged ones, as deployed)."""
+    import json
+
+    import yaml
+
+    from jmsnas.main import main
+
+    times, rates = [0.0, 0.1875, 0.4125, 0.6375], [20e6, 2e6, 20e6, 2e6]
+    scenario = _trace_scenario(tmp_path, rates, times)
+    scenario_file = tmp_path / "trace.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(
+        mode="json", exclude={"base_dir", "pipeline"}, exclude_none=True)))
+    out = tmp_path / "run"
+    assert main(["deploy", str(scenario_file), "--design", "tiny-000000000", "--splits",
+                 "3:0.5x8b|0", "--predict", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["policy"] == {"observed_link": ["phone", "edge"], "thresholds_bps": [20e6],
+                                 "observe_delay_s": 0.0}
+    with open(out / "requests.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    states = [int(r["state"]) for r in rows]
+    assert states == [_trace_state(float(r["arrival_s"]), times, rates, [2e6, 20e6])
+                      for r in rows]
+    assert printed["state_requests"] == np.bincount(states[2:], minlength=2).tolist()
+    assert printed["state_mismatches"] == 0
+    predicted = printed["predicted"]
+    assert [s["label"] for s in predicted["stages"]] == [s["label"] for s in printed["stages"]]
+    assert len(predicted["calibration"]["states"]) == 2
+    design = load_design(str(out / "design.json"), scenario)
+    assert isinstance(design, PolicyDesign)
+    assert [d.cuts for d in design.states] == [(Cut(3, 0.5, 8),), (Cut(0),)]
+    # one design with a policy's options, and a compression outside the model: one line each
+    for args in (["--splits", "3", "--policy-states", "2"], ["--splits", "0:0.5x8b|0"]):
+        proc = _jmsnas("deploy", str(scenario_file), "--design", "tiny-000000000", *args)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, err
