@@ -125,9 +125,10 @@ def _deploy(args: argparse.Namespace) -> int:
         assert routing.link is not None
         cuts = ", ".join(f"{t / 1e6:.3g}" for t in routing.thresholds_bps)
         print(f"  split policy on {routing.link[0]} -> {routing.link[1]}: {routing.count} states "
-              f"cut at {cuts} Mbit/s; measured requests per state "
-              f"{summary['state_requests']}; {summary['state_mismatches']} request(s) took "
-              "another state than the rate at their nominal arrival names")
+              f"cut at {cuts} Mbit/s, measured requests per state (worst first) "
+              + ", ".join(map(str, summary["state_requests"])))
+        print(f"  {summary['state_mismatches']} request(s) took another state than the rate at "
+              "their nominal arrival time names")
     print(f"  completion latency  mean {summary['mean_latency_s'] * ms:.2f} ms  (95% CI +/- "
           f"{summary['ci95_half_width_s'] * ms:.2f} ms, batch means)")
     print(f"                      p50 {summary['p50_latency_s'] * ms:.2f}  p95 "
