@@ -147,21 +147,28 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
     for s in (sender, receiver):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frame = encode(Message(DATA, 0, 0.0, (torch.zeros(max(size - 64, 1), dtype=torch.uint8),)))
+    held: queue.Queue[float] = queue.Queue()
     work: queue.Queue[float] = queue.Queue()
     started: list[float] = []
 
-    def receive() -> None:
+    def receive() -> None:  # as a node's receiver, release and worker threads do
         for _ in gaps:
             recv_message(receiver)
-            work.put(time.monotonic() + propagation_s)
+            held.put(time.monotonic() + propagation_s)
+
+    def release() -> None:
+        for _ in gaps:
+            due = held.get()
+            sleep_until(due)
+            work.put(due)
 
     def serve() -> None:
         for _ in gaps:
-            due = work.get()
-            sleep_until(due)
+            work.get()
             started.append(time.monotonic())
 
     threads = [threading.Thread(target=receive, daemon=True),
+               threading.Thread(target=release, daemon=True),
                threading.Thread(target=serve, daemon=True)]
     for t in threads:
         t.start()
@@ -249,21 +256,23 @@ class PolicyCalibration:
     """A split policy's calibration: one :class:`Calibration` per state.
 
     Two things a policy cannot keep per state in the simulator, pooled over the states that
-    share them (our choice; both are small beside the latency): a node's work variation (the
-    simulator draws one multiplier per node and request, so every state's compute on a node has
-    one coefficient of variation: the mean of theirs) and a hop's transport cost (a link has one
-    propagation delay: the mean of the states' measured costs on it)."""
+    share them, each state weighted by its time share (the routing's ``shares``; equal without
+    them; our choice, both are small beside the latency): a node's work variation (the simulator
+    draws one multiplier distribution per node, so every state's compute on a node has one
+    coefficient of variation: the weighted mean of theirs) and a hop's transport cost (a link
+    has one propagation delay: the weighted mean of the states' measured costs on it)."""
 
     states: tuple[Calibration, ...]
 
     def policy(self, routing: Routing, scenario: Scenario) -> SplitPolicy:
         pipelines = [cal.pipeline(d, scenario)
                      for cal, d in zip(self.states, routing.designs, strict=True)]
-        cvs: dict[str, list[float]] = {}
-        for cal in self.states:
+        weights = _weights(routing)
+        cvs: dict[str, list[tuple[float, float]]] = {}
+        for cal, w in zip(self.states, weights, strict=True):
             for t in cal.compute:
-                cvs.setdefault(t.node, []).append(t.cv)
-        pooled = {node: float(np.mean(v)) for node, v in cvs.items()}
+                cvs.setdefault(t.node, []).append((t.cv, w))
+        pooled = {node: _weighted(v) for node, v in cvs.items()}
 
         def same_cv(stage: Stage) -> Stage:
             if not isinstance(stage, Compute):
@@ -279,15 +288,27 @@ class PolicyCalibration:
     def scenario(self, routing: Routing, scenario: Scenario) -> Scenario:
         """``scenario`` with each link's propagation increased by the mean transport cost the
         states measured on it."""
-        costs: dict[frozenset[str], list[float]] = {}
-        for cal, d in zip(self.states, routing.designs, strict=True):
+        costs: dict[frozenset[str], list[tuple[float, float]]] = {}
+        for cal, d, w in zip(self.states, routing.designs, _weights(routing), strict=True):
             for hop, o in zip(itertools.pairwise(used_route(d)), cal.overhead_s, strict=True):
-                costs.setdefault(frozenset(hop), []).append(o)
-        extra = {hop: float(np.mean(v)) for hop, v in costs.items()}
+                costs.setdefault(frozenset(hop), []).append((o, w))
+        extra = {hop: _weighted(v) for hop, v in costs.items()}
         links = [link.model_copy(update={"propagation_s": link.propagation_s
                                          + extra.get(frozenset((link.src, link.dst)), 0.0)})
                  for link in scenario.links]
         return scenario.model_copy(update={"links": links})
+
+
+def _weights(routing: Routing) -> tuple[float, ...]:
+    """Each state's weight: its time share, or equal weights without shares."""
+    return routing.shares if routing.shares is not None else (1.0,) * routing.count
+
+
+def _weighted(values: list[tuple[float, float]]) -> float:
+    """The weighted mean of (value, weight) pairs (the plain mean if every weight is 0)."""
+    v = np.array([x for x, _ in values])
+    w = np.array([x for _, x in values])
+    return float(np.average(v, weights=w)) if w.sum() > 0 else float(v.mean())
 
 
 def stage_means(report: LatencyReport) -> list[dict[str, Any]]:

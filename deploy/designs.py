@@ -7,6 +7,7 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from models.build import Cut
 from models.resolve import resolve_architecture
@@ -84,7 +85,7 @@ def load_design(text: str, scenario: Scenario, *, row: int = 0,
     return states[0] if len(states) == 1 else PolicyDesign(tuple(states))
 
 
-_SPLIT = re.compile(r"^(\d+)(?::([0-9.]+)x(\d+)b)?$")
+_SPLIT = re.compile(r"^(\d+)(?::(\d+(?:\.\d+)?)x(\d+)b)?$")
 
 
 def _split_design(arch: ArchSpec, scenario: Scenario, splits: str) -> Design:
@@ -100,7 +101,11 @@ def _split_design(arch: ArchSpec, scenario: Scenario, splits: str) -> Design:
         if m.group(2) is not None and not 0 < p < arch.n_blocks:
             raise ValueError(f"--splits: {item!r} compresses at {p}; a compression goes strictly "
                              f"between blocks, at 1..{arch.n_blocks - 1}")
-        cuts.append(Cut(p) if m.group(2) is None else Cut(p, float(m.group(2)), int(m.group(3))))
+        try:
+            cuts.append(Cut(p) if m.group(2) is None
+                        else Cut(p, float(m.group(2)), int(m.group(3))))
+        except ValueError as exc:
+            raise ValueError(f"--splits: {item!r}: {exc}") from None
     if len(cuts) > hops:
         raise ValueError(f"--splits: the path {scenario.path} has {hops} hop(s), "
                          f"got {len(cuts)} positions")
@@ -108,13 +113,37 @@ def _split_design(arch: ArchSpec, scenario: Scenario, splits: str) -> Design:
     return check_design(Design(arch, tuple(scenario.path), tuple(cuts)))
 
 
+def _saved_policy(text: str) -> dict[str, Any] | None:
+    path = Path(text)
+    if path.suffix != ".json" or not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    policy = data.get("policy") if isinstance(data, dict) else None
+    return policy if isinstance(policy, dict) else None
+
+
 def load_routing(text: str, scenario: Scenario, *, row: int = 0, splits: str | None = None,
                  policy_states: int | None = None,
                  observe_delay_s: float | None = None) -> Routing:
     """:func:`load_design` and, for a split policy, its states and observation delay: given, or
-    else those of the search whose ``front.csv`` the design comes from (its ``config.yaml``),
-    or else one state per design state and no delay."""
+    else those the design JSON a deployment wrote records, or else those of the search whose
+    ``front.csv`` the design comes from (its ``config.yaml``), or else one state per design
+    state and no delay."""
     design = load_design(text, scenario, row=row, splits=splits)
+    saved_policy = _saved_policy(text)
+    if isinstance(design, PolicyDesign) and saved_policy is not None and policy_states is None:
+        # a design.json written by a deployment: the very thresholds it ran with
+        try:
+            link = tuple(str(n) for n in saved_policy["link"])
+            shares = saved_policy.get("shares")
+            return Routing(design.states, tuple(float(t) for t in saved_policy["thresholds_bps"]),
+                           (link[0], link[1]),
+                           float(saved_policy["observe_delay_s"]) if observe_delay_s is None
+                           else observe_delay_s,
+                           None if shares is None else tuple(float(x) for x in shares))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"--design {text}: its policy needs link, thresholds_bps and "
+                             f"observe_delay_s: {exc}") from None
     if isinstance(design, Design):
         if policy_states is not None or observe_delay_s is not None:
             raise ValueError("--policy-states and --observe-delay set a split policy's states; "

@@ -4,14 +4,15 @@ The node listens for its upstream neighbours (the nodes that may send to it, or 
 the first), connects to its downstream ones (the nodes it may send to, and the result sink if it
 sends results) and runs:
 
-- a receiver thread per upstream connection: reads frames, stamps their arrival and queues them,
-  each with the time it is due: arrival plus the propagation delay of the link it crossed (the
-  frame carries it). The first node of a split policy also picks the request's channel state
-  here, from the rate of the link it observes (:class:`Chooser`), and writes it into the frame;
+- a receiver thread per upstream connection: reads frames and stamps their arrival; the first
+  node of a split policy also picks the request's channel state here, from the rate of the link
+  it observes (:class:`Chooser`), and writes it into the frame;
+- a release thread per upstream connection: holds each frame for the propagation delay of the
+  link it crossed (the frame carries it), then puts it on the node's work queue, so that the
+  queue is in order of arrival at the node whichever link a frame came by;
 - ``servers`` worker threads, FIFO from that queue, one torch thread each (the process runs
-  ``torch.set_num_threads(1)``; torch releases the GIL while it computes): wait until the
-  request is due (the delay is constant per link, so due times keep each link's order), decode
-  the payload, run the node's segment for the request's state, encode what it sends on;
+  ``torch.set_num_threads(1)``; torch releases the GIL while it computes): decode the payload,
+  run the node's segment for the request's state, encode what it sends on;
 - a sender thread per downstream: that link's FIFO queue, paced to its channel
   (:class:`PacedLink`).
 
@@ -190,7 +191,10 @@ class _Node:
             self.in_socks.append(_ready(in_sock))
         listener.close()
         for k, sock in enumerate(self.in_socks):
-            self.thread(lambda sock=sock: self.receive(sock), f"receiver-{k}")  # type: ignore[misc]
+            held: queue.Queue[Any] = queue.Queue()
+            self.thread(lambda sock=sock, held=held: self.receive(sock, held),  # type: ignore[misc]
+                        f"receiver-{k}")
+            self.thread(lambda held=held: self.release(held), f"release-{k}")  # type: ignore[misc]
         for k in range(self.spec.servers):
             self.thread(self.serve, f"worker-{k}")
         for dest in self.links:
@@ -204,7 +208,7 @@ class _Node:
         os.replace(tmp, self.spec.records_path)
         self.report("done")
 
-    def receive(self, sock: socket.socket) -> None:
+    def receive(self, sock: socket.socket, held: queue.Queue[Any]) -> None:
         chooser = self.spec.chooser
         while True:
             msg = recv_message(sock)
@@ -221,6 +225,23 @@ class _Node:
                             link.t0 = msg.value
                             self.outs[dest].put(msg)
             elif msg.kind == END:
+                held.put((now, msg))
+                return
+            else:
+                due = now + msg.value
+                if chooser is not None:
+                    msg.state = chooser.state(now - self.t0)
+                self.records[msg.request] = {"received": now, "arrived": due,
+                                             "state": msg.state}
+                held.put((due, msg))
+
+    def release(self, held: queue.Queue[Any]) -> None:
+        """One upstream link's propagation: each frame joins the work queue when it is due
+        (the delay is constant per link, so this keeps the link's order, and the work queue
+        is in order of arrival at the node, as the simulator's queue is)."""
+        while True:
+            due, msg = held.get()
+            if msg.kind == END:
                 with self.edge_lock:
                     self.ended += 1
                     last = self.ended == self.spec.upstreams
@@ -229,18 +250,12 @@ class _Node:
                     for out in self.outs.values():
                         out.put(msg)
                 return
-            else:
-                due = now + msg.value
-                if chooser is not None:
-                    msg.state = chooser.state(now - self.t0)
-                self.records[msg.request] = {"received": now, "arrived": due,
-                                             "state": msg.state}
-                self.work.put((due, msg))
+            sleep_until(due)
+            self.work.put(msg)
 
     def serve(self) -> None:
         while True:
-            due, msg = self.work.get()
-            sleep_until(due)
+            msg = self.work.get()
             rec = self.records[msg.request]
             dest = self.spec.next_hop[msg.state]
             rec["start"] = time.monotonic()

@@ -17,6 +17,8 @@ as in the simulator, :func:`sim.policy.merge_pipelines`).
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -62,17 +64,34 @@ class Routing:
     thresholds_bps: tuple[float, ...] = ()
     link: tuple[str, str] | None = None
     observe_delay_s: float = 0.0
+    shares: tuple[float, ...] | None = None
+    """The long-run share of time in each state (weights of what the calibrated prediction
+    pools over the states; None: equal)."""
 
     def __post_init__(self) -> None:
-        if len(self.thresholds_bps) != len(self.designs) - 1:
-            raise ValueError(f"{len(self.designs)} states need {len(self.designs) - 1} "
-                             f"thresholds, got {len(self.thresholds_bps)}")
-        if self.observe_delay_s < 0:
-            raise ValueError(f"observe_delay_s must be >= 0, got {self.observe_delay_s}")
-        if len(self.designs) > 1 and self.link is None:
-            raise ValueError("a routing of several states needs the observed link")
-        if len({d.route[0] for d in self.designs}) != 1:
-            raise ValueError("every state of a policy starts on the same node")
+        n = len(self.designs)
+        if n < 1:
+            raise ValueError("Routing.designs: needs at least one design")
+        t = self.thresholds_bps
+        if len(t) != n - 1:
+            raise ValueError(f"Routing.thresholds_bps: {n} states need {n - 1} thresholds, "
+                             f"got {len(t)}")
+        if any(not math.isfinite(x) or x <= 0 for x in t) or any(
+                b <= a for a, b in itertools.pairwise(t)):
+            raise ValueError(f"Routing.thresholds_bps must be finite, > 0 and increasing, "
+                             f"got {list(t)}")
+        if not (math.isfinite(self.observe_delay_s) and self.observe_delay_s >= 0):
+            raise ValueError(f"Routing.observe_delay_s must be >= 0, got {self.observe_delay_s}")
+        if n > 1 and self.link is None:
+            raise ValueError("Routing.link: a routing of several states needs the observed link")
+        if self.shares is not None and len(self.shares) != n:
+            raise ValueError(f"Routing.shares: {n} states need {n} shares, "
+                             f"got {len(self.shares)}")
+        firsts = sorted({d.route[0] for d in self.designs})
+        if len(firsts) != 1:
+            raise ValueError(f"Routing.designs: every state starts on the same node, got {firsts}")
+        if any(d.arch != self.designs[0].arch for d in self.designs):
+            raise ValueError("Routing.designs: every state runs the same architecture")
         _ = self.stages  # refuses routes that cross, naming the problem
 
     @classmethod
@@ -91,7 +110,8 @@ class Routing:
                 f"policy_states: the design has {len(design.states)} states, and the scenario's "
                 f"uplink {states.link[0]} -> {states.link[1]} cut into {k} gives {states.count}; "
                 "give the policy_states the search ran with")
-        return cls(design.states, states.thresholds_bps, states.link, observe_delay_s)
+        return cls(design.states, states.thresholds_bps, states.link, observe_delay_s,
+                   states.shares)
 
     @property
     def count(self) -> int:
@@ -166,6 +186,18 @@ class Routing:
 
     def describe(self) -> str:
         return self.design.describe()
+
+    def to_json(self) -> str:
+        """The design's JSON (:meth:`Design.to_json`, :meth:`PolicyDesign.to_json`); a split
+        policy's adds ``policy``: the observed link, thresholds, observation delay and shares,
+        so that :func:`deploy.designs.load_routing` runs the same policy again."""
+        data = json.loads(self.design.to_json())
+        if self.count > 1:
+            data["policy"] = {"link": list(self.link or ()),
+                              "thresholds_bps": list(self.thresholds_bps),
+                              "observe_delay_s": self.observe_delay_s,
+                              "shares": None if self.shares is None else list(self.shares)}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def check_links(self, scenario: Scenario) -> None:
         """A ValueError naming the node or link the scenario lacks."""

@@ -13,6 +13,7 @@ stopped before it returns or raises; results are written only when the run compl
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import multiprocessing as mp
@@ -47,8 +48,8 @@ from .pacing import sleep_until
 from .routing import Routing, deploy_plan, used_route
 from .wire import DATA, END, START, Message, encode, recv_message
 
-__all__ = ["DeployError", "DeployResult", "Routing", "deploy", "deploy_plan", "request_input",
-           "used_route"]
+__all__ = ["DeployError", "DeployResult", "Routing", "check_deployable", "deploy", "deploy_plan",
+           "request_input", "used_route"]
 
 Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
@@ -96,10 +97,22 @@ class DeployResult:
     states: int = 1
     """Channel states of the design (1: static)."""
     state: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    """Not given: every request in state 0."""
     expected_state: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    """Not given: as ``state``."""
     policy: dict[str, Any] | None = None
     """A split policy's observed link, thresholds and observation delay."""
     outputs: dict[int, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.arrival_s.size
+        if self.state.size == 0:
+            self.state = np.zeros(n, dtype=np.intp)
+        if self.expected_state.size == 0:
+            self.expected_state = self.state.copy()
+        if not self.state.size == self.expected_state.size == n:
+            raise ValueError(f"DeployResult: state and expected_state need one entry per "
+                             f"request ({n})")
 
     @property
     def latency_s(self) -> NDArray[np.float64]:
@@ -127,7 +140,8 @@ class DeployResult:
             "frame_bytes": self.frame_bytes,
             "state_requests": np.bincount(self.state[self.measured],
                                           minlength=self.states).tolist(),
-            "state_mismatches": int(np.sum(self.state != self.expected_state)),
+            "state_mismatches": int(np.sum((self.state != self.expected_state)
+                                           & self.measured)),
             **({} if self.policy is None else {"policy": self.policy}),
         }
 
@@ -156,7 +170,9 @@ class DeployResult:
         return [out / name for name in RESULT_FILES]
 
 
-def _check(scenario: Scenario, routing: Routing, shaper: str) -> None:
+def check_deployable(scenario: Scenario, routing: Routing, shaper: str) -> None:
+    """A ValueError naming the field if ``routing`` cannot be deployed on ``scenario`` with
+    ``shaper`` (checked before any process starts)."""
     if shaper not in ("pace", "tc"):
         raise ValueError(f"shaper must be pace or tc, got {shaper!r}")
     if shaper == "tc":
@@ -276,7 +292,7 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
     result arrives for ``stall_timeout_s``.
     """
     routing = design if isinstance(design, Routing) else Routing.of(design, scenario)
-    _check(scenario, routing, shaper)
+    check_deployable(scenario, routing, shaper)
     n = scenario.workload.tasks if tasks is None else tasks
     if n <= scenario.workload.warmup_tasks:
         raise ValueError(f"tasks ({n}) must exceed workload.warmup_tasks "
@@ -300,7 +316,9 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
         assert routing.link is not None
         channel = links["->".join(routing.link)].channel
         assert channel is not None
-        chooser = Chooser(channel, routing.thresholds_bps, routing.observe_delay_s)
+        # its own copy: the pacing sender of the same link extends the realisation from
+        # another thread, and a realisation's lazy extension is not thread-safe
+        chooser = Chooser(copy.deepcopy(channel), routing.thresholds_bps, routing.observe_delay_s)
         expected = np.array([chooser.state(float(t)) for t in arrivals], dtype=np.intp)
     tc = None
     if shaper == "tc":
@@ -341,7 +359,7 @@ def _save_segments(routing: Routing, scenario: Scenario, folder: Path, seed: int
     models: dict[tuple[object, ...], list[Path]] = {}
     files = []
     for design in routing.designs:
-        key = tuple(design.cuts)
+        key = (design.arch, *design.cuts)
         if key not in models:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -102,6 +102,9 @@ def _bottleneck(c: dict[str, Any], base: Scenario, routing: Routing) -> dict[str
     if isinstance(first, Calibration):
         return {"bottleneck_s": _bottleneck_s(first, base, routing.designs[0])}
     rates = channel_states(base, routing.count).rates_bps
+    if min(rates) <= 0:
+        raise ValueError("fidelity config: policies.channels: a channel with an outage state "
+                         "has no finite bottleneck to set the load by")
     return {"bottleneck_s": max(_bottleneck_s(cal, base, d, r) for cal, d, r in
                                 zip(first.states, routing.designs, rates, strict=True))}
 
@@ -151,15 +154,17 @@ def run(ctx: Context) -> Output:
     cases = ctx.out / f"cases-{key}"
     rows: list[dict[str, Any]] = []
     stage_rows: list[dict[str, Any]] = []
+    own = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"])})
     for label, split, channels in _groups(c):
         for channel, spec in channels.items():
             base = scenario_variant(c["scenario"], {"workload.warmup_tasks": int(c["warmup"]),
                                                     "links.0.channel": spec})
             routing = load_routing(str(c["architecture"]), base, splits=split)
-            # a static design's load does not depend on the channel: one bottleneck for all
+            # a static design's load is set on the scenario's own link, one bottleneck for every
+            # channel; a policy's on its channel's states
             stem = f"split{_slug(split)}" + (f"-{channel}" if routing.count > 1 else "")
-            bottleneck = _cached(cases / f"{stem}-bottleneck.json",
-                                 functools.partial(_bottleneck, c, base, routing))["bottleneck_s"]
+            bottleneck = _cached(cases / f"{stem}-bottleneck.json", functools.partial(
+                _bottleneck, c, base if routing.count > 1 else own, routing))["bottleneck_s"]
             for load, utilisation in c["utilisation"].items():
                 rate = round(float(utilisation) / bottleneck, 2)
                 at_rate = scenario_variant(c["scenario"], {

@@ -80,6 +80,7 @@ def _deploy(args: argparse.Namespace) -> int:
         predict,
         stage_means,
     )
+    from deploy.run import check_deployable
 
     from ._args import load_scenario_with
 
@@ -91,7 +92,8 @@ def _deploy(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/deploy-{scenario.name}-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "prediction.json").unlink(missing_ok=True)
-    (out / "design.json").write_text(routing.design.to_json() + "\n", encoding="utf-8")
+    check_deployable(scenario, routing, args.shaper)  # before the calibration's minute
+    (out / "design.json").write_text(routing.to_json() + "\n", encoding="utf-8")
     # calibrated before the run, in isolation from it
     cal: Calibration | PolicyCalibration | None = None
     if args.predict:

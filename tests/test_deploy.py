@@ -19,7 +19,14 @@ import psutil
 import pytest
 import torch
 
-from deploy import DeployError, deploy, design_from_description, load_design, request_input
+from deploy import (
+    DeployError,
+    deploy,
+    design_from_description,
+    load_design,
+    load_routing,
+    request_input,
+)
 from deploy.calibrate import calibrate, predict
 from deploy.netns import TcLinks, netns_unavailable, setns
 from deploy.node import model_input
@@ -559,8 +566,41 @@ def test_deploy_command_runs_and_predicts_a_policy(
     design = load_design(str(out / "design.json"), scenario)
     assert isinstance(design, PolicyDesign)
     assert [d.cuts for d in design.states] == [(Cut(3, 0.5, 8),), (Cut(0),)]
+    # the design JSON the run wrote gives back the very policy it ran, delay included
+    (out / "design.json").write_text(
+        (out / "design.json").read_text().replace('"observe_delay_s":0.0',
+                                                  '"observe_delay_s":0.25'))
+    again = load_routing(str(out / "design.json"), scenario)
+    assert again.designs == design.states and again.thresholds_bps == (20e6,)
+    assert again.link == ("phone", "edge") and again.observe_delay_s == 0.25
     # one design with a policy's options, and a compression outside the model: one line each
     for args in (["--splits", "3", "--policy-states", "2"], ["--splits", "0:0.5x8b|0"]):
         proc = _jmsnas("deploy", str(scenario_file), "--design", "tiny-000000000", *args)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_node_serves_frames_in_the_order_they_arrive_whichever_link_they_came_by(
+        tmp_path: Path) -> None:
+    """States alternate request by request: the bad uplink's requests go straight to the cloud
+    (1 ms), the good uplink's through the edge, whose link to the cloud takes 40 ms. A request
+    through the edge is due at the cloud after the direct one that arrived 25 ms later, and the
+    cloud (one server) must serve the direct one first, as the simulator's queue does: a node
+    that served frames in the order it received them made the direct request wait for the
+    other's 40 ms (about 15 ms of waiting)."""
+    times = [0.0] + [0.0125 + 0.025 * k for k in range(40)]
+    rates = [20e6] + [1e6 if k % 2 == 0 else 20e6 for k in range(40)]
+    scenario = _trace_scenario(tmp_path, rates, times, three_nodes=True, tasks=30)
+    data = scenario.model_dump(mode="json", exclude={"base_dir", "pipeline"}, exclude_none=True)
+    data["nodes"]["cloud"]["servers"] = 1
+    data["links"][1]["propagation_s"] = 0.040  # edge -> cloud
+    data["links"][2]["propagation_s"] = 0.001  # phone -> cloud
+    scenario = scenario_from_dict(data, base_dir=tmp_path)
+    states = (Design(ARCH, ("phone", "cloud"), (Cut(3),)),
+              Design(ARCH, ("phone", "edge", "cloud"), (Cut(1), Cut(1))))
+    result = deploy(scenario, PolicyDesign(states), tmp_path / "run", seed=2)
+    state = result.state
+    assert 8 <= int(np.sum(state == 0)) <= 22 and np.all(state == result.expected_state)
+    cloud = result.labels.index("compute@cloud")
+    wait = result.wait_s[:, cloud]
+    assert np.all(wait[state == 0] < 0.008), wait[state == 0]
