@@ -12,7 +12,8 @@ replications; the p95 reduction of the policy front at equal accuracy and the hy
 paired over seeds. Each front design is also simulated beside the per-request oracle of its own
 architecture and compressions (:func:`search.adaptive.oracle_policy`, plain cuts and the
 design's own compressions) on the same replications as part one: how far each front design is
-from the best any split of its network could do per request.
+from the best any split of its network could do per request; and beside the DP policy of the
+same architecture and compressions (what the search's splits could at best be per state).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ PLAN_COLUMNS = ["condition", "family", "arch", "method", "states", "mean_latency
                 "mean_ci95_s", "p95_latency_s", "p95_ci95_s", "within_deadline",
                 "p95_vs_static", "p95_vs_oracle", "designs"]
 SEARCH_COLUMNS = ["seed", "search", "accuracy", "mean_latency_s", "p95_latency_s", "p95_ci95_s",
-                  "arch", "design", "p95_same_paths_s", "oracle_p95_s", "p95_vs_oracle"]
+                  "arch", "design", "p95_same_paths_s", "oracle_p95_s", "p95_vs_oracle",
+                  "dp_policy_p95_s"]
 PAIRED_COLUMNS = ["seed", "hv_static", "hv_policy", "p95_reduction_median",
                   "p95_reduction_best", "levels_compared"]
 METHODS = ("static", "policy", "threshold", "bottleneck", "oracle")
@@ -139,10 +141,14 @@ def _against_oracle(c: dict[str, Any], scenario: Scenario, arch_name: str,
         run = pipe(design, profile_model(arch, scenario.input_shape, 10,
                                          cuts=design.compressing_cuts))
     oracle = oracle_policy(arch, scenario, route, pipe, compressions)
+    planned = policy_of(dp_policy(arch, scenario, route, states, compressions), states,
+                        scenario, pipe)
     reps, tasks, deadline = int(c["replications"]), int(c["tasks"]), float(c["deadline_s"])
     own = _measure(scenario, run, reps, tasks, deadline)["p95_latency_s"]
     best = _measure(scenario, oracle, reps, tasks, deadline)["p95_latency_s"]
-    return {"p95_same_paths_s": own, "oracle_p95_s": best, "p95_vs_oracle": own / best}
+    dp = _measure(scenario, planned, reps, tasks, deadline)["p95_latency_s"]
+    return {"p95_same_paths_s": own, "oracle_p95_s": best, "p95_vs_oracle": own / best,
+            "dp_policy_p95_s": dp}
 
 
 def _reduction(static: list[Remeasured], policy: list[Remeasured],
@@ -255,9 +261,13 @@ def _text(c: dict[str, Any], rows: list[dict[str, Any]], paired: list[dict[str, 
     for kind in ("static", "policy"):
         ratio = [r["p95_vs_oracle"] for r in search_rows if r["search"] == kind]
         if ratio:
+            dp = [r["p95_same_paths_s"] / r["dp_policy_p95_s"] for r in search_rows
+                  if r["search"] == kind]
             search += (f" The {kind} front designs' p95 is {np.median(ratio):.2f}x their "
                        f"architecture's oracle (median; {min(ratio):.2f}-{max(ratio):.2f}, "
-                       f"{sum(x <= 1.10 for x in ratio)} of {len(ratio)} within 10%).")
+                       f"{sum(x <= 1.10 for x in ratio)} of {len(ratio)} within 10%) and "
+                       f"{np.median(dp):.2f}x its DP policy (median; "
+                       f"{min(dp):.2f}-{max(dp):.2f}).")
     return ("Part one, fixed architectures with plain cuts (the same accuracy for every method), "
             f"{c['replications']} replications of {c['tasks']} requests:\n\n"
             + "\n".join(lines) + "\n\n" + search)

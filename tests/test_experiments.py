@@ -204,6 +204,7 @@ def test_adaptive_policies_follow_the_channel(quick_run: Path) -> None:
         own, best = float(r["p95_same_paths_s"]), float(r["oracle_p95_s"])
         assert float(r["p95_vs_oracle"]) == pytest.approx(own / best, rel=1e-9)
         assert own >= 0.95 * best, r
+        assert float(r["dp_policy_p95_s"]) >= 0.95 * best, r
     _, paired = read(quick_run / "adaptive" / "adaptive_paired.csv")
     assert [int(r["seed"]) for r in paired] == cfg["seeds"]
 
