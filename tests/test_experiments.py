@@ -202,7 +202,8 @@ def test_adaptive_policies_follow_the_channel(quick_run: Path) -> None:
     for r in search:  # the oracle of the design's own architecture and compressions: at this
         # light load (no queueing to speak of) a lower bound, up to the replications' noise
         own, best = float(r["p95_same_paths_s"]), float(r["oracle_p95_s"])
-        assert float(r["p95_vs_oracle"]) == pytest.approx(own / best, rel=1e-9)
+        # (the CSV keeps six significant digits)
+        assert float(r["p95_vs_oracle"]) == pytest.approx(own / best, rel=1e-5)
         assert own >= 0.95 * best, r
         assert float(r["dp_policy_p95_s"]) >= 0.95 * best, r
     _, paired = read(quick_run / "adaptive" / "adaptive_paired.csv")
