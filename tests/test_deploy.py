@@ -604,3 +604,33 @@ def test_a_node_serves_frames_in_the_order_they_arrive_whichever_link_they_came_
     cloud = result.labels.index("compute@cloud")
     wait = result.wait_s[:, cloud]
     assert np.all(wait[state == 0] < 0.008), wait[state == 0]
+
+
+def test_a_front_row_of_a_policy_search_deploys_with_the_searchs_states(tmp_path: Path) -> None:
+    """A policy design from a search's front.csv takes that search's policy_states and
+    observation delay from the config.yaml beside it (a trace of two rates cut into 4 states
+    has 2); given options override them; a static row refuses policy options."""
+    from search.config import SearchConfig
+    from search.runs import write_run_config
+
+    times, rates = [0.0, 0.1875, 0.4125, 0.6375], [20e6, 2e6, 20e6, 2e6]
+    scenario = _trace_scenario(tmp_path, rates, times)
+    policy = PolicyDesign((Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),)),
+                           Design(ARCH, ("phone", "edge"), (Cut(0),))))
+    static = Design(ARCH, ("phone", "edge"), (Cut(2),))
+    run = tmp_path / "search"
+    run.mkdir()
+    with open(run / "front.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["accuracy", "arch", "design"])
+        w.writerow([0.7, ARCH.name, policy.describe()])
+        w.writerow([0.6, ARCH.name, static.describe()])
+    write_run_config(run, SearchConfig(policy_states=4, policy_observe_delay_s=0.1),
+                     tmp_path / "trace.yaml")
+    routing = load_routing(str(run / "front.csv"), scenario)
+    assert routing.designs == policy.states and routing.thresholds_bps == (20e6,)
+    assert routing.observe_delay_s == 0.1 and routing.link == ("phone", "edge")
+    assert load_routing(str(run / "front.csv"), scenario, observe_delay_s=0.0).observe_delay_s == 0
+    assert load_routing(str(run / "front.csv"), scenario, row=1).designs == (static,)
+    with pytest.raises(ValueError, match="--policy-states"):
+        load_routing(str(run / "front.csv"), scenario, row=1, policy_states=2)
