@@ -353,9 +353,8 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
 
 def _save_segments(routing: Routing, scenario: Scenario, folder: Path, seed: int,
                    num_classes: int) -> list[dict[str, Path]]:
-    """Save every state's segments; per state, the file of each node it visits. States that
-    cut the model with the same compressions share one model, so their segments are saved
-    once."""
+    """Save every state's segments; per state, the file of each node it visits. States with
+    the same cuts run the same model, saved once."""
     models: dict[tuple[object, ...], list[Path]] = {}
     files = []
     for design in routing.designs:
