@@ -97,7 +97,7 @@ def test_policy_genomes_round_trip_and_a_static_design_is_a_policy() -> None:
         layout.decode(layout.encode(one))
     from search.design import design_from_description
 
-    with pytest.raises(ValueError, match=r"is a split policy .* not supported yet"):
+    with pytest.raises(ValueError, match=r"is a split policy .* policy_from_description reads it"):
         design_from_description(arch, PolicyDesign((one, one)).describe())
 
 
