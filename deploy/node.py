@@ -45,6 +45,7 @@ from torch import Tensor
 
 from models.split import Payload, Segment, load_segment
 from sim.channels import RateProcess
+from sim.policy import states_of
 
 from .netns import setns
 from .pacing import PacedLink, sleep_until
@@ -70,10 +71,10 @@ class Chooser:
     observe_delay_s: float = 0.0
 
     def state(self, t_rel: float) -> int:
-        """The state of a request that arrived ``t_rel`` seconds after the run's origin."""
+        """The state of a request that arrived ``t_rel`` seconds after the run's origin (the
+        rule of :meth:`sim.policy.SplitPolicy.choose`)."""
         seen = max(t_rel - self.observe_delay_s, 0.0)
-        rate = float(self.rate.rate_at(np.array([seen]))[0])
-        return int(np.searchsorted(np.asarray(self.thresholds_bps), rate, side="right"))
+        return int(states_of(self.thresholds_bps, self.rate.rate_at(np.array([seen])))[0])
 
 
 @dataclass(frozen=True)

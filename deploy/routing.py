@@ -22,11 +22,9 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
-
 from search.adaptive import channel_states
 from search.design import AnyDesign, Design, PolicyDesign
-from sim.policy import merge_pipelines
+from sim.policy import check_thresholds, merge_pipelines
 from sim.scenario import Scenario
 from sim.workload import Compute, Stage, Transfer
 
@@ -76,10 +74,7 @@ class Routing:
         if len(t) != n - 1:
             raise ValueError(f"Routing.thresholds_bps: {n} states need {n - 1} thresholds, "
                              f"got {len(t)}")
-        if any(not math.isfinite(x) or x <= 0 for x in t) or any(
-                b <= a for a, b in itertools.pairwise(t)):
-            raise ValueError(f"Routing.thresholds_bps must be finite, > 0 and increasing, "
-                             f"got {list(t)}")
+        check_thresholds("Routing.thresholds_bps", t)
         if not (math.isfinite(self.observe_delay_s) and self.observe_delay_s >= 0):
             raise ValueError(f"Routing.observe_delay_s must be >= 0, got {self.observe_delay_s}")
         if n > 1 and self.link is None:
@@ -174,10 +169,6 @@ class Routing:
     def hops(self) -> list[tuple[str, str]]:
         """Every link some state crosses, in the merged order."""
         return [(s.src, s.dst) for s in self.stages[0] if isinstance(s, Transfer)]
-
-    def state_of(self, rate_bps: float) -> int:
-        """The state of an observed rate: the number of thresholds at or below it."""
-        return int(np.searchsorted(np.asarray(self.thresholds_bps), rate_bps, side="right"))
 
     @property
     def design(self) -> AnyDesign:

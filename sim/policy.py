@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from .channels import RateProcess
 from .workload import Compute, Pipeline, Stage
 
-__all__ = ["OraclePolicy", "Policy", "SplitPolicy", "merge_pipelines", "rate_thresholds",
-           "stage_key", "thresholds_of"]
+__all__ = ["OraclePolicy", "Policy", "SplitPolicy", "check_thresholds", "merge_pipelines",
+           "rate_thresholds", "stage_key", "states_of", "thresholds_of"]
 
 
 def _check_pipelines(owner: str, pipelines: tuple[Pipeline, ...]) -> None:
@@ -44,6 +44,19 @@ def _check_pipelines(owner: str, pipelines: tuple[Pipeline, ...]) -> None:
     for k, p in enumerate(pipelines):
         if not p:
             raise ValueError(f"{owner}.pipelines[{k}]: needs at least one stage")
+
+
+def check_thresholds(field: str, thresholds: Sequence[float]) -> None:
+    """A ValueError naming ``field`` unless the rate thresholds are finite, > 0 and
+    increasing."""
+    if any(not math.isfinite(x) or x <= 0 for x in thresholds) or any(
+            b <= a for a, b in itertools.pairwise(thresholds)):
+        raise ValueError(f"{field} must be finite, > 0 and increasing, got {list(thresholds)}")
+
+
+def states_of(thresholds: Sequence[float], rate_bps: ArrayLike) -> NDArray[np.intp]:
+    """The state of each observed rate: how many of ``thresholds`` are at or below it."""
+    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), rate_bps, side="right")
 
 
 @dataclass(frozen=True)
@@ -70,11 +83,7 @@ class SplitPolicy:
             raise ValueError(f"SplitPolicy.thresholds_bps: {len(self.pipelines)} pipelines need "
                              f"{len(self.pipelines) - 1} thresholds, got "
                              f"{len(self.thresholds_bps)}")
-        t = self.thresholds_bps
-        if any(not math.isfinite(x) or x <= 0 for x in t) or any(
-                b <= a for a, b in itertools.pairwise(t)):
-            raise ValueError(f"SplitPolicy.thresholds_bps must be finite, > 0 and increasing, "
-                             f"got {list(t)}")
+        check_thresholds("SplitPolicy.thresholds_bps", self.thresholds_bps)
         if len(self.link) != 2 or self.link[0] == self.link[1]:
             raise ValueError(f"SplitPolicy.link must be (src, dst) of one link, got {self.link}")
         if not (math.isfinite(self.observe_delay_s) and self.observe_delay_s >= 0):
@@ -87,7 +96,7 @@ class SplitPolicy:
 
     def state_of(self, rate_bps: NDArray[np.float64]) -> NDArray[np.intp]:
         """The state of each observed rate: how many thresholds are at or below it."""
-        return np.searchsorted(np.asarray(self.thresholds_bps), rate_bps, side="right")
+        return states_of(self.thresholds_bps, rate_bps)
 
     def choose(self, channel: RateProcess, arrival_s: NDArray[np.float64]) -> NDArray[np.intp]:
         """The state (and so the pipeline) of tasks arriving at ``arrival_s`` on ``channel``."""
