@@ -33,7 +33,7 @@ import numpy as np
 
 from sim.channels import ConstantRate, RateProcess
 
-__all__ = ["TcLinks", "netns_unavailable", "setns"]
+__all__ = ["NetnsHosts", "TcLinks", "netns_unavailable", "setns"]
 
 WIRE_FACTOR = 1514 / 1448
 _NAME = re.compile(r"^jms(\d+)n\d+$")
@@ -85,6 +85,11 @@ def _remove_stale() -> None:
         m = _NAME.match(name)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    for line in _ip("-o", "link", "show", "type", "bridge").splitlines():
+        m = re.match(r"^\d+: jms(\d+)br[:@]", line)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            subprocess.run(["ip", "link", "del", f"jms{m.group(1)}br"], capture_output=True,
+                           check=False)
 
 
 def _free_subnet(pid: int) -> str:
@@ -194,3 +199,51 @@ class TcLinks:
         for ns in self.namespaces[1:]:
             assert ns is not None
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+class NetnsHosts:
+    """``hosts`` network namespaces that stand for separate machines on one LAN: each has its
+    own IP address on a veth pair whose other end is on a bridge here, which holds
+    :attr:`gateway` (this namespace's address on that LAN). A context manager (root only);
+    :meth:`command` runs a program inside host j. Links are not shaped: a deployment across
+    them paces its links in the senders, as across real machines."""
+
+    def __init__(self, hosts: int) -> None:
+        pid = os.getpid()
+        self.namespaces = [f"jms{pid}n{j}" for j in range(hosts)]
+        self.bridge = f"jms{pid}br"
+        self.subnet = _free_subnet(pid)
+        self.gateway = f"{self.subnet}.1"
+        self.addresses = [f"{self.subnet}.{10 + j}" for j in range(hosts)]
+
+    def command(self, j: int, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespaces[j], *argv]
+
+    def __enter__(self) -> NetnsHosts:
+        _remove_stale()
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for j, ns in enumerate(self.namespaces):
+                here, there = f"{self.bridge[:-2]}v{j}a", f"{self.bridge[:-2]}v{j}b"
+                _ip("netns", "add", ns)
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("link", "add", here, "type", "veth", "peer", "name", there)
+                _ip("link", "set", here, "master", self.bridge)
+                _ip("link", "set", here, "up")
+                _ip("link", "set", there, "netns", ns)
+                _ip("-n", ns, "addr", "add", f"{self.addresses[j]}/24", "dev", there)
+                _ip("-n", ns, "link", "set", there, "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for ns in self.namespaces:  # a namespace takes its end of the veth pair with it
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)

@@ -2,7 +2,8 @@
 
 The node listens for its upstream neighbours (the nodes that may send to it, or the client for
 the first), connects to its downstream ones (the nodes it may send to, and the result sink if it
-sends results) and runs:
+sends results); every connection opens with the shared-secret handshake of :mod:`deploy.auth`,
+and the node accepts exactly one connection from each upstream it was told of. It runs:
 
 - a receiver thread per upstream connection: reads frames and stamps their arrival; the first
   node of a split policy also picks the request's channel state here, from the rate of the link
@@ -16,26 +17,28 @@ sends results) and runs:
 - a sender thread per downstream: that link's FIFO queue, paced to its channel
   (:class:`PacedLink`).
 
-Per request it records when the frame was received and released to the queue, its state, when a
-worker started and finished, and when the sender started and finished; once every upstream has
-sent END it finishes the queue, forwards END downstream, writes the records (atomically) and
-reports ``done``. It talks to the process that started it over a pipe: ``ready`` with its port,
-``connect`` with its downstream ports, ``done`` or ``error``; when that pipe closes (the parent
-died), the node exits at once.
+Per request it records (on its :class:`~deploy.clock.Clock`) when the frame was received and
+released to the queue, its state, when a worker started and finished, and when the sender
+started and finished; once every upstream has sent END it finishes the queue, forwards END
+downstream and reports ``done`` with the records. It talks to the process that started it (the
+deployment, or a node server) over a pipe: ``ready`` with its port, ``connect`` with its
+downstream ports and its clock's offset, ``done`` or ``error``; when that pipe closes (the
+parent died), the node exits at once. A frame that is malformed, too large or in a state that
+does not visit the node closes its connection with one logged line and stops the node.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,17 +50,33 @@ from models.split import Payload, Segment, load_segment
 from sim.channels import RateProcess
 from sim.policy import states_of
 
+from .auth import AuthError, accept_handshake, connect_handshake
+from .clock import Clock
 from .netns import setns
-from .pacing import PacedLink, sleep_until
-from .wire import DATA, END, START, Message, decode_payload, encode, payload_tensors, recv_message
+from .pacing import PacedLink
+from .wire import (
+    DATA,
+    END,
+    MAX_FRAME_BYTES,
+    START,
+    FrameError,
+    Message,
+    decode_payload,
+    encode,
+    payload_tensors,
+    recv_message,
+)
 
-__all__ = ["NodeSpec", "model_input", "node_main", "one_line", "run_stage"]
+__all__ = ["CLIENT", "SINK", "Chooser", "NodeSpec", "log_line", "model_input", "node_main",
+           "one_line", "run_stage"]
 
 _CONNECT_TIMEOUT_S = 120.0
 
 
 SINK = ""
 """The name of the result sink among a node's downstreams."""
+CLIENT = "client"
+"""The name the client gives in its handshake with the first node."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +107,27 @@ class NodeSpec:
     next_hop: dict[int, str]
     """Per state that visits the node: where it sends the request (:data:`SINK`: the result)."""
     servers: int
-    upstreams: int
-    """Connections that send to the node (the client counts for the first node)."""
+    upstream_names: tuple[str, ...]
+    """Who may send to the node, one connection each: the nodes before it on some state's
+    route, or :data:`CLIENT` for the first node."""
     rates_out: dict[str, RateProcess | None]
     """The channel realisation of each outgoing link (None: not shaped, as the sink is)."""
     propagation_out: dict[str, float]
     """The propagation delay of each outgoing link (the frames carry it to the receiver)."""
-    records_path: str
+    run_id: str
+    """Names the run in every handshake (a connection of another run is refused)."""
+    secret: bytes
+    """The shared secret of the handshakes (:mod:`deploy.auth`)."""
     chooser: Chooser | None = None
     """The first node of a split policy: how it picks each request's state."""
     netns_path: str | None = None
     """With tc shaping: the network namespace the node runs in (see :mod:`deploy.netns`)."""
     listen_host: str = "127.0.0.1"
+    data_port: int = 0
+    """Where the node listens for its upstreams (0: a free port)."""
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    """Frames announcing more are refused before anything is allocated."""
+    clock: Clock = field(default_factory=Clock)
 
 
 def model_input(x: Tensor) -> Tensor:
@@ -137,12 +165,15 @@ class _Node:
         self.started = False
         self.ended = 0
         self.t0 = 0.0
+        self.clock = spec.clock
+        self.offset_s = 0.0
+        """This node's clock minus the coordinator's (START carries the coordinator's t0)."""
 
     def report(self, *message: Any) -> None:
         with self.conn_lock:
             self.conn.send(message)
 
-    def thread(self, target: Callable[[], None], name: str) -> None:
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         def guarded() -> None:
             try:
                 target()
@@ -154,7 +185,9 @@ class _Node:
                 finally:
                     os._exit(1)
 
-        threading.Thread(target=guarded, name=name, daemon=True).start()
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def watch_parent(self) -> None:
         while True:
@@ -169,8 +202,8 @@ class _Node:
             home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
             own = os.open(self.spec.netns_path, os.O_RDONLY)
             setns(own)
-        listener = socket.create_server((self.spec.listen_host, 0))
-        listener.settimeout(_CONNECT_TIMEOUT_S)
+        spec = self.spec
+        listener = socket.create_server((spec.listen_host, spec.data_port))
         self.report("ready", listener.getsockname()[1])
         self.thread(self.watch_parent, "watchdog")
         try:
@@ -179,6 +212,10 @@ class _Node:
             raise TimeoutError(f"no connect command within {_CONNECT_TIMEOUT_S:g} s") from None
         if command[0] != "connect":
             raise RuntimeError(f"expected connect, got {command[0]!r}")
+        self.offset_s = float(command[2])
+        # upstreams are accepted while we connect downstream: a connection's handshake waits
+        # for the other side to accept it
+        acceptor = self.thread(lambda: self.accept_upstreams(listener), "acceptor")
         for dest, host, port, from_home in command[1]:
             if from_home and home is not None and own is not None:  # the result sink: unshaped
                 setns(home)
@@ -186,10 +223,14 @@ class _Node:
                 setns(own)
             else:
                 out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
-            self.links[dest] = PacedLink(_ready(out_sock), self.spec.rates_out[dest])
-        for _ in range(self.spec.upstreams):
-            in_sock, _ = listener.accept()
-            self.in_socks.append(_ready(in_sock))
+            try:
+                connect_handshake(out_sock, spec.secret, "data", spec.name, spec.run_id)
+            except (AuthError, OSError) as exc:
+                raise ConnectionError(f"{dest or 'the result sink'} at {host}:{port}: "
+                                      f"{exc}") from None
+            self.links[dest] = PacedLink(_ready(out_sock), spec.rates_out[dest],
+                                         clock=self.clock)
+        acceptor.join()
         listener.close()
         for k, sock in enumerate(self.in_socks):
             held: queue.Queue[Any] = queue.Queue()
@@ -203,27 +244,61 @@ class _Node:
                         f"sender-{dest or 'sink'}")
         for event in self.finished.values():
             event.wait()
-        tmp = self.spec.records_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({str(k): v for k, v in self.records.items()}, fh)
-        os.replace(tmp, self.spec.records_path)
-        self.report("done")
+        self.report("done", {str(k): v for k, v in self.records.items()})
+
+    def accept_upstreams(self, listener: socket.socket) -> None:
+        """One authenticated connection from each of the node's upstreams; a connection that
+        fails the handshake, or comes from anyone else, is refused with one logged line."""
+        spec = self.spec
+        waiting = set(spec.upstream_names)
+        socks = []
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+        while waiting:
+            listener.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                sock, addr = listener.accept()
+            except TimeoutError:
+                raise TimeoutError(f"no connection from {sorted(waiting)} within "
+                                   f"{_CONNECT_TIMEOUT_S:g} s") from None
+            try:
+                peer = accept_handshake(sock, spec.secret, admit=lambda p: None if (
+                    p.role == "data" and p.run == spec.run_id and p.sender in waiting) else
+                    f"a {p.role} connection from {p.sender!r} of run {p.run!r}: not an "
+                    f"upstream this node waits for")
+            except (AuthError, OSError, ValueError) as exc:
+                log_line(f"node {spec.name}: refused a connection from {addr[0]}:{addr[1]}: "
+                         f"{exc}")
+                sock.close()
+                continue
+            waiting.discard(peer.sender)
+            socks.append(_ready(sock))
+        self.in_socks = socks
 
     def receive(self, sock: socket.socket, held: queue.Queue[Any]) -> None:
         chooser = self.spec.chooser
         while True:
-            msg = recv_message(sock)
-            now = time.monotonic()
+            try:
+                msg = recv_message(sock, self.spec.max_frame_bytes)
+                if msg is not None and msg.kind == DATA and chooser is None \
+                        and msg.state not in self.spec.next_hop:
+                    raise FrameError(f"a frame in state {msg.state}, which does not visit "
+                                     f"this node")
+            except FrameError as exc:
+                log_line(f"node {self.spec.name}: closed an upstream connection: {exc}")
+                sock.close()
+                raise
+            now = self.clock.now()
             if msg is None:
                 raise ConnectionError("an upstream connection closed before the end of the run")
             if msg.kind == START:
-                # the first START sets the origin and goes on; later ones are dropped
+                # the first START sets the origin (the coordinator's clock, moved to ours) and
+                # goes on; later ones are dropped
                 with self.edge_lock:
                     if not self.started:
                         self.started = True
-                        self.t0 = msg.value
+                        self.t0 = msg.value + self.offset_s
                         for dest, link in self.links.items():
-                            link.t0 = msg.value
+                            link.t0 = self.t0
                             self.outs[dest].put(msg)
             elif msg.kind == END:
                 held.put((now, msg))
@@ -245,13 +320,13 @@ class _Node:
             if msg.kind == END:
                 with self.edge_lock:
                     self.ended += 1
-                    last = self.ended == self.spec.upstreams
+                    last = self.ended == len(self.spec.upstream_names)
                 if last:
                     self.work.join()  # every request done before END goes on
                     for out in self.outs.values():
                         out.put(msg)
                 return
-            sleep_until(due)
+            self.clock.sleep_until(due)
             self.work.put(msg)
 
     def serve(self) -> None:
@@ -259,11 +334,11 @@ class _Node:
             msg = self.work.get()
             rec = self.records[msg.request]
             dest = self.spec.next_hop[msg.state]
-            rec["start"] = time.monotonic()
+            rec["start"] = self.clock.now()
             out = run_stage(self.segments[msg.state], decode_payload(msg.tensors))
             frame = encode(Message(DATA, msg.request, self.spec.propagation_out[dest],
                                    payload_tensors(out), msg.state))
-            rec["end"] = time.monotonic()
+            rec["end"] = self.clock.now()
             self.outs[dest].put((msg.request, frame))
             self.work.task_done()
 
@@ -288,6 +363,12 @@ def _ready(sock: socket.socket) -> socket.socket:
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def log_line(text: str) -> None:
+    """One line on standard error (a refused connection, a closed one), stamped."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} jmsnas: {one_line(text, 500)}", file=sys.stderr, flush=True)
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Protocol
 
 import numpy as np
 
@@ -32,20 +33,38 @@ def sleep_until(deadline: float) -> None:
         left = deadline - time.monotonic()
 
 
+class _Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep_until(self, deadline: float) -> None: ...
+
+
+class _System:
+    """The system's monotonic clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, deadline: float) -> None:
+        sleep_until(deadline)
+
+
 class PacedLink:
     """One direction of a link: sends whole frames over ``sock`` at the channel's rate.
 
     ``rate`` None sends at the socket's own speed (a link we do not shape: the client's input
-    and the result sink). ``t0`` (a ``time.monotonic()`` value) is the origin of the channel's
-    time axis; it is set when the run starts.
+    and the result sink). ``t0`` (a time of ``clock``: by default ``time.monotonic()``) is the
+    origin of the channel's time axis; it is set when the run starts. ``clock`` has ``now()``
+    and ``sleep_until(t)`` (a node's :class:`deploy.clock.Clock`).
     """
 
     def __init__(self, sock: socket.socket, rate: RateProcess | None,
-                 chunk_s: float = 0.001) -> None:
+                 chunk_s: float = 0.001, clock: _Clock | None = None) -> None:
         self.sock = sock
         self.rate = rate
         self.chunk_s = chunk_s
         self.t0 = 0.0
+        self.clock: _Clock = clock or _System()
 
     def _chunk_bytes(self, t_rel: float) -> int:
         assert self.rate is not None
@@ -55,10 +74,11 @@ class PacedLink:
     def send(self, frame: bytes) -> tuple[float, float]:
         """Send ``frame``; return when its first chunk was released and its last byte left
         (``time.monotonic()`` values)."""
-        start = time.monotonic()
+        now = self.clock.now
+        start = now()
         if self.rate is None:
             self.sock.sendall(frame)
-            return start, time.monotonic()
+            return start, now()
         s_rel = start - self.t0
         chunk = self._chunk_bytes(s_rel)
         ends = np.arange(chunk, len(frame) + chunk, chunk)
@@ -68,7 +88,7 @@ class PacedLink:
         view = memoryview(frame)
         begin = 0
         for end, deadline in zip(ends.tolist(), deadlines.tolist(), strict=True):
-            sleep_until(deadline)
+            self.clock.sleep_until(deadline)
             self.sock.sendall(view[begin:end])
             begin = end
-        return start, time.monotonic()
+        return start, now()

@@ -18,11 +18,12 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import secrets
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -34,7 +35,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from models.build import build_model
-from models.split import save_segments, split_model
+from models.split import Payload, save_segments, split_model
 from search.design import AnyDesign
 from sim.network import compile_plan
 from sim.report import confidence_half_width
@@ -42,17 +43,29 @@ from sim.scenario import Scenario
 from sim.simulate import replication_seeds
 from sim.workload import Transfer, sample_tasks
 
+from .auth import (
+    AuthError,
+    accept_handshake,
+    connect_handshake,
+    recv_json,
+    send_blob,
+    send_json,
+)
+from .clock import ClockModel, ClockSample, fit_clock
 from .netns import TcLinks, netns_unavailable
-from .node import SINK, Chooser, NodeSpec, node_main, one_line
+from .node import CLIENT, SINK, Chooser, NodeSpec, log_line, node_main, one_line, run_stage
 from .pacing import sleep_until
+from .remote import spec_to_wire
 from .routing import Routing, deploy_plan, used_route
-from .wire import DATA, END, START, Message, encode, recv_message
+from .wire import DATA, END, START, Message, encode, payload_tensors, recv_message
 
 __all__ = ["DeployError", "DeployResult", "Routing", "check_deployable", "deploy", "deploy_plan",
            "request_input", "used_route"]
 
 Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
+_CLOCK_EXCHANGES = 16
+_MAX_NODE_MESSAGE_BYTES = 2**30
 RESULT_FILES = ("requests.csv", "summary.json")
 _INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
 
@@ -102,6 +115,9 @@ class DeployResult:
     """Not given: as ``state``."""
     policy: dict[str, Any] | None = None
     """A split policy's observed link, thresholds and observation delay."""
+    clock: dict[str, Any] | None = None
+    """Across hosts: per node, its server's address and its clock's estimated offset, drift
+    and error bound against the coordinator's (:class:`deploy.clock.ClockModel`)."""
     outputs: dict[int, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +159,9 @@ class DeployResult:
             "state_mismatches": int(np.sum((self.state != self.expected_state)
                                            & self.measured)),
             **({} if self.policy is None else {"policy": self.policy}),
+            **({} if self.clock is None else {
+                "clock": self.clock,
+                "clock_error_bound_s": max(c["error_bound_s"] for c in self.clock.values())}),
         }
 
     def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -192,53 +211,113 @@ def check_deployable(scenario: Scenario, routing: Routing, shaper: str) -> None:
         raise ValueError("workload.mode: deploy runs inference only")
     routing.check_links(scenario)
 
+def _waitable(conn: Connection | _Control) -> Connection | socket.socket:
+    return conn.sock if isinstance(conn, _Control) else conn
+
+
+class _Control:
+    """A node server's control connection, read and written as a node process's pipe is:
+    tuples of (kind, *args), JSON on the wire."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        send_json(self.sock, {"kind": message[0], "args": list(message[1:])})
+
+    def recv(self) -> tuple[Any, ...]:
+        msg = recv_json(self.sock, _MAX_NODE_MESSAGE_BYTES)
+        args = msg.get("args", [])
+        return (msg.get("kind"), *(args if isinstance(args, list) else []))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class _Handle:
+    """One node of the run: a local process and its pipe, or a node server's control
+    connection (``address`` set)."""
+
+    name: str
+    conn: Connection | _Control
+    proc: mp.process.BaseProcess | None = None
+    address: str = ""
+    lost: bool = False
+    """The control connection ended (a remote node)."""
+    clock: ClockModel | None = None
+    clock_before: list[ClockSample] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"node {self.name!r}" + (f" at {self.address}" if self.address else "")
+
+
 class _Run:
-    """The processes and threads of one deployment; :meth:`close` stops them all."""
+    """The nodes and sockets of one deployment; :meth:`close` stops them all (a local node's
+    process; a remote node server, by closing its control connection)."""
 
     def __init__(self) -> None:
-        self.procs: list[tuple[str, mp.process.BaseProcess, Connection]] = []
+        self.nodes: list[_Handle] = []
         self.sockets: list[socket.socket] = []
         self.errors: list[str] = []
-        self.done: set[str] = set()
+        self.done: dict[str, dict[str, dict[str, float]]] = {}
 
     def close(self) -> None:
         for s in self.sockets:
             s.close()
-        for _, p, _ in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for _, p, conn in self.procs:
-            p.join(3.0)
-            if p.is_alive():
-                p.kill()
-                p.join(3.0)
-            conn.close()
+        for h in self.nodes:
+            if h.proc is not None and h.proc.is_alive():
+                h.proc.terminate()
+        for h in self.nodes:
+            if h.proc is not None:
+                h.proc.join(3.0)
+                if h.proc.is_alive():
+                    h.proc.kill()
+                    h.proc.join(3.0)
+            h.conn.close()
+
+    def take(self, h: _Handle) -> tuple[Any, ...] | None:
+        """The node's next message (None: its pipe or connection ended)."""
+        try:
+            return h.conn.recv()
+        except (EOFError, OSError):
+            h.lost = True
+            return None
 
     def poll(self, timeout: float) -> None:
         """Take the nodes' messages; raise if one failed or died."""
-        conns = [c for _, _, c in self.procs]
-        sentinels = [p.sentinel for _, p, _ in self.procs]
-        for ready in wait([*conns, *sentinels], timeout):
-            for name, _, conn in self.procs:
-                if ready is conn:
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        continue
-                    if msg[0] == "error":
-                        self.errors.append(f"node {name!r} failed: {msg[1]}")
-                    elif msg[0] == "done":
-                        self.done.add(name)
+        waitables: list[Any] = [_waitable(h.conn) for h in self.nodes if not h.lost]
+        waitables += [h.proc.sentinel for h in self.nodes if h.proc is not None]
+        for ready in wait(waitables, timeout):
+            for h in self.nodes:
+                if ready is _waitable(h.conn) and not h.lost:
+                    self.handle(h, self.take(h))
         self.raise_if_failed()
+
+    def handle(self, h: _Handle, msg: tuple[Any, ...] | None) -> None:
+        if msg is None:
+            return
+        if msg[0] == "error":
+            self.errors.append(f"{h} failed: {msg[1] if len(msg) > 1 else '?'}")
+        elif msg[0] == "done":
+            self.done[h.name] = msg[1]
 
     def _dead(self) -> list[str]:
         dead = []
-        for name, p, _ in self.procs:
-            code = p.exitcode
-            reported = any(e.startswith(f"node {name!r}") for e in self.errors)
-            if code is not None and (code != 0 or name not in self.done) and not reported:
-                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                dead.append(f"node {name!r} (pid {p.pid}) died, {how}")
+        for h in self.nodes:
+            reported = any(e.startswith(str(h)) for e in self.errors)
+            if reported:
+                continue
+            if h.proc is not None:
+                code = h.proc.exitcode
+                if code is not None and (code != 0 or h.name not in self.done):
+                    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    dead.append(f"{h} (pid {h.proc.pid}) died, {how}")
+            elif h.lost:
+                dead.append(f"{h}: the node server closed the connection (did it stop?)")
         return dead
 
     def raise_if_failed(self) -> None:
@@ -247,6 +326,9 @@ class _Run:
             return
         if not dead:  # a neighbour's error often means a node has just died: name that one first
             time.sleep(0.3)
+            for h in self.nodes:  # a remote one's connection may have closed meanwhile
+                if h.proc is None and not h.lost and wait([_waitable(h.conn)], 0):
+                    self.handle(h, self.take(h))
             dead = self._dead()
         raise DeployError("; ".join(dead + self.errors))
 
@@ -265,13 +347,30 @@ class _Setup:
     keep_outputs: bool
     progress: bool
     stall_timeout_s: float
+    run_id: str
+    secret: bytes
+    hosts: dict[str, tuple[str, int]] | None
+
+    def data_host(self, node: str) -> str:
+        """Where ``node`` listens for data."""
+        if self.hosts is not None:
+            return self.hosts[node][0]
+        return next(s.listen_host for s in self.specs if s.name == node)
+
+    def result_address(self, run: _Run, node: str) -> str:
+        """The coordinator's address that ``node`` sends its results to: loopback, or the
+        address its node server's control connection reached us at."""
+        h = next(h for h in run.nodes if h.name == node)
+        return h.conn.sock.getsockname()[0] if isinstance(h.conn, _Control) else "127.0.0.1"
 
 
 def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.PathLike[str], *,
            tasks: int | None = None, seed: int = 0, num_classes: int = 10,
            shaper: Shaper = "pace", keep_outputs: bool = False, progress: bool = False,
            stall_timeout_s: float = 60.0,
-           on_start: Callable[[dict[str, int]], None] | None = None) -> DeployResult:
+           on_start: Callable[[dict[str, int]], None] | None = None,
+           hosts: Mapping[str, tuple[str, int]] | None = None,
+           secret: bytes | None = None) -> DeployResult:
     """Run ``design`` for real and measure it (see the module docstring).
 
     ``design`` is a design, a policy design (its states cut from the scenario's uplink as
@@ -287,12 +386,31 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
     its service and propagation by the socket buffers, and only their sum is meaningful).
     ``on_start`` receives the node processes' pids once they run. The nodes are started with
     ``multiprocessing``'s spawn method: a script that calls this needs the ``if __name__ ==
-    "__main__":`` guard. Old ``requests.csv`` and ``summary.json`` in ``out_dir`` are removed
+    "__main__":`` guard.
+
+    ``hosts`` maps every node the routing visits to the (host, port) of a node server
+    (``jmsnas node``, :mod:`deploy.server`) that holds ``secret``: the nodes then run there
+    instead of in local processes, the results come back to the address the coordinator
+    reached each server from, and every node's times are moved onto this process's clock
+    (:mod:`deploy.clock`; the estimated offsets, drifts and error bounds are the result's
+    ``clock``). Old ``requests.csv`` and ``summary.json`` in ``out_dir`` are removed
     first. Raises :class:`DeployError` naming the node when a node fails or dies, or when no
     result arrives for ``stall_timeout_s``.
     """
     routing = design if isinstance(design, Routing) else Routing.of(design, scenario)
     check_deployable(scenario, routing, shaper)
+    if hosts is not None:
+        missing = [node for node in routing.nodes if node not in hosts]
+        if missing:
+            raise ValueError(f"hosts: no address for node(s) {missing} (the design visits "
+                             f"{list(routing.nodes)})")
+        if shaper != "pace":
+            raise ValueError("--shaper tc shapes namespaces on this machine; across hosts the "
+                             "senders pace the links (--shaper pace)")
+        if secret is None:
+            raise ValueError("deploying on node servers needs their shared secret (--token-file)")
+        hosts = {node: hosts[node] for node in routing.nodes}
+    secret = secret if secret is not None else secrets.token_bytes(32)
     n = scenario.workload.tasks if tasks is None else tasks
     if n <= scenario.workload.warmup_tasks:
         raise ValueError(f"tasks ({n}) must exceed workload.warmup_tasks "
@@ -301,7 +419,7 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
     for old in RESULT_FILES:
         (out / old).unlink(missing_ok=True)
     work = out / "segments"
-    files = _save_segments(routing, scenario, work, seed, num_classes)
+    files, max_frame_bytes = _save_segments(routing, scenario, work, seed, num_classes)
 
     arr_seed, ch_seed, serv_seed = replication_seeds(seed, 0)
     stages = routing.stages[0]
@@ -324,6 +442,8 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
     if shaper == "tc":
         hops = [links[f"{u}->{v}"] for u, v in routing.hops]
         tc = TcLinks(len(routing.nodes), [h.channel for h in hops if h.channel is not None])
+    run_id = secrets.token_hex(8)
+    max_frame = 2 * max_frame_bytes + 4096
     specs = []
     for j, node in enumerate(routing.nodes):
         dests = [SINK if d is None else d for d in routing.downstream(node)]
@@ -332,19 +452,19 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
             segment_paths={k: str(files[k][node]) for k in routing.visits(node)},
             next_hop={k: routing.next_hop(node, k) or SINK for k in routing.visits(node)},
             servers=scenario.nodes[node].servers,
-            upstreams=max(len(routing.upstream(node)), 1),
+            upstream_names=tuple(routing.upstream(node)) or (CLIENT,),
             rates_out={d: None if d == SINK or tc is not None else links[f"{node}->{d}"].channel
                        for d in dests},
             propagation_out={d: 0.0 if d == SINK else links[f"{node}->{d}"].propagation_s
                              for d in dests},
-            records_path=str(work / f"records-{node}.json"),
+            run_id=run_id,
+            secret=secret,
             chooser=chooser if node == routing.first else None,
             netns_path=tc.netns_path(j) if tc is not None else None,
-            listen_host=tc.addresses[j] if tc is not None else "127.0.0.1"))
-    for spec in specs:
-        Path(spec.records_path).unlink(missing_ok=True)
+            listen_host=tc.addresses[j] if tc is not None else "127.0.0.1",
+            max_frame_bytes=max_frame))
     setup = _Setup(scenario, routing, arrivals, expected, specs, tc, seed, keep_outputs,
-                   progress, stall_timeout_s)
+                   progress, stall_timeout_s, run_id, secret, hosts)
     with contextlib.ExitStack() as stack:
         if tc is not None:
             stack.enter_context(tc)
@@ -352,11 +472,13 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
 
 
 def _save_segments(routing: Routing, scenario: Scenario, folder: Path, seed: int,
-                   num_classes: int) -> list[dict[str, Path]]:
+                   num_classes: int) -> tuple[list[dict[str, Path]], int]:
     """Save every state's segments; per state, the file of each node it visits. States with
-    the same cuts run the same model, saved once."""
+    the same cuts run the same model, saved once. Also returns the largest frame a request
+    sends (one request run through each model's segments)."""
     models: dict[tuple[object, ...], list[Path]] = {}
     files = []
+    largest = len(encode(Message(DATA, 0, 0.0, (request_input(scenario, seed, 0),))))
     for design in routing.designs:
         key = (design.arch, *design.cuts)
         if key not in models:
@@ -364,11 +486,16 @@ def _save_segments(routing: Routing, scenario: Scenario, folder: Path, seed: int
                 torch.manual_seed(seed)
                 model = build_model(design.arch, scenario.input_shape[0], num_classes,
                                     cuts=design.cuts)
-            models[key] = save_segments(split_model(model.eval()),
-                                        folder / f"model-{len(models)}")
+            segments = split_model(model.eval())
+            payload: Payload = request_input(scenario, seed, 0)
+            for segment in segments:
+                payload = run_stage(segment, payload)
+                largest = max(largest, len(encode(Message(DATA, 0, 0.0,
+                                                          payload_tensors(payload)))))
+            models[key] = save_segments(segments, folder / f"model-{len(models)}")
         paths = models[key]
         files.append({node: paths[j] for j, node in enumerate(used_route(design))})
-    return files
+    return files, largest
 
 
 def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
@@ -385,48 +512,127 @@ def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
                                name=f"jmsnas-node-{spec.name}", daemon=True)
             proc.start()
             child.close()
-            run.procs.append((spec.name, proc, parent))
+            run.nodes.append(_Handle(spec.name, parent, proc))
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
 
 
-def _accept(sink: socket.socket, run: _Run, timeout_s: float = 60.0) -> socket.socket:
-    """The last node's connection, watching the nodes while waiting."""
-    sink.settimeout(0.2)
-    deadline = time.monotonic() + timeout_s
-    while True:
+def _exchange_clocks(h: _Handle, count: int = _CLOCK_EXCHANGES) -> list[ClockSample]:
+    """``count`` timestamp exchanges with a node server (see :mod:`deploy.clock`)."""
+    samples = []
+    for _ in range(count):
+        t1 = time.monotonic()
+        h.conn.send(("clock",))
+        while True:
+            msg = h.conn.recv()
+            if msg[0] == "clock":
+                break
+            if msg[0] == "error":
+                raise DeployError(one_line(f"{h} failed: {msg[1] if len(msg) > 1 else '?'}"))
+        t4 = time.monotonic()
+        samples.append(ClockSample(t1, float(msg[1]), float(msg[2]), t4))
+    return samples
+
+
+def _start_remote(run: _Run, setup: _Setup) -> None:
+    """Reach every node server, authenticate, measure its clock, send its setup."""
+    assert setup.hosts is not None
+    horizon = float(setup.arrivals[-1]) + 2 * setup.stall_timeout_s + 60.0
+    for spec in setup.specs:
+        host, port = setup.hosts[spec.name]
+        where = f"{host}:{port}"
         try:
-            conn, _ = sink.accept()
-            return conn
-        except TimeoutError:
-            run.poll(0.0)
-            if time.monotonic() > deadline:
-                raise DeployError(f"the last node did not connect within {timeout_s:g} s") \
-                    from None
+            sock = socket.create_connection((host, port), timeout=10.0)
+        except OSError as exc:
+            raise DeployError(one_line(f"node {spec.name!r} at {where}: cannot connect "
+                                       f"({exc.strerror or exc})")) from None
+        h = _Handle(spec.name, _Control(sock), address=where)
+        run.nodes.append(h)
+        try:
+            connect_handshake(sock, setup.secret, "control", "coordinator", setup.run_id)
+            first = h.conn.recv()
+            if first[0] != "welcome":
+                raise DeployError(one_line(f"{h} refused the run: "
+                                           f"{first[1] if len(first) > 1 else first[0]}"))
+            h.clock_before = _exchange_clocks(h)
+            h.clock = fit_clock(h.clock_before)
+            message, blobs = spec_to_wire(spec, horizon)
+            send_json(sock, {**message, "blobs": len(blobs)})
+            for blob in blobs:
+                send_blob(sock, blob)
+        except (AuthError, OSError, EOFError) as exc:
+            raise DeployError(one_line(f"{h}: {exc}")) from None
+
+
+def _accept_results(run: _Run, setup: _Setup, listeners: dict[str, socket.socket],
+                    timeout_s: float = 60.0) -> list[socket.socket]:
+    """One authenticated connection from each node that sends results, watching the nodes
+    while waiting; any other connection is refused with a logged line."""
+    want = {name: setup.result_address(run, name) for name in setup.routing.sinks}
+    conns = []
+    deadline = time.monotonic() + timeout_s
+    for s in listeners.values():
+        s.settimeout(0.2)
+    while want:
+        for address, listener in listeners.items():
+            if address not in want.values():
+                continue
+            try:
+                conn, addr = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                peer = accept_handshake(conn, setup.secret, admit=lambda p: None if (
+                    p.role == "data" and p.run == setup.run_id and p.sender in want) else
+                    f"a {p.role} connection from {p.sender!r}: not a node that sends results")
+            except (AuthError, OSError, ValueError) as exc:
+                log_line(f"result sink: refused a connection from {addr[0]}:{addr[1]}: {exc}")
+                conn.close()
+                continue
+            del want[peer.sender]
+            conns.append(conn)
+        run.poll(0.0)
+        if time.monotonic() > deadline:
+            raise DeployError(f"node(s) {sorted(want)} did not send their results' connection "
+                              f"within {timeout_s:g} s")
+    return conns
 
 
 def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
     run = _Run()
     specs, routing = setup.specs, setup.routing
     try:
-        _start_nodes(run, specs)
-        if on_start is not None:
-            on_start({name: int(p.pid or 0) for name, p, _ in run.procs})
+        if setup.hosts is None:
+            _start_nodes(run, specs)
+            if on_start is not None:
+                on_start({h.name: int(h.proc.pid or 0) for h in run.nodes if h.proc})
+        else:
+            _start_remote(run, setup)
         ports = _wait_ready(run)
         try:
-            sink = socket.create_server(("127.0.0.1", 0))
-            run.sockets.append(sink)
-            host = {s.name: s.listen_host for s in specs}
-            for (_, _, conn), spec in zip(run.procs, specs, strict=True):
-                targets = [(SINK, "127.0.0.1", sink.getsockname()[1], True) if d == SINK
-                           else (d, host[d], ports[d], False) for d in spec.rates_out]
-                conn.send(("connect", targets))
-            client = socket.create_connection((host[routing.first], ports[routing.first]),
-                                              timeout=60)
-            run.sockets.append(client)
-            results = [_accept(sink, run) for _ in routing.sinks]
+            listeners = {}
+            for name in routing.sinks:
+                address = setup.result_address(run, name)
+                if address not in listeners:
+                    listeners[address] = socket.create_server((address, 0))
+                    run.sockets.append(listeners[address])
+            for h, spec in zip(run.nodes, specs, strict=True):
+                targets: list[Any] = []
+                for d in spec.rates_out:
+                    host, port = (setup.result_address(run, h.name),
+                                  listeners[setup.result_address(run, h.name)].getsockname()[1]) \
+                        if d == SINK else (setup.data_host(d), ports[d])
+                    targets.append([d, host, port] if h.proc is None else
+                                   (d, host, port, d == SINK))
+                h.conn.send(("connect", targets, 0.0 if h.clock is None else
+                             h.clock.offset_at(time.monotonic())))
+            results = _accept_results(run, setup, listeners)
             run.sockets.extend(results)
+            client = socket.create_connection((setup.data_host(routing.first),
+                                               ports[routing.first]), timeout=60)
+            run.sockets.append(client)
+            connect_handshake(client, setup.secret, "data", CLIENT, setup.run_id, 60.0)
             for s in (client, *results):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -441,21 +647,19 @@ def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) ->
 def _wait_ready(run: _Run) -> dict[str, int]:
     ports: dict[str, int] = {}
     deadline = time.monotonic() + 120.0
-    while len(ports) < len(run.procs):
+    while len(ports) < len(run.nodes):
         if time.monotonic() > deadline:
-            missing = [name for name, _, _ in run.procs if name not in ports]
+            missing = [h.name for h in run.nodes if h.name not in ports]
             raise DeployError(f"node(s) {missing} did not start within 120 s")
-        for name, _, conn in run.procs:
-            if name not in ports and conn.poll():
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
+        for h in run.nodes:
+            if h.name not in ports and not h.lost and wait([_waitable(h.conn)], 0):
+                msg = run.take(h)
+                if msg is None:
                     time.sleep(0.2)  # the node died: its exit code comes next
-                    continue
-                if msg[0] == "ready":
-                    ports[name] = int(msg[1])
-                elif msg[0] == "error":
-                    run.errors.append(f"node {name!r} failed: {msg[1]}")
+                elif msg[0] == "ready":
+                    ports[h.name] = int(msg[1])
+                else:
+                    run.handle(h, msg)
         run.raise_if_failed()
         time.sleep(0.01)
     return ports
@@ -535,13 +739,30 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
             bar.close()
     client.sendall(encode(Message(END)))
     deadline = time.monotonic() + 60.0
-    while len(run.done) < len(run.procs):
+    while len(run.done) < len(run.nodes):
         if time.monotonic() > deadline:
             raise DeployError("the nodes did not finish within 60 s of the last result")
         run.poll(0.1)
-    records = {s.name: json.loads(Path(s.records_path).read_text(encoding="utf-8"))
-               for s in setup.specs}
-    return _result(setup, records, t0, outputs)
+    records = run.done
+    clocks: dict[str, Any] | None = None
+    if setup.hosts is not None:
+        clocks = {}
+        for h in run.nodes:
+            h.clock = fit_clock(h.clock_before, _exchange_clocks(h))
+            records[h.name] = _on_coordinator_clock(records[h.name], h.clock)
+            clocks[h.name] = {"address": h.address, **h.clock.describe()}
+    result = _result(setup, records, t0, outputs)
+    result.clock = clocks
+    return result
+
+
+_TIMES = ("received", "arrived", "start", "end", "link_start", "link_end")
+
+
+def _on_coordinator_clock(records: dict[str, dict[str, float]],
+                          clock: ClockModel) -> dict[str, dict[str, float]]:
+    return {request: {key: clock.to_coordinator(v) if key in _TIMES else v
+                      for key, v in rec.items()} for request, rec in records.items()}
 
 
 def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: float,
@@ -584,7 +805,7 @@ def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: 
     return DeployResult(routing.labels, arrivals.copy(), completion, wait_s, service_s, prop_s,
                         np.arange(n) >= setup.scenario.workload.warmup_tasks, frame_bytes,
                         routing.count, state, setup.expected_state.copy(), _policy(routing),
-                        outputs)
+                        outputs=outputs)
 
 
 def _policy(routing: Routing) -> dict[str, Any] | None:

@@ -50,6 +50,13 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--shaper", choices=["pace", "tc"], default="pace",
                    help="pace: token-bucket senders in the nodes; tc: network namespaces and tbf "
                    "qdiscs, set up and removed by the command (root only)")
+    p.add_argument("--hosts", metavar="HOSTS.yaml",
+                   help="run each node on a node server (`jmsnas node`) instead of a local "
+                   "process: a YAML mapping of node name to HOST:PORT (needs --token-file; default: "
+                   "every node a local process)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="the secret shared with the node servers of --hosts (default: none; a "
+                   "local run makes its own)")
     p.add_argument("--seed", type=int, default=0, help="arrivals, channel path and weights")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/deploy-NAME-seedS)")
     p.add_argument("--predict", action="store_true",
@@ -86,6 +93,19 @@ def _deploy(args: argparse.Namespace) -> int:
 
     if args.observe_delay is not None and not args.observe_delay >= 0:
         raise ValueError(f"--observe-delay must be >= 0, got {args.observe_delay}")
+    hosts = secret = None
+    if args.hosts is not None:
+        from deploy.auth import read_token
+        from deploy.remote import load_hosts
+
+        if args.token_file is None:
+            raise ValueError("--hosts needs --token-file (the node servers' shared secret)")
+        if args.predict:
+            raise ValueError("--predict calibrates the simulator on this machine; it does "
+                             "not describe the hosts of --hosts")
+        hosts, secret = load_hosts(args.hosts), read_token(args.token_file)
+    elif args.token_file is not None:
+        raise ValueError("--token-file is for --hosts (a local run makes its own secret)")
     scenario, _ = load_scenario_with(args.scenario, warmup=args.warmup, tasks=args.tasks)
     routing = load_routing(args.design, scenario, row=args.row, splits=args.splits,
                            policy_states=args.policy_states, observe_delay_s=args.observe_delay)
@@ -102,7 +122,7 @@ def _deploy(args: argparse.Namespace) -> int:
             calibrate_policy(scenario, routing, seed=args.seed, num_classes=args.classes)
     result = deploy(scenario, routing, out, tasks=args.tasks, seed=args.seed,
                     num_classes=args.classes, shaper=args.shaper,
-                    progress=not args.json and sys.stderr.isatty())
+                    progress=not args.json and sys.stderr.isatty(), hosts=hosts, secret=secret)
     result.write(out)
     summary = result.summary()
     predicted: dict[str, Any] | None = None
@@ -117,12 +137,16 @@ def _deploy(args: argparse.Namespace) -> int:
         tmp = out / "prediction.json.tmp"
         tmp.write_text(json.dumps(predicted, indent=2) + "\n", encoding="utf-8")
         tmp.replace(out / "prediction.json")
+    ms = 1e3
     if args.json:
         print(json.dumps(summary if predicted is None else {**summary, "predicted": predicted},
                          indent=2))
         return 0
-    ms = 1e3
-    print(f"deployed {routing.describe()} over loopback: {summary['tasks']} measured requests")
+    where = "over loopback" if hosts is None else f"on {len(summary['clock'])} node servers"
+    print(f"deployed {routing.describe()} {where}: {summary['tasks']} measured requests")
+    if "clock" in summary:
+        print(f"  clocks: every node's times moved onto this machine's, error at most "
+              f"{summary['clock_error_bound_s'] * ms:.3f} ms (offsets in summary.json)")
     if routing.count > 1:
         assert routing.link is not None
         cuts = ", ".join(f"{t / 1e6:.3g}" for t in routing.thresholds_bps)

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import deploy, experiment, profile, search, simulate
+from . import deploy, experiment, node, profile, search, simulate
 from ._args import HelpFormatter
 
 __all__ = ["COMMANDS", "build_parser", "cli", "main", "version"]
 
-COMMANDS = (simulate, profile, search, deploy, experiment)
+COMMANDS = (simulate, profile, search, deploy, node, experiment)
 """The command modules, in the order of ``jmsnas --help``."""
 
 

@@ -150,6 +150,11 @@ class RateProcess(ABC):
     def rate_at(self, t_s: ArrayLike) -> FloatArray:
         """The rate r(t) in bit/s, elementwise."""
 
+    @abstractmethod
+    def table(self, until_s: float) -> tuple[FloatArray, FloatArray, float]:
+        """(times, rates, period) of a :class:`TraceRate` equal to this realisation on [0,
+        ``until_s``] (a realisation sent to another host)."""
+
 
 class ConstantRate(RateProcess):
     """A fixed rate (the `constant` and `shannon` channel models)."""
@@ -170,6 +175,9 @@ class ConstantRate(RateProcess):
 
     def rate_at(self, t_s: ArrayLike) -> FloatArray:
         return np.full(np.shape(t_s), self.rate_bps)
+
+    def table(self, until_s: float) -> tuple[FloatArray, FloatArray, float]:
+        return np.zeros(1), np.array([self.rate_bps]), 1.0
 
 
 class _Segmented(RateProcess):
@@ -243,6 +251,15 @@ class _Segmented(RateProcess):
             self._extend(t_max=float(t.max()))
         i = np.searchsorted(self._edges, t, side="right") - 1
         return self._rates[np.clip(i, 0, self._rates.size - 1)]
+
+    def table(self, until_s: float) -> tuple[FloatArray, FloatArray, float]:
+        # the segments up to until_s and one more (the period does not end on a segment
+        # that until_s is in)
+        self._extend(t_max=until_s)
+        k = int(np.searchsorted(self._edges, until_s, side="right")) + 1
+        while self._edges.size <= k:
+            self._extend(t_max=float(self._edges[-1]))
+        return self._edges[:k].copy(), self._rates[:k].copy(), float(self._edges[k])
 
 
 class BlockFadingRate(_Segmented):
@@ -363,19 +380,24 @@ class TraceRate(RateProcess):
 
     ``times_s[i]`` (starting at 0, strictly increasing) is when rate ``rates_bps[i]`` begins; it
     holds until the next time. The last rate holds for as long as the interval before it, which
-    closes one period; the trace then repeats.
+    closes one period; the trace then repeats. ``period_s``, when given, ends the period
+    instead (it must exceed the last time; one row then suffices).
     """
 
-    def __init__(self, times_s: ArrayLike, rates_bps: ArrayLike) -> None:
+    def __init__(self, times_s: ArrayLike, rates_bps: ArrayLike,
+                 period_s: float | None = None) -> None:
         t = np.asarray(times_s, dtype=np.float64)
         r = np.asarray(rates_bps, dtype=np.float64)
-        if t.ndim != 1 or t.size < 2 or t.size != r.size:
+        if t.ndim != 1 or t.size < (1 if period_s is not None else 2) or t.size != r.size:
             raise ValueError("a trace needs at least two (time_s, rate_bps) rows")
-        if t[0] != 0.0 or np.any(np.diff(t) <= 0.0):
+        if t[0] != 0.0 or np.any(np.diff(t) <= 0.0) or not np.all(np.isfinite(t)):
             raise ValueError("trace times must start at 0 and strictly increase")
-        if np.any(r < 0.0) or not np.any(r > 0.0):
-            raise ValueError("trace rates must be >= 0 and not all 0")
-        self._edges = np.append(t, t[-1] + (t[-1] - t[-2]))
+        if np.any(r < 0.0) or not np.any(r > 0.0) or not np.all(np.isfinite(r)):
+            raise ValueError("trace rates must be finite, >= 0 and not all 0")
+        if period_s is not None and not (np.isfinite(period_s) and period_s > t[-1]):
+            raise ValueError(f"a trace's period ({period_s}) must exceed its last time")
+        end = t[-1] + (t[-1] - t[-2]) if period_s is None else float(period_s)
+        self._edges = np.append(t, end)
         self._rates = r
         self._cum = np.concatenate([[0.0], np.cumsum(np.diff(self._edges) * r)])
         self.period_s = float(self._edges[-1])
@@ -410,6 +432,9 @@ class TraceRate(RateProcess):
         local = np.mod(np.asarray(t_s, dtype=np.float64), self.period_s)
         i = np.searchsorted(self._edges, local, side="right") - 1
         return self._rates[np.clip(i, 0, self._rates.size - 1)]
+
+    def table(self, until_s: float) -> tuple[FloatArray, FloatArray, float]:
+        return self._edges[:-1].copy(), self._rates.copy(), self.period_s
 
 
 @lru_cache(maxsize=64)

@@ -199,7 +199,8 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
     return {"": parser, **sub.choices}
 
 
-@pytest.mark.parametrize("command", ["", "simulate", "profile", "search", "deploy", "experiment"])
+@pytest.mark.parametrize("command", ["", "simulate", "profile", "search", "deploy", "node",
+                                     "experiment"])
 def test_every_help_shows_every_default(command: str) -> None:
     """Catches an option added without its default in ``--help`` (flags are off by default and
     say nothing; required options say so)."""

@@ -1,0 +1,204 @@
+"""Who may talk to a node: a shared-secret handshake and small JSON control messages.
+
+Every connection to a node (the coordinator's control connection, a data connection from the
+node before it on the route or from the client, a node's connection to the result sink) opens
+with a challenge-response on a secret that the coordinator and the nodes share (a token file):
+
+1. the listening side sends ``{"hello": "jmsnas", "version": 1, "nonce": N_s}`` (32 random bytes,
+   hex);
+2. the connecting side answers ``{"role", "from", "run", "nonce": N_c, "mac"}``, with ``mac`` =
+   HMAC-SHA256(secret, "client" | role | from | run | N_s | N_c): it proves that it holds the
+   secret for this very challenge, without sending the secret;
+3. the listening side checks it (in constant time) and answers ``{"ok": true, "mac"}`` with its
+   own HMAC over "server" | N_s | N_c, which proves the secret the other way, or closes the
+   connection.
+
+A recorded handshake cannot be replayed (the nonces differ every time). What is *not* protected:
+the frames after the handshake travel in clear and unsigned (anyone on the path can read the
+activations, or inject bytes into an established TCP connection); add a VPN or TLS tunnel where
+that matters.
+
+Control messages are JSON objects behind a 4-byte length (a bounded size, read before any
+allocation); binary blobs (segment files) follow as length-prefixed byte strings. Nothing
+received is unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "AuthError",
+    "Peer",
+    "accept_handshake",
+    "connect_handshake",
+    "read_token",
+    "recv_blob",
+    "recv_json",
+    "send_blob",
+    "send_json",
+]
+
+MAX_JSON_BYTES = 16 * 2**20
+"""The largest control message accepted (a setup message holds a channel table per link)."""
+_HANDSHAKE_BYTES = 4096
+_LEN = struct.Struct("!I")
+_BLOB_LEN = struct.Struct("!Q")
+_VERSION = 1
+_MIN_TOKEN_BYTES = 16
+
+
+class AuthError(ConnectionError):
+    """A handshake that failed: wrong secret, a malformed answer, or a peer not allowed."""
+
+
+def read_token(path: str | os.PathLike[str]) -> bytes:
+    """The shared secret in ``path`` (surrounding whitespace dropped): at least 16 bytes. A
+    ValueError names the file and what is wrong."""
+    p = Path(path)
+    try:
+        data = p.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"token file {p}: cannot read it ({exc.strerror})") from None
+    if len(data) < _MIN_TOKEN_BYTES:
+        raise ValueError(f"token file {p}: the secret must be at least {_MIN_TOKEN_BYTES} "
+                         f"bytes, got {len(data)} (make one with: openssl rand -hex 32 > {p})")
+    return data
+
+
+def token_readable_by_others(path: str | os.PathLike[str]) -> bool:
+    """Whether users other than the owner may read the token file (worth a warning)."""
+    try:
+        return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("the peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def send_json(sock: socket.socket, obj: Any) -> None:
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"a control message of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def recv_json(sock: socket.socket, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The next control message: a JSON object of at most ``limit`` bytes (checked before the
+    body is read)."""
+    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    if n > limit:
+        raise AuthError(f"a control message announces {n} bytes (at most {limit})")
+    try:
+        obj = json.loads(_recv_exact(sock, n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuthError(f"a control message is not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise AuthError("a control message is not a JSON object")
+    return obj
+
+
+def send_blob(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(_BLOB_LEN.pack(len(data)) + data)
+
+
+def recv_blob(sock: socket.socket, limit: int) -> bytes:
+    (n,) = _BLOB_LEN.unpack(_recv_exact(sock, _BLOB_LEN.size))
+    if n > limit:
+        raise AuthError(f"a blob announces {n} bytes (at most {limit})")
+    return _recv_exact(sock, n)
+
+
+def _mac(secret: bytes, *parts: str) -> str:
+    return hmac.new(secret, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _field(obj: dict[str, Any], key: str, limit: int = 200) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) > limit:
+        raise AuthError(f"the handshake's {key!r} is missing or malformed")
+    return value
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An authenticated connection's claims: its ``role`` (``control`` or ``data``), the name
+    it sends ``from`` and the ``run`` it belongs to."""
+
+    role: str
+    sender: str
+    run: str
+
+
+def accept_handshake(sock: socket.socket, secret: bytes, timeout_s: float = 10.0,
+                     admit: Callable[[Peer], str | None] | None = None) -> Peer:
+    """The listening side's handshake on a fresh connection. Raises :class:`AuthError` (or a
+    ConnectionError, or TimeoutError after ``timeout_s``) when the peer does not prove the
+    secret, or when ``admit`` gives a reason to refuse the peer it proved to be (the peer is
+    told the reason: it holds the secret); the caller closes the connection."""
+    sock.settimeout(timeout_s)
+    nonce = secrets.token_hex(32)
+    send_json(sock, {"hello": "jmsnas", "version": _VERSION, "nonce": nonce})
+    answer = recv_json(sock, _HANDSHAKE_BYTES)
+    role, sender, run = _field(answer, "role"), _field(answer, "from"), _field(answer, "run")
+    theirs = _field(answer, "nonce", 64)
+    if not hmac.compare_digest(_field(answer, "mac", 64),
+                               _mac(secret, "client", role, sender, run, nonce, theirs)):
+        raise AuthError("wrong token (the handshake's proof does not match)")
+    peer = Peer(role, sender, run)
+    why = admit(peer) if admit is not None else None
+    if why is not None:
+        send_json(sock, {"ok": False, "error": why})
+        raise AuthError(why)
+    send_json(sock, {"ok": True, "mac": _mac(secret, "server", nonce, theirs)})
+    sock.settimeout(None)
+    return peer
+
+
+def connect_handshake(sock: socket.socket, secret: bytes, role: str, sender: str, run: str,
+                      timeout_s: float = 10.0) -> None:
+    """The connecting side's handshake: prove the secret, and check that the listening side
+    holds it too. Raises :class:`AuthError` when it refuses us or does not prove it."""
+    sock.settimeout(timeout_s)
+    try:
+        hello = recv_json(sock, _HANDSHAKE_BYTES)
+    except ConnectionError as exc:
+        raise AuthError(f"no handshake from the node ({exc})") from None
+    if hello.get("hello") != "jmsnas" or hello.get("version") != _VERSION:
+        raise AuthError("not a JMSNAS node (or another protocol version)")
+    nonce = _field(hello, "nonce", 64)
+    mine = secrets.token_hex(32)
+    send_json(sock, {"role": role, "from": sender, "run": run, "nonce": mine,
+                     "mac": _mac(secret, "client", role, sender, run, nonce, mine)})
+    try:
+        reply = recv_json(sock, _HANDSHAKE_BYTES)
+    except ConnectionError:
+        raise AuthError("the node refused the handshake (wrong token?)") from None
+    if reply.get("ok") is False and isinstance(reply.get("error"), str):
+        raise AuthError(f"the node refused: {reply['error'][:200]}")
+    if reply.get("ok") is not True or not hmac.compare_digest(
+            _field(reply, "mac", 64), _mac(secret, "server", nonce, mine)):
+        raise AuthError("the node did not prove the token (wrong token on one side?)")
+    sock.settimeout(None)
