@@ -1,4 +1,5 @@
-"""Real execution: a split design run over loopback sockets, one process per node.
+"""Real execution: a split design run over sockets, one process per node, on this machine or on
+node servers across hosts.
 
 - :mod:`deploy.routing`: where each request goes: one design, or a split policy's design per
   channel state.
@@ -7,6 +8,9 @@
 - :mod:`deploy.node`: one node process (receiver, FIFO workers, paced sender).
 - :mod:`deploy.run`: start the nodes, drive requests, collect per-stage times.
 - :mod:`deploy.designs`: designs from JSON, ``front.csv`` rows or split positions.
+- :mod:`deploy.server`: a host's node server (``jmsnas node``); :mod:`deploy.auth` the
+  shared-secret handshake on every connection; :mod:`deploy.remote` a node's settings as they
+  cross the network; :mod:`deploy.clock` the hosts' clocks on the coordinator's timeline.
 
 Like :mod:`search`, this package joins :mod:`models` and :mod:`sim`.
 """

@@ -52,8 +52,8 @@ def add_parser(commands: Any) -> None:
                    "qdiscs, set up and removed by the command (root only)")
     p.add_argument("--hosts", metavar="HOSTS.yaml",
                    help="run each node on a node server (`jmsnas node`) instead of a local "
-                   "process: a YAML mapping of node name to HOST:PORT (needs --token-file; default: "
-                   "every node a local process)")
+                   "process: a YAML mapping of node name to HOST:PORT (needs --token-file; "
+                   "default: every node a local process)")
     p.add_argument("--token-file", metavar="FILE",
                    help="the secret shared with the node servers of --hosts (default: none; a "
                    "local run makes its own)")
