@@ -33,17 +33,24 @@ import secrets
 import socket
 import stat
 import struct
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MAX_CONTROL_BYTES",
     "MAX_JSON_BYTES",
+    "MAX_RESULT_BYTES",
     "AuthError",
     "Peer",
     "accept_handshake",
+    "accept_peers",
     "connect_handshake",
+    "keep_alive",
+    "listen",
     "read_token",
     "recv_blob",
     "recv_json",
@@ -52,7 +59,15 @@ __all__ = [
 ]
 
 MAX_JSON_BYTES = 16 * 2**20
-"""The largest control message accepted (a setup message holds a channel table per link)."""
+"""The largest control message by default."""
+MAX_CONTROL_BYTES = 64 * 2**20
+"""The largest message from a coordinator to a node server (a setup message holds a channel
+table per link)."""
+MAX_RESULT_BYTES = 2**30
+"""The largest message from a node server to its coordinator (``done`` holds a record per
+request: about 200 bytes each)."""
+MAX_PENDING_HANDSHAKES = 16
+"""Handshakes in progress at once on one listening socket; more connections are closed."""
 _HANDSHAKE_BYTES = 4096
 _LEN = struct.Struct("!I")
 _BLOB_LEN = struct.Struct("!Q")
@@ -86,11 +101,18 @@ def token_readable_by_others(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """``n`` bytes from ``sock``; with a ``deadline`` (``time.monotonic()``), all of them by
+    then (TimeoutError otherwise), however slowly the peer trickles them."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the peer was too slow")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
             raise ConnectionError("the peer closed the connection")
@@ -98,23 +120,29 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def send_json(sock: socket.socket, obj: Any) -> None:
+def send_json(sock: socket.socket, obj: Any, limit: int = MAX_JSON_BYTES) -> None:
+    """Send ``obj`` as one control message; a ValueError if it exceeds ``limit`` bytes (what
+    the receiving side accepts)."""
     data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    if len(data) > MAX_JSON_BYTES:
-        raise ValueError(f"a control message of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
+    if len(data) > limit:
+        raise ValueError(f"a control message of {len(data)} bytes exceeds {limit}")
     sock.sendall(_LEN.pack(len(data)) + data)
 
 
-def recv_json(sock: socket.socket, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+def recv_json(sock: socket.socket, limit: int = MAX_JSON_BYTES,
+              deadline: float | None = None) -> dict[str, Any]:
     """The next control message: a JSON object of at most ``limit`` bytes (checked before the
-    body is read)."""
-    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    body is read), whole by ``deadline`` if one is given (see :func:`_recv_exact`)."""
+    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size, deadline))
     if n > limit:
         raise AuthError(f"a control message announces {n} bytes (at most {limit})")
+    body = _recv_exact(sock, n, deadline)
     try:
-        obj = json.loads(_recv_exact(sock, n))
+        obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AuthError(f"a control message is not JSON ({exc})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise AuthError("a control message nests too deeply") from None
     if not isinstance(obj, dict):
         raise AuthError("a control message is not a JSON object")
     return obj
@@ -142,6 +170,18 @@ def _field(obj: dict[str, Any], key: str, limit: int = 200) -> str:
     return value
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _hex_field(obj: dict[str, Any], key: str) -> str:
+    """A nonce or a MAC: exactly 64 lower-case hex digits (so that the constant-time
+    comparison only ever sees ASCII)."""
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+        raise AuthError(f"the handshake's {key!r} is missing or not 64 hex digits")
+    return value
+
+
 @dataclass(frozen=True)
 class Peer:
     """An authenticated connection's claims: its ``role`` (``control`` or ``data``), the name
@@ -158,14 +198,15 @@ def accept_handshake(sock: socket.socket, secret: bytes, timeout_s: float = 10.0
     ConnectionError, or TimeoutError after ``timeout_s``) when the peer does not prove the
     secret, or when ``admit`` gives a reason to refuse the peer it proved to be (the peer is
     told the reason: it holds the secret); the caller closes the connection."""
+    deadline = time.monotonic() + timeout_s
     sock.settimeout(timeout_s)
     nonce = secrets.token_hex(32)
     send_json(sock, {"hello": "jmsnas", "version": _VERSION, "nonce": nonce})
-    answer = recv_json(sock, _HANDSHAKE_BYTES)
+    answer = recv_json(sock, _HANDSHAKE_BYTES, deadline)
     role, sender, run = _field(answer, "role"), _field(answer, "from"), _field(answer, "run")
-    theirs = _field(answer, "nonce", 64)
-    if not hmac.compare_digest(_field(answer, "mac", 64),
-                               _mac(secret, "client", role, sender, run, nonce, theirs)):
+    theirs = _hex_field(answer, "nonce")
+    if not hmac.compare_digest(_hex_field(answer, "mac").encode(),
+                               _mac(secret, "client", role, sender, run, nonce, theirs).encode()):
         raise AuthError("wrong token (the handshake's proof does not match)")
     peer = Peer(role, sender, run)
     why = admit(peer) if admit is not None else None
@@ -181,24 +222,113 @@ def connect_handshake(sock: socket.socket, secret: bytes, role: str, sender: str
                       timeout_s: float = 10.0) -> None:
     """The connecting side's handshake: prove the secret, and check that the listening side
     holds it too. Raises :class:`AuthError` when it refuses us or does not prove it."""
+    deadline = time.monotonic() + timeout_s
     sock.settimeout(timeout_s)
     try:
-        hello = recv_json(sock, _HANDSHAKE_BYTES)
+        hello = recv_json(sock, _HANDSHAKE_BYTES, deadline)
     except ConnectionError as exc:
         raise AuthError(f"no handshake from the node ({exc})") from None
     if hello.get("hello") != "jmsnas" or hello.get("version") != _VERSION:
         raise AuthError("not a JMSNAS node (or another protocol version)")
-    nonce = _field(hello, "nonce", 64)
+    nonce = _hex_field(hello, "nonce")
     mine = secrets.token_hex(32)
     send_json(sock, {"role": role, "from": sender, "run": run, "nonce": mine,
                      "mac": _mac(secret, "client", role, sender, run, nonce, mine)})
     try:
-        reply = recv_json(sock, _HANDSHAKE_BYTES)
+        reply = recv_json(sock, _HANDSHAKE_BYTES, deadline)
     except ConnectionError:
         raise AuthError("the node refused the handshake (wrong token?)") from None
     if reply.get("ok") is False and isinstance(reply.get("error"), str):
         raise AuthError(f"the node refused: {reply['error'][:200]}")
     if reply.get("ok") is not True or not hmac.compare_digest(
-            _field(reply, "mac", 64), _mac(secret, "server", nonce, mine)):
+            _hex_field(reply, "mac").encode(), _mac(secret, "server", nonce, mine).encode()):
         raise AuthError("the node did not prove the token (wrong token on one side?)")
     sock.settimeout(None)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host`` (an IPv4 or IPv6 address or a name) and ``port``
+    (0: a free one) only, not on every interface."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def keep_alive(sock: socket.socket, idle_s: int = 5, interval_s: int = 2, count: int = 3) -> None:
+    """TCP keepalive probes on a long-lived connection whose peer may legitimately stay silent
+    (a control connection during a run): a peer whose host vanishes without closing it (power
+    lost, a cable pulled) is detected within about ``idle_s + interval_s * count`` seconds, and
+    a blocked read then fails."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
+                          ("TCP_KEEPCNT", count)):
+        if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def accept_peers(listener: socket.socket, secret: bytes, wanted: set[str], *,
+                 timeout_s: float, who: str, allow: Callable[[Peer], bool],
+                 log: Callable[[str], None],
+                 between: Callable[[], None] | None = None) -> dict[str, socket.socket]:
+    """One authenticated connection from each sender in ``wanted`` on ``listener``, within
+    ``timeout_s``. Each connection's handshake runs in a thread of its own (at most
+    :data:`MAX_PENDING_HANDSHAKES` at once), so a silent or trickling connection cannot hold up
+    the others; one that fails the handshake, or whose peer ``allow`` rejects or whose sender
+    is not (or no longer) wanted, is refused with one line given to ``log``, naming ``who``
+    refused it. ``between`` runs
+    every 0.2 s while waiting (to watch the run's processes). TimeoutError names the senders
+    still missing."""
+    waiting = set(wanted)
+    lock = threading.Lock()
+    got: dict[str, socket.socket] = {}
+    pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+
+    def admit(peer: Peer) -> str | None:
+        with lock:
+            if allow(peer) and peer.sender in waiting:
+                waiting.discard(peer.sender)  # claimed: a second connection for it is refused
+                return None
+        return (f"a {peer.role} connection from {peer.sender!r} of run {peer.run!r}: not a "
+                f"peer that {who} waits for")
+
+    def handshake(sock: socket.socket, addr: Any) -> None:
+        try:
+            peer = accept_handshake(sock, secret, admit=admit)
+        except Exception as exc:  # anything a stranger sends ends in one line, never a traceback
+            log(f"{who}: refused a connection from {addr[0]}:{addr[1]}: "
+                     f"{exc or type(exc).__name__}")
+            sock.close()
+        else:
+            with lock:
+                got[peer.sender] = sock
+        finally:
+            pending.release()
+
+    deadline = time.monotonic() + timeout_s
+    listener.settimeout(0.2)
+    try:
+        while True:
+            with lock:
+                if len(got) == len(wanted):
+                    return dict(got)
+            if time.monotonic() > deadline:
+                with lock:
+                    missing = sorted(set(wanted) - set(got))
+                raise TimeoutError(f"no connection from {missing} within {timeout_s:g} s")
+            if between is not None:
+                between()
+            try:
+                sock, addr = listener.accept()
+            except TimeoutError:
+                continue
+            if not pending.acquire(blocking=False):
+                log(f"{who}: refused a connection from {addr[0]}:{addr[1]}: "
+                         f"{MAX_PENDING_HANDSHAKES} handshakes already in progress")
+                sock.close()
+                continue
+            threading.Thread(target=handshake, args=(sock, addr), daemon=True,
+                             name=f"handshake-{addr[0]}:{addr[1]}").start()
+    except BaseException:
+        with lock:
+            for sock in got.values():
+                sock.close()
+        raise

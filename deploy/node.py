@@ -29,6 +29,7 @@ does not visit the node closes its connection with one logged line and stops the
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import signal
@@ -50,7 +51,7 @@ from models.split import Payload, Segment, load_segment
 from sim.channels import RateProcess
 from sim.policy import states_of
 
-from .auth import AuthError, accept_handshake, connect_handshake
+from .auth import AuthError, accept_peers, connect_handshake, listen
 from .clock import Clock
 from .netns import setns
 from .pacing import PacedLink
@@ -128,6 +129,9 @@ class NodeSpec:
     max_frame_bytes: int = MAX_FRAME_BYTES
     """Frames announcing more are refused before anything is allocated."""
     clock: Clock = field(default_factory=Clock)
+    horizon_s: float = math.inf
+    """How far into the run the outgoing links' realisations are known (a node server is
+    sent them up to a horizon; a transfer past it stops the run loudly)."""
 
 
 def model_input(x: Tensor) -> Tensor:
@@ -203,7 +207,7 @@ class _Node:
             own = os.open(self.spec.netns_path, os.O_RDONLY)
             setns(own)
         spec = self.spec
-        listener = socket.create_server((spec.listen_host, spec.data_port))
+        listener = listen(spec.listen_host, spec.data_port)
         self.report("ready", listener.getsockname()[1])
         self.thread(self.watch_parent, "watchdog")
         try:
@@ -229,7 +233,7 @@ class _Node:
                 raise ConnectionError(f"{dest or 'the result sink'} at {host}:{port}: "
                                       f"{exc}") from None
             self.links[dest] = PacedLink(_ready(out_sock), spec.rates_out[dest],
-                                         clock=self.clock)
+                                         clock=self.clock, horizon_s=spec.horizon_s)
         acceptor.join()
         listener.close()
         for k, sock in enumerate(self.in_socks):
@@ -250,29 +254,10 @@ class _Node:
         """One authenticated connection from each of the node's upstreams; a connection that
         fails the handshake, or comes from anyone else, is refused with one logged line."""
         spec = self.spec
-        waiting = set(spec.upstream_names)
-        socks = []
-        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
-        while waiting:
-            listener.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                sock, addr = listener.accept()
-            except TimeoutError:
-                raise TimeoutError(f"no connection from {sorted(waiting)} within "
-                                   f"{_CONNECT_TIMEOUT_S:g} s") from None
-            try:
-                peer = accept_handshake(sock, spec.secret, admit=lambda p: None if (
-                    p.role == "data" and p.run == spec.run_id and p.sender in waiting) else
-                    f"a {p.role} connection from {p.sender!r} of run {p.run!r}: not an "
-                    f"upstream this node waits for")
-            except (AuthError, OSError, ValueError) as exc:
-                log_line(f"node {spec.name}: refused a connection from {addr[0]}:{addr[1]}: "
-                         f"{exc}")
-                sock.close()
-                continue
-            waiting.discard(peer.sender)
-            socks.append(_ready(sock))
-        self.in_socks = socks
+        socks = accept_peers(listener, spec.secret, set(spec.upstream_names),
+                             timeout_s=_CONNECT_TIMEOUT_S, who=f"node {spec.name}", log=log_line,
+                             allow=lambda p: p.role == "data" and p.run == spec.run_id)
+        self.in_socks = [_ready(sock) for sock in socks.values()]
 
     def receive(self, sock: socket.socket, held: queue.Queue[Any]) -> None:
         chooser = self.spec.chooser

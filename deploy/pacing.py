@@ -11,6 +11,7 @@ transmission long (our choice: 1 ms, between 256 bytes and 64 KiB).
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from typing import Protocol
@@ -59,9 +60,12 @@ class PacedLink:
     """
 
     def __init__(self, sock: socket.socket, rate: RateProcess | None,
-                 chunk_s: float = 0.001, clock: _Clock | None = None) -> None:
+                 chunk_s: float = 0.001, clock: _Clock | None = None,
+                 horizon_s: float = math.inf) -> None:
         self.sock = sock
         self.rate = rate
+        self.horizon_s = horizon_s
+        """How far the channel's realisation is known (a table sent to another host ends)."""
         self.chunk_s = chunk_s
         self.t0 = 0.0
         self.clock: _Clock = clock or _System()
@@ -80,6 +84,10 @@ class PacedLink:
             self.sock.sendall(frame)
             return start, now()
         s_rel = start - self.t0
+        if s_rel > self.horizon_s:
+            raise RuntimeError(f"a transfer at {s_rel:.1f} s into the run, past the "
+                               f"{self.horizon_s:g} s of channel realisation this node was sent "
+                               f"(the run fell that far behind its last arrival)")
         chunk = self._chunk_bytes(s_rel)
         ends = np.arange(chunk, len(frame) + chunk, chunk)
         ends[-1] = len(frame)

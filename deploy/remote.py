@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sim.channels import RateProcess, TraceRate
+from sim.policy import check_thresholds
 
 from .clock import Clock
 from .node import Chooser, NodeSpec, one_line
@@ -27,7 +28,7 @@ __all__ = ["SetupError", "load_hosts", "rate_from_wire", "rate_to_wire", "spec_f
            "spec_to_wire"]
 
 _NAME = Annotated[str, Field(max_length=100)]
-_MAX_ROWS = 2_000_000
+_MAX_ROWS = 1_000_000  # two columns of a million numbers: about 40 MB of JSON, under the limit
 MAX_SEGMENT_BYTES = 2**30
 """The largest segment file a node server accepts."""
 
@@ -56,6 +57,12 @@ class _Chooser(_Strict):
     thresholds_bps: Annotated[list[float], Field(max_length=255)]
     observe_delay_s: Annotated[float, Field(ge=0.0, le=3600.0)]
 
+    @field_validator("thresholds_bps")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        check_thresholds("the thresholds", value)
+        return value
+
 
 class _Setup(_Strict):
     kind: str
@@ -69,6 +76,7 @@ class _Setup(_Strict):
     links: Annotated[dict[str, _Link], Field(min_length=1, max_length=256)]
     chooser: _Chooser | None
     max_frame_bytes: Annotated[int, Field(ge=64, le=2**32)]
+    horizon_s: Annotated[float, Field(gt=0.0, le=1e7)]
 
     @field_validator("segments", "next_hop")
     @classmethod
@@ -110,7 +118,7 @@ def spec_to_wire(spec: NodeSpec, horizon_s: float) -> tuple[dict[str, Any], list
         "servers": spec.servers, "upstream_names": list(spec.upstream_names),
         "links": {d: {"rate": rate_to_wire(spec.rates_out[d], horizon_s),
                       "propagation_s": spec.propagation_out[d]} for d in spec.rates_out},
-        "chooser": chooser, "max_frame_bytes": spec.max_frame_bytes,
+        "chooser": chooser, "max_frame_bytes": spec.max_frame_bytes, "horizon_s": horizon_s,
     }
     return message, [Path(p).read_bytes() for p in files]
 
@@ -162,6 +170,7 @@ def spec_from_wire(message: dict[str, Any], blobs: list[bytes], folder: Path, *,
         secret=secret,
         max_frame_bytes=setup.max_frame_bytes,
         clock=clock or Clock(),
+        horizon_s=setup.horizon_s,
     )
 
 

@@ -44,9 +44,13 @@ from sim.simulate import replication_seeds
 from sim.workload import Transfer, sample_tasks
 
 from .auth import (
+    MAX_CONTROL_BYTES,
+    MAX_RESULT_BYTES,
     AuthError,
-    accept_handshake,
+    accept_peers,
     connect_handshake,
+    keep_alive,
+    listen,
     recv_json,
     send_blob,
     send_json,
@@ -65,7 +69,8 @@ __all__ = ["DeployError", "DeployResult", "Routing", "check_deployable", "deploy
 Shaper = Literal["pace", "tc"]
 _START_MARGIN_S = 0.5
 _CLOCK_EXCHANGES = 16
-_MAX_NODE_MESSAGE_BYTES = 2**30
+_CONTROL_TIMEOUT_S = 30.0
+"""A node server that does not answer for this long, mid-message or in an exchange, is lost."""
 RESULT_FILES = ("requests.csv", "summary.json")
 _INPUT_DTYPES = {8: torch.uint8, 16: torch.float16, 32: torch.float32}
 
@@ -226,10 +231,10 @@ class _Control:
         return self.sock.fileno()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        send_json(self.sock, {"kind": message[0], "args": list(message[1:])})
+        send_json(self.sock, {"kind": message[0], "args": list(message[1:])}, MAX_CONTROL_BYTES)
 
     def recv(self) -> tuple[Any, ...]:
-        msg = recv_json(self.sock, _MAX_NODE_MESSAGE_BYTES)
+        msg = recv_json(self.sock, MAX_RESULT_BYTES)
         args = msg.get("args", [])
         return (msg.get("kind"), *(args if isinstance(args, list) else []))
 
@@ -410,6 +415,11 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
         if secret is None:
             raise ValueError("deploying on node servers needs their shared secret (--token-file)")
         hosts = {node: hosts[node] for node in routing.nodes}
+        shared = [n for n in hosts if list(hosts.values()).count(hosts[n]) > 1]
+        if shared:
+            raise ValueError(f"hosts: nodes {shared} share a node server "
+                             f"({hosts[shared[0]][0]}:{hosts[shared[0]][1]}); each node needs "
+                             f"a server of its own (start another on a second port)")
     secret = secret if secret is not None else secrets.token_bytes(32)
     n = scenario.workload.tasks if tasks is None else tasks
     if n <= scenario.workload.warmup_tasks:
@@ -551,6 +561,8 @@ def _start_remote(run: _Run, setup: _Setup) -> None:
         run.nodes.append(h)
         try:
             connect_handshake(sock, setup.secret, "control", "coordinator", setup.run_id)
+            sock.settimeout(_CONTROL_TIMEOUT_S)  # a read that waits longer: the host is gone
+            keep_alive(sock)
             first = h.conn.recv()
             if first[0] != "welcome":
                 raise DeployError(one_line(f"{h} refused the run: "
@@ -558,45 +570,60 @@ def _start_remote(run: _Run, setup: _Setup) -> None:
             h.clock_before = _exchange_clocks(h)
             h.clock = fit_clock(h.clock_before)
             message, blobs = spec_to_wire(spec, horizon)
-            send_json(sock, {**message, "blobs": len(blobs)})
+            try:
+                send_json(sock, {**message, "blobs": len(blobs)}, MAX_CONTROL_BYTES)
+            except ValueError as exc:
+                raise DeployError(one_line(f"{h}: the node's settings are too large to send "
+                                           f"({exc}; its links' channel tables grow with the "
+                                           f"run's length)")) from None
             for blob in blobs:
                 send_blob(sock, blob)
         except (AuthError, OSError, EOFError) as exc:
-            raise DeployError(one_line(f"{h}: {exc}")) from None
+            raise DeployError(one_line(f"{h}: {exc or type(exc).__name__}")) from None
 
 
 def _accept_results(run: _Run, setup: _Setup, listeners: dict[str, socket.socket],
                     timeout_s: float = 60.0) -> list[socket.socket]:
-    """One authenticated connection from each node that sends results, watching the nodes
-    while waiting; any other connection is refused with a logged line."""
-    want = {name: setup.result_address(run, name) for name in setup.routing.sinks}
-    conns = []
-    deadline = time.monotonic() + timeout_s
-    for s in listeners.values():
-        s.settimeout(0.2)
-    while want:
-        for address, listener in listeners.items():
-            if address not in want.values():
-                continue
-            try:
-                conn, addr = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                peer = accept_handshake(conn, setup.secret, admit=lambda p: None if (
-                    p.role == "data" and p.run == setup.run_id and p.sender in want) else
-                    f"a {p.role} connection from {p.sender!r}: not a node that sends results")
-            except (AuthError, OSError, ValueError) as exc:
-                log_line(f"result sink: refused a connection from {addr[0]}:{addr[1]}: {exc}")
-                conn.close()
-                continue
-            del want[peer.sender]
-            conns.append(conn)
-        run.poll(0.0)
-        if time.monotonic() > deadline:
-            raise DeployError(f"node(s) {sorted(want)} did not send their results' connection "
-                              f"within {timeout_s:g} s")
-    return conns
+    """One authenticated connection from each node that sends results, on the listener of the
+    address it was told, watching the nodes while waiting; any other connection is refused
+    with a logged line."""
+    wanted: dict[str, set[str]] = {address: set() for address in listeners}
+    for name in setup.routing.sinks:
+        wanted[setup.result_address(run, name)].add(name)
+    got: list[socket.socket] = []
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def stopped() -> None:
+        if stop.is_set():
+            raise DeployError("stopped")
+
+    def accept(address: str) -> None:
+        try:
+            socks = accept_peers(listeners[address], setup.secret, wanted[address],
+                                 timeout_s=timeout_s, who="result sink", log=log_line,
+                                 allow=lambda p: p.role == "data" and p.run == setup.run_id,
+                                 between=stopped)
+            got.extend(socks.values())
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(a,), daemon=True, name=f"sink-{a}")
+               for a in listeners]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            run.poll(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        run.sockets.extend(got)
+    if failed:
+        run.raise_if_failed()
+        raise DeployError(f"the result sink: {failed[0]}")
+    return got
 
 
 def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) -> DeployResult:
@@ -615,7 +642,7 @@ def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) ->
             for name in routing.sinks:
                 address = setup.result_address(run, name)
                 if address not in listeners:
-                    listeners[address] = socket.create_server((address, 0))
+                    listeners[address] = listen(address, 0)
                     run.sockets.append(listeners[address])
             for h, spec in zip(run.nodes, specs, strict=True):
                 targets: list[Any] = []
@@ -628,11 +655,17 @@ def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) ->
                 h.conn.send(("connect", targets, 0.0 if h.clock is None else
                              h.clock.offset_at(time.monotonic())))
             results = _accept_results(run, setup, listeners)
-            run.sockets.extend(results)
-            client = socket.create_connection((setup.data_host(routing.first),
-                                               ports[routing.first]), timeout=60)
-            run.sockets.append(client)
-            connect_handshake(client, setup.secret, "data", CLIENT, setup.run_id, 60.0)
+            first = next(h for h in run.nodes if h.name == routing.first)
+            where = f"{setup.data_host(routing.first)}:{ports[routing.first]}"
+            try:
+                client = socket.create_connection((setup.data_host(routing.first),
+                                                   ports[routing.first]), timeout=60)
+                run.sockets.append(client)
+                connect_handshake(client, setup.secret, "data", CLIENT, setup.run_id, 60.0)
+            except OSError as exc:
+                run.raise_if_failed()
+                raise DeployError(one_line(f"{first}: the client cannot reach its data port "
+                                           f"{where} ({exc or type(exc).__name__})")) from None
             for s in (client, *results):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -741,14 +774,20 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
     deadline = time.monotonic() + 60.0
     while len(run.done) < len(run.nodes):
         if time.monotonic() > deadline:
-            raise DeployError("the nodes did not finish within 60 s of the last result")
+            late = ", ".join(str(h) for h in run.nodes if h.name not in run.done)
+            raise DeployError(f"{late}: did not finish within 60 s of the last result")
         run.poll(0.1)
     records = run.done
     clocks: dict[str, Any] | None = None
     if setup.hosts is not None:
         clocks = {}
         for h in run.nodes:
-            h.clock = fit_clock(h.clock_before, _exchange_clocks(h))
+            try:
+                after = _exchange_clocks(h)
+            except OSError as exc:
+                raise DeployError(one_line(f"{h}: the clock exchange after the run failed "
+                                           f"({exc or type(exc).__name__})")) from None
+            h.clock = fit_clock(h.clock_before, after)
             records[h.name] = _on_coordinator_clock(records[h.name], h.clock)
             clocks[h.name] = {"address": h.address, **h.clock.describe()}
     result = _result(setup, records, t0, outputs)

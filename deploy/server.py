@@ -27,16 +27,27 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .auth import AuthError, accept_handshake, recv_blob, recv_json, send_json
+from .auth import (
+    MAX_CONTROL_BYTES,
+    MAX_PENDING_HANDSHAKES,
+    MAX_RESULT_BYTES,
+    AuthError,
+    accept_handshake,
+    keep_alive,
+    listen,
+    recv_blob,
+    recv_json,
+    send_json,
+)
 from .clock import Clock
 from .node import log_line, node_main, one_line
 from .remote import MAX_SEGMENT_BYTES, SetupError, spec_from_wire
 
 __all__ = ["NodeServer"]
 
-_MAX_PENDING = 16
-"""Handshakes in progress at once; more connections are closed at once."""
-_MAX_CONTROL_BYTES = 64 * 2**20
+_BUSY_WAIT_S = 10.0
+"""How long a coordinator waits for the run before it to end (its node process to stop)."""
+
 
 
 class NodeServer:
@@ -48,11 +59,11 @@ class NodeServer:
         self.secret = secret
         self.data_port = data_port
         self.clock = clock or Clock()
-        self.listener = socket.create_server((host, port))
+        self.listener = listen(host, port)
         self.host = host
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self._busy = threading.Lock()
-        self._pending = threading.BoundedSemaphore(_MAX_PENDING)
+        self._pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         self._stop = threading.Event()
         self.workdir = tempfile.TemporaryDirectory(prefix="jmsnas-node-")
         """The runs' segment files, each run in a folder of its own (removed with the run;
@@ -72,7 +83,7 @@ class NodeServer:
                     continue
                 if not self._pending.acquire(blocking=False):
                     log_line(f"refused a connection from {addr[0]}:{addr[1]}: "
-                             f"{_MAX_PENDING} handshakes already in progress")
+                             f"{MAX_PENDING_HANDSHAKES} handshakes already in progress")
                     conn.close()
                     continue
                 threading.Thread(target=self._connection, args=(conn, addr), daemon=True,
@@ -90,11 +101,11 @@ class NodeServer:
                     f"the control port")
             finally:
                 self._pending.release()
-        except (AuthError, OSError, ValueError) as exc:
+        except Exception as exc:  # anything a stranger sends ends in one line, never a traceback
             log_line(f"refused a connection from {who}: {exc or type(exc).__name__}")
             conn.close()
             return
-        if not self._busy.acquire(blocking=False):
+        if not self._busy.acquire(timeout=_BUSY_WAIT_S):  # the last run may be ending
             log_line(f"refused coordinator {who} (run {peer.run}): busy with another run")
             try:
                 send_json(conn, {"kind": "error", "args": ["the node server is busy with "
@@ -103,10 +114,12 @@ class NodeServer:
                 pass
             conn.close()
             return
+        why = "ended"
         try:
-            _Session(self, conn, who, peer.run).run()
+            why = _Session(self, conn, who, peer.run).run()
         finally:
             self._busy.release()
+            log_line(f"run {peer.run} {why}; waiting for a coordinator")
 
 
 class _Session:
@@ -123,21 +136,29 @@ class _Session:
 
     def send(self, kind: str, *args: Any) -> None:
         with self.send_lock:
-            send_json(self.conn, {"kind": kind, "args": list(args)})
+            send_json(self.conn, {"kind": kind, "args": list(args)}, MAX_RESULT_BYTES)
             if kind == "error":
                 self.error_sent = True
 
-    def run(self) -> None:
+    def run(self) -> str:
+        """Serve the coordinator until the run ends; how it ended."""
         log_line(f"coordinator {self.who} connected (run {self.run_id})")
         why = "finished"
         try:
+            keep_alive(self.conn)  # a coordinator whose host vanishes mid-run is noticed
             self.send("welcome")
             while True:
-                self.handle(recv_json(self.conn, _MAX_CONTROL_BYTES))
+                self.handle(recv_json(self.conn, MAX_CONTROL_BYTES))
+        except (SetupError, AuthError, ValueError, KeyError, TypeError) as exc:
+            why = one_line(f"failed: {type(exc).__name__}: {exc}")  # told to the coordinator
+            try:
+                self.send("error", why)
+            except OSError:
+                pass
         except ConnectionError as exc:  # the coordinator closed the connection: the run is over
             if self.error_sent or "closed" not in str(exc):
                 why = f"ended: {exc}"
-        except (SetupError, AuthError, OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:  # e.g. keepalive found the coordinator's host gone
             why = one_line(f"failed: {type(exc).__name__}: {exc}")
             try:
                 self.send("error", why)
@@ -147,7 +168,7 @@ class _Session:
             self.stop_node()
             shutil.rmtree(self.folder, ignore_errors=True)
             self.conn.close()
-            log_line(f"run {self.run_id} {why}; waiting for a coordinator")
+        return why
 
     def handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
@@ -209,6 +230,13 @@ class _Session:
                 self.send("error", f"the node process died ({how})")
         except OSError:
             pass  # the coordinator is gone; the session ends on its own
+        except Exception as exc:  # e.g. records over the size a message may have
+            log_line(f"run {self.run_id}: cannot relay the node's message: {exc}")
+            try:
+                self.send("error", one_line(f"the node server cannot relay the node's message "
+                                            f"({type(exc).__name__}: {exc})"))
+            except Exception:
+                pass
 
     def stop_node(self) -> None:
         if self.proc is not None:

@@ -145,7 +145,7 @@ def _deploy(args: argparse.Namespace) -> int:
     where = "over loopback" if hosts is None else f"on {len(summary['clock'])} node servers"
     print(f"deployed {routing.describe()} {where}: {summary['tasks']} measured requests")
     if "clock" in summary:
-        print(f"  clocks: every node's times moved onto this machine's, error at most "
+        print(f"  clocks: every node's times moved onto this machine's, each time within "
               f"{summary['clock_error_bound_s'] * ms:.3f} ms (offsets in summary.json)")
     if routing.count > 1:
         assert routing.link is not None

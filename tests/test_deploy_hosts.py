@@ -162,9 +162,91 @@ def test_the_handshake_admits_the_token_and_refuses_anything_else() -> None:
     refused, err = pair(secret, b"x" * 32)
     assert isinstance(refused, AuthError) and "wrong token" in str(refused)
     assert isinstance(err, AuthError)
-    # a node that does not hold the token cannot pass for one either
+    # a node that does not hold the token cannot pass for one either: it refuses us, or, if
+    # it pretends to accept, its proof is checked
     _, err = pair(b"y" * 32, secret)
     assert isinstance(err, AuthError)
+    for mac in ("00" * 32, "zz" * 32, "é" * 64, 7):
+        a, b = socket.socketpair()
+
+        def impostor(a: socket.socket = a, mac: Any = mac) -> None:
+            send_json(a, {"hello": "jmsnas", "version": 1, "nonce": "ab" * 32})
+            recv_json(a)
+            send_json(a, {"ok": True, "mac": mac})
+
+        thread = threading.Thread(target=impostor)
+        thread.start()
+        with pytest.raises(AuthError, match=r"did not prove the token|not 64 hex digits"):
+            connect_handshake(b, secret, "data", "edge", "run-1", timeout_s=5)
+        thread.join(10)
+        a.close()
+        b.close()
+
+
+def _answer(answer: bytes, timeout_s: float = 5.0, gap_s: float = 0.0) -> BaseException:
+    """What the listening side of a handshake raises when the other side answers its hello
+    with ``answer`` (a length-prefixed message), sent whole or a byte every ``gap_s``."""
+    a, b = socket.socketpair()
+    stop = threading.Event()
+
+    def talk() -> None:
+        with contextlib.suppress(OSError):
+            recv_json(b)
+            for k in range(len(answer)) if gap_s else [None]:
+                if stop.is_set():
+                    return
+                b.sendall(answer if k is None else answer[k:k + 1])
+                time.sleep(gap_s)
+
+    thread = threading.Thread(target=talk)
+    thread.start()
+    try:
+        accept_handshake(a, TOKEN.encode(), timeout_s=timeout_s)
+    except Exception as exc:
+        return exc
+    finally:
+        stop.set()
+        a.close()
+        b.close()
+        thread.join(10)
+    raise AssertionError("the handshake passed")
+
+
+def test_a_malformed_or_slow_handshake_fails_as_an_auth_error_within_its_time() -> None:
+    """What a stranger sends before proving the token ends in AuthError or TimeoutError (the
+    callers log those in one line): a proof in non-ASCII characters (a str comparison would
+    raise TypeError), 5,000 nested brackets (json raises RecursionError), a length prefix
+    announcing 4 GB, and a peer that trickles a valid-looking answer a byte at a time, which
+    the handshake's one deadline cuts off (a per-read timeout would wait for every byte)."""
+    def framed(obj: Any) -> bytes:
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        return len(body).to_bytes(4, "big") + body
+
+    fields = {"role": "data", "from": "edge", "run": "r", "nonce": "ab" * 32}
+    for answer in (framed({**fields, "mac": "é" * 64}), framed({**fields, "mac": "AB" * 32}),
+                   framed({**fields, "nonce": "é" * 64, "mac": "ab" * 32}),
+                   framed(b"[" * 5000 + b"]" * 5000), b"\xff\xff\xff\xf0" + b"x" * 16):
+        assert isinstance(_answer(answer), AuthError), answer[:40]
+    start = time.monotonic()
+    exc = _answer(framed({**fields, "mac": "ab" * 32}), timeout_s=1.0, gap_s=0.05)
+    assert isinstance(exc, TimeoutError), exc
+    assert time.monotonic() - start < 2.5  # the whole answer would take 6 s
+
+
+def test_a_transfer_past_the_realisation_sent_stops_the_node_loudly() -> None:
+    """A node server knows its links' channels up to a horizon; a transfer past it raises
+    (rather than pacing on the table's repetition, a channel the coordinator never drew)."""
+    from deploy.pacing import PacedLink
+
+    a, b = socket.socketpair()
+    with a, b:
+        link = PacedLink(a, ConstantRate(1e9), horizon_s=5.0)
+        link.t0 = time.monotonic() - 4.0
+        link.send(b"x" * 100)  # within the horizon
+        assert b.recv(200) == b"x" * 100
+        link.t0 = time.monotonic() - 6.0
+        with pytest.raises(RuntimeError, match="past the 5 s of channel realisation"):
+            link.send(b"x" * 100)
 
 
 def test_token_and_hosts_files_are_checked(tmp_path: Path) -> None:
@@ -275,9 +357,13 @@ def _free_port() -> int:
 
 def _nodes_of(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
     """The node processes a server runs (multiprocessing's resource tracker, which lives as
-    long as the server, left out)."""
-    return [p for p in psutil.Process(server.pid).children(recursive=True)
-            if "resource_tracker" not in " ".join(p.cmdline())]
+    long as the server, and processes that have exited, left out)."""
+    alive = []
+    for p in psutil.Process(server.pid).children(recursive=True):
+        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):  # exited
+            if "resource_tracker" not in " ".join(p.cmdline()):
+                alive.append(p)
+    return alive
 
 
 def _coordinator(address: tuple[str, int], secret: bytes, run: str) -> socket.socket:
@@ -301,7 +387,7 @@ def test_a_node_server_survives_a_thousand_bad_handshakes(tmp_path: Path) -> Non
         rss_before = server.memory_info().rss
         for k in range(1000):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                kind = k % 5
+                kind = k % 7
                 with contextlib.suppress(OSError):
                     if kind == 0:
                         s.sendall(rng.bytes(int(rng.integers(1, 300))))
@@ -313,6 +399,14 @@ def test_a_node_server_survives_a_thousand_bad_handshakes(tmp_path: Path) -> Non
                                       "nonce": "00" * 32, "mac": "ab" * 32})
                     elif kind == 3:  # the right protocol with a wrong token
                         connect_handshake(s, b"w" * 32, "control", "coordinator", "r")
+                    elif kind == 4:  # a proof in non-ASCII characters
+                        recv_json(s)
+                        send_json(s, {"role": "control", "from": "x", "run": "r",
+                                      "nonce": "00" * 32, "mac": "é" * 64})
+                    elif kind == 5:  # brackets nested thousands deep
+                        recv_json(s)
+                        body = b"[" * 2000 + b"]" * 2000
+                        s.sendall(len(body).to_bytes(4, "big") + body)
                     else:  # not JSON, or JSON that is not an object
                         recv_json(s)
                         body = rng.choice([b"[1,2]", b"\xff\xfe", b"{\"role\": 3}"])
@@ -321,9 +415,47 @@ def test_a_node_server_survives_a_thousand_bad_handshakes(tmp_path: Path) -> Non
         assert proc.poll() is None
         rss_after = server.memory_info().rss
         assert rss_after - rss_before < 30 * 2**20, (rss_before, rss_after)
-        refused = [line for line in log.read_text().splitlines() if "refused" in line]
+        lines = log.read_text().splitlines()
+        refused = [line for line in lines if "refused" in line]
         assert len(refused) >= 950, len(refused)  # kind 1/0 may close before a full read
+        assert all(" jmsnas: " in line for line in lines), [
+            line for line in lines if " jmsnas: " not in line][:5]  # one stamped line each
+        # 16 slow talkers fill the handshakes in progress (a 17th is refused at once); each
+        # trickles bytes, and the handshake's deadline (10 s) cuts them off, however slowly
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(17)]
+        trickle = b"\x00\x00\x03\xe8" + b" " * 1000  # a 1,000-byte answer, a byte at a time
+        start = time.monotonic()
+        for k in range(60):
+            for s in slow:
+                with contextlib.suppress(OSError):
+                    s.send(trickle[k:k + 1])
+            try:
+                ctl = _coordinator(("127.0.0.1", port), read_token(token), "after-slow")
+                break
+            except (AuthError, OSError):
+                time.sleep(0.5)
+        waited = time.monotonic() - start
+        assert 8 < waited < 16, waited  # in once the slow talkers were cut off, not before
+        ctl.close()
+        for s in slow:
+            s.close()
         ctl = _coordinator(("127.0.0.1", port), read_token(token), "after-fuzz")
+        send_json(ctl, {"kind": "clock", "args": []})
+        assert recv_json(ctl)["kind"] == "clock"
+        ctl.close()
+
+
+def test_a_node_server_listens_on_an_ipv6_address(tmp_path: Path) -> None:
+    """``--listen [::1]:PORT`` binds that IPv6 address (not an IPv4 socket, which cannot) and
+    serves a coordinator there."""
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6) as probe:
+            port = probe.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here ({exc})")
+    token = _token(tmp_path)
+    with node_server(token, f"[::1]:{port}", tmp_path / "node.log"):
+        ctl = _coordinator(("::1", port), read_token(token), "over-ipv6")
         send_json(ctl, {"kind": "clock", "args": []})
         assert recv_json(ctl)["kind"] == "clock"
         ctl.close()
@@ -345,7 +477,8 @@ def test_a_node_refuses_wrong_tokens_wrong_peers_and_malformed_frames_and_keeps_
         tmp_path: Path) -> None:
     """A coordinator sets a node up; at the node's data port, a wrong token and a right token
     from a peer that is not the node's predecessor are refused (logged, one line each) and the
-    node goes on waiting for the client; the client's malformed frame closes its connection
+    node goes on waiting for the client, which a connection that says nothing does not hold
+    up; the client's malformed frame closes its connection
     with a logged line and ends that run with an error the coordinator receives; the server
     then serves the next coordinator."""
     token = _token(tmp_path)
@@ -373,6 +506,7 @@ def test_a_node_refuses_wrong_tokens_wrong_peers_and_malformed_frames_and_keeps_
             with socket.create_connection(("127.0.0.1", data_port), timeout=10) as s:
                 connect_handshake(s, secret_, "data", sender, run)
 
+        silent = socket.create_connection(("127.0.0.1", data_port), timeout=10)  # says nothing
         with pytest.raises(AuthError):
             attempt(b"z" * 32, CLIENT, "run-a")
         with pytest.raises(AuthError):
@@ -393,12 +527,15 @@ def test_a_node_refuses_wrong_tokens_wrong_peers_and_malformed_frames_and_keeps_
         err = recv_json(ctl)
         assert err["kind"] == "error" and "FrameError" in err["args"][0], err
         text = log.read_text()
-        assert text.count("refused a connection") == 3, text
+        silent_at = f"127.0.0.1:{silent.getsockname()[1]}:"
+        assert len([line for line in text.splitlines() if "refused a connection" in line
+                    and silent_at not in line]) == 3, text
         assert "closed an upstream connection" in text
-        for s in (client, from_node, sink, ctl):
+        for s in (client, from_node, sink, ctl, silent):
             s.close()
         deadline = time.monotonic() + 20
-        while "run-a failed" not in log.read_text() and "run run-a" not in log.read_text():
+        while not any(line.endswith("waiting for a coordinator") and " run run-a " in line
+                      for line in log.read_text().splitlines()):
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         deadline = time.monotonic() + 20
@@ -534,8 +671,13 @@ def test_deploy_refuses_hosts_it_cannot_use(tmp_path: Path) -> None:
         deploy(scenario, DESIGN, tmp_path, hosts={"phone": ("127.0.0.1", 1),
                                                   "edge": ("127.0.0.1", 2)},
                secret=read_token(token))
+    with pytest.raises(ValueError, match=r"nodes \['phone', 'edge'\] share a node server"):
+        deploy(scenario, DESIGN, tmp_path, hosts={"phone": ("127.0.0.1", 1),
+                                                  "edge": ("127.0.0.1", 1),
+                                                  "cloud": ("127.0.0.1", 2)},
+               secret=read_token(token))
     port = _free_port()  # nobody listens there
-    hosts = {n: ("127.0.0.1", port) for n in ("phone", "edge", "cloud")}
+    hosts = {n: ("127.0.0.1", port + k) for k, n in enumerate(("phone", "edge", "cloud"))}
     with pytest.raises(DeployError, match=rf"node 'phone' at 127\.0\.0\.1:{port}: cannot "
                                           rf"connect \(Connection refused\)"):
         deploy(scenario, DESIGN, tmp_path, hosts=hosts, secret=read_token(token))
