@@ -269,10 +269,17 @@ class _Run:
         self.sockets: list[socket.socket] = []
         self.errors: list[str] = []
         self.done: dict[str, dict[str, dict[str, float]]] = {}
+        self.threads: list[threading.Thread] = []
+        """The client's and the sinks' threads: stopped and joined before we return, so that
+        none is inside torch when the interpreter exits (which aborts the process)."""
+        self.stop = threading.Event()
 
     def close(self) -> None:
+        self.stop.set()
         for s in self.sockets:
             s.close()
+        for t in self.threads:
+            t.join(10.0)
         for h in self.nodes:
             if h.proc is not None and h.proc.is_alive():
                 h.proc.terminate()
@@ -731,10 +738,15 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
     def send_requests() -> None:
         try:
             for _ in results:  # every node that sends results is connected and started
-                started.acquire()
+                while not started.acquire(timeout=0.1):
+                    if run.stop.is_set():
+                        return
             for i in range(n):
                 x = request_input(setup.scenario, setup.seed, i)
                 frame = encode(Message(DATA, i, 0.0, (x,)))
+                wait_s = t0 + float(arrivals[i]) - time.monotonic() - 0.01
+                if run.stop.wait(max(wait_s, 0.0)):  # the run stopped: send no more
+                    return
                 sleep_until(t0 + float(arrivals[i]))
                 client.sendall(frame)
         except Exception as exc:
@@ -742,6 +754,7 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
 
     threads = [threading.Thread(target=sink, args=(s,), daemon=True) for s in results]
     threads.append(threading.Thread(target=send_requests, daemon=True))
+    run.threads.extend(threads)
     for t in threads:
         t.start()
     bar = None

@@ -227,6 +227,58 @@ class AccuracyCache:
             return None
         return state if isinstance(state, dict) else None
 
+    _COLUMNS = ("key", "arch", "cuts", "dataset", "budget", "seed", "accuracy", "train_time_s",
+                "status", "message")
+
+    def export_csv(self, path: str | os.PathLike[str]) -> int:
+        """Write every cached accuracy (not the weights, nor the noise) to a CSV file, sorted
+        by key, for another cache to :meth:`import_csv`; returns the number of rows. The file
+        is written whole or not at all."""
+        import csv
+
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM accuracy "
+                              "ORDER BY key").fetchall()
+        out = Path(path)
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(self._COLUMNS)
+            writer.writerows(["" if v is None else (repr(v) if isinstance(v, float) else v)
+                              for v in row] for row in rows)
+        os.replace(tmp, out)
+        return len(rows)
+
+    def import_csv(self, path: str | os.PathLike[str]) -> int:
+        """Add the rows of a CSV file written by :meth:`export_csv` (rows already here are
+        kept), in one transaction; returns the number of rows read. A ValueError names the
+        file and the row that is malformed. The keys are taken as they are: a row whose key
+        today's code would not compute (another code version) is simply never asked for."""
+        import csv
+
+        values = []
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != self._COLUMNS:
+                raise ValueError(f"{path}: expected the columns {', '.join(self._COLUMNS)}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    acc = None if row["accuracy"] == "" else float(row["accuracy"])
+                    if row["status"] not in ("ok", "diverged", "failed") or (
+                            acc is None) != (row["status"] != "ok"):
+                        raise ValueError(f"status {row['status']!r} with accuracy "
+                                         f"{row['accuracy']!r}")
+                    values.append((row["key"], row["arch"], row["cuts"], row["dataset"],
+                                   row["budget"], int(row["seed"]), acc,
+                                   float(row["train_time_s"]), row["status"], row["message"],
+                                   time.time()))
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{path}, line {line}: {exc}") from None
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO accuracy VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        return len(values)
+
     def __len__(self) -> int:
         with closing(self._connect()) as db:
             return int(db.execute("SELECT COUNT(*) FROM accuracy").fetchone()[0])

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from models.build import Cut
+from models.cache import AccuracyCache
 from models.profile import profile_model
 from models.space import get_space
 from search.config import SearchConfig
@@ -621,13 +622,89 @@ def contested_three_tier() -> Any:
     return scenario_from_dict(d)
 
 
+TABLES = Path(__file__).resolve().parent / "data"
+WRITE_TABLES = os.environ.get("JMSNAS_WRITE_TABLES") == "1"
+"""Set to train afresh and write the shipped tables (after a change of CODE_VERSION, of the
+budget or of the runs): ``JMSNAS_WRITE_TABLES=1 python -m pytest tests/test_search.py -m slow
+-k "true_front or compression_space"``, about 20 minutes on two cores."""
+
+
+def shipped_cache(tmp_path: Path, table: str) -> tuple[str, int]:
+    """A fresh accuracy cache holding ``tests/data/TABLE.csv``: the proxy accuracies that this
+    very test's runs trained when the table was written (real trainings on mnist5k, keyed by
+    architecture, cuts, data set, budget, seed, device and code version, so a changed training
+    misses instead of hitting). The search, the simulation and every comparison still run;
+    only the trainings are read back. :func:`test_the_shipped_accuracy_tables_reproduce` trains
+    a sample of rows again."""
+    cache = str(tmp_path / "shared.sqlite")
+    if WRITE_TABLES:
+        return cache, 0
+    return cache, AccuracyCache(cache).import_csv(TABLES / f"{table}.csv")
+
+
+def check_table(cache: str, table: str, imported: int) -> None:
+    """Write the table (with ``JMSNAS_WRITE_TABLES=1``), or fail if the runs trained anything
+    it lacked: the table is stale, and the test was slow."""
+    if WRITE_TABLES:
+        AccuracyCache(cache).export_csv(TABLES / f"{table}.csv")
+        return
+    missed = len(AccuracyCache(cache)) - imported
+    assert missed == 0, (f"{missed} trainings were not in tests/data/{table}.csv (the code "
+                         f"version or the runs changed): write it again as WRITE_TABLES says")
+
+
+@pytest.mark.parametrize("table", ["true-front-tiny-mnist5k", "compression-tiny-mnist5k"])
+def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> None:
+    """Two rows of each shipped table (the first and a random one: plain architectures,
+    fine-tuned ones and compressed variants alike), trained again here as a search's worker
+    trains them: today's code computes the row's key, and gives the row's accuracy to within
+    one validation image (one torch thread: the same digits on any machine with this torch
+    build). Catches a table written by other code, and a training whose results changed
+    without a CODE_VERSION bump."""
+    import csv
+    import json
+
+    from models.cache import cache_key
+    from models.data import load_dataset
+    from models.spec import ArchSpec
+    from models.train import ProxyBudget
+
+    with open(TABLES / f"{table}.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) >= 100, len(rows)
+    data = load_dataset("mnist5k", seed=0)
+    rng = np.random.default_rng(len(rows))
+    for row in (rows[0], rows[int(rng.integers(1, len(rows)))]):
+        spec = ArchSpec.from_json(row["arch"])
+        budget = json.loads(row["budget"])
+        cuts = tuple((int(p), float(b), int(bits)) for p, b, bits in json.loads(row["cuts"]))
+        assert row["dataset"] == data.key, (row["dataset"], data.key)
+        keys = {cache_key(spec, data.key, ProxyBudget(**budget), int(row["seed"]),
+                          [Cut(*c) for c in cuts], "cpu", finetuned=f): f for f in (False, True)}
+        assert row["key"] in keys, "a row whose key today's code does not compute"
+        job = TrainJob(arch_json=row["arch"], cuts=cuts, dataset="mnist5k", dataset_seed=0,
+                       budget=tuple(sorted(budget.items())), seed=int(row["seed"]),
+                       device="cpu", cache_path=str(tmp_path / "fresh.sqlite"),
+                       keep_weights=bool(cuts) or keys[row["key"]],
+                       finetune=keys[row["key"]])
+        result = run_train_job(job)
+        assert result.status == row["status"], (row, result)
+        if result.ok:
+            assert abs(result.accuracy - float(row["accuracy"])) <= 1.01 / data.y_val.shape[0], (
+                row, result)
+
+
 @pytest.mark.slow
 def test_nsga2_reaches_the_true_front_and_beats_random_search(tmp_path: Path) -> None:
+    """Against the exhaustive front of 11,088 designs (320 architectures, every split), NSGA-II
+    reaches at least 95% of the true hypervolume with every seed of three, and beats random
+    search with the same evaluations on mean hypervolume and IGD. The accuracies come from the
+    shipped table (:func:`shipped_cache`)."""
     from search.baselines import exhaustive_search, random_search
     from search.indicators import igd, normalise
 
     s = contested_three_tier()
-    cache = str(tmp_path / "shared.sqlite")  # each architecture is trained once for all runs
+    cache, imported = shipped_cache(tmp_path, "true-front-tiny-mnist5k")  # trained once for all
     budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}  # 52-90% on mnist5k
     cfg = SearchConfig(budget=budget, executor="serial", sim_tasks=60,  # type: ignore[arg-type]
                        **PLAIN, compression=False, population=12, generations=10,
@@ -656,6 +733,7 @@ def test_nsga2_reaches_the_true_front_and_beats_random_search(tmp_path: Path) ->
     # same evaluations, averaged over the seeds: a larger hypervolume and a smaller IGD
     assert np.mean([q[0] for q in ga]) > np.mean([q[0] for q in rs]), (ga, rs)
     assert np.mean([q[1] for q in ga]) < np.mean([q[1] for q in rs]), (ga, rs)
+    check_table(cache, "true-front-tiny-mnist5k", imported)
 
 
 @pytest.mark.slow
@@ -672,7 +750,7 @@ def test_nsga2_beats_random_search_on_the_compression_space(tmp_path: Path) -> N
     from search.baselines import random_search
 
     s = contested_three_tier()
-    cache = str(tmp_path / "shared.sqlite")
+    cache, imported = shipped_cache(tmp_path, "compression-tiny-mnist5k")
     budget = {"epochs": 2, "subset": 1000, "batch_size": 32, "lr": 0.01}
     cfg = SearchConfig(budget=budget, workers=2, sim_tasks=60,  # type: ignore[arg-type]
                        **PLAIN, compression=True, population=12, generations=4,
@@ -689,6 +767,7 @@ def test_nsga2_beats_random_search_on_the_compression_space(tmp_path: Path) -> N
     for k, evaluations in enumerate(h["evaluations"] for h in r.history):
         if evaluations >= 48:
             assert mean_ga[k] > mean_rs[k], (k, ga, rs)
+    check_table(cache, "compression-tiny-mnist5k", imported)
 
 
 def test_route_gene_picks_among_the_scenario_paths() -> None:
