@@ -30,9 +30,9 @@ STAGES = 5
 SCENARIO = {
     "name": "startup-bench",
     "input_shape": [3, 224, 224],
-    "nodes": {"phone": {"kind": "device", "flops": 10e9},
-              "edge": {"kind": "edge", "flops": 1e12},
-              "cloud": {"kind": "cloud", "flops": 10e12}},
+    "nodes": {"phone": {"kind": "device", "flops_per_s": 10e9},
+              "edge": {"kind": "edge", "flops_per_s": 1e12},
+              "cloud": {"kind": "cloud", "flops_per_s": 10e12}},
     "links": [{"src": "phone", "dst": "edge", "channel": {"model": "constant", "rate_bps": 20e6}},
               {"src": "edge", "dst": "cloud", "channel": {"model": "constant",
                                                           "rate_bps": 400e6}}],

@@ -87,7 +87,7 @@ class Calibration:
         for j, node in enumerate(route):
             if node in timing:
                 t = timing[node]
-                work = (t.mean_s + extra) * scenario.nodes[node].flops
+                work = (t.mean_s + extra) * scenario.nodes[node].flops_per_s
                 extra = 0.0
                 stages.append(Compute(node, work, "lognormal", t.cv) if t.cv >= _MIN_CV
                               else Compute(node, work))

@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from models.build import Cut
 from models.resolve import resolve_architecture
-from models.spec import ArchSpec
+from models.spec import ArchSpec, Cut
 from search.design import (
     AnyDesign,
     Design,

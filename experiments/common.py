@@ -74,8 +74,8 @@ def load_experiment_config(name: str, quick: bool) -> dict[str, Any]:
 def variant_dict(name: str, overrides: Mapping[str, Any] | None = None
                  ) -> tuple[dict[str, Any], Path]:
     """A shipped (or file) scenario's dict with dotted-path values replaced, e.g.
-    ``{"nodes.phone.flops": 1e9, "links.0.channel.distance_m": 200}`` (a value ``None`` deletes
-    the key), and the folder its relative paths start from. Not validated yet."""
+    ``{"nodes.phone.flops_per_s": 1e9, "links.0.channel.distance_m": 200}`` (a value ``None``
+    deletes the key), and the folder its relative paths start from. Not validated yet."""
     path = resolve_scenario_path(name)
     data = read_scenario_dict(path)
     for dotted, value in (overrides or {}).items():

@@ -39,10 +39,9 @@ from typing import Any
 import numpy as np
 from matplotlib import pyplot as plt
 
-from models.build import Cut
 from models.profile import ModelProfile
 from models.reference import reference_model
-from models.spec import ArchSpec
+from models.spec import ArchSpec, Cut
 from search.design import Design
 from search.dp import no_queue_latency, optimal_split
 from search.evaluate import Evaluation, Evaluator
@@ -288,7 +287,7 @@ def run(ctx: Context) -> Output:
     gain = [r["multi_split_s"] / r["searched_s"] for r in joint
             if math.isfinite(r["searched_s"]) and math.isfinite(r["multi_split_s"])]
     scenario = uplink_scenario(c, uplinks[0])
-    nodes = ", ".join(f"{v} {scenario.nodes[v].flops / 1e9:g} GFLOP/s"
+    nodes = ", ".join(f"{v} {scenario.nodes[v].flops_per_s / 1e9:g} GFLOP/s"
                       for v in scenario.path)
     text = (
         f"Latency is the single-request, no-queueing latency (`search.dp.no_queue_latency`: "

@@ -30,7 +30,7 @@ COLUMNS = ["check", "x", "simulated", "ci95_half_width", "closed_form", "relativ
 def _queue(rho: float, mu: float, distribution: str, tasks: int) -> Scenario:
     return scenario_from_dict({
         "name": f"m-{distribution}-1", "input_shape": [1],
-        "nodes": {"server": {"kind": "edge", "flops": mu}},
+        "nodes": {"server": {"kind": "edge", "flops_per_s": mu}},
         "path": ["server"],
         "workload": {"sources": ["server"], "tasks": tasks, "warmup_tasks": tasks // 20,
                      "arrivals": {"process": "poisson", "rate_hz": rho * mu}},

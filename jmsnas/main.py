@@ -78,6 +78,18 @@ def cli() -> int:
     turned into an orderly exit, so that the run stops its training workers and releases its
     folder as on Ctrl-C, instead of dying and leaving the workers running."""
     import signal
+    import warnings
 
+    from sim.scenario import ScenarioDeprecation
+
+    default = warnings.showwarning
+
+    def one_line(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ScenarioDeprecation):  # the user's file, not our source line
+            print(f"jmsnas: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     signal.signal(signal.SIGTERM, _terminated)
     return main()

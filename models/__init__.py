@@ -10,13 +10,13 @@
   the SQLite accuracy cache.
 """
 
-from .build import Cut, build_model
+from .build import build_model
 from .cache import AccuracyCache
 from .data import DATASETS, Dataset, load_dataset
 from .profile import ModelProfile, profile_model
 from .reference import REFERENCE_MODELS, reference_model
 from .space import SPACES, SearchSpace, get_space
-from .spec import ArchSpec
+from .spec import ArchSpec, Cut
 from .split import load_segment, run_segments, save_segments, split_model
 from .train import ProxyBudget, TrainResult, proxy_accuracy
 

@@ -10,15 +10,26 @@ straight through (Bengio et al. 2013); :mod:`models.split` quantises for real.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from .spec import ArchSpec, BasicBlock, Block, Bottleneck, Conv, Head, InvertedResidual, Pool
+from .spec import (
+    BIT_WIDTHS,
+    BOTTLENECKS,
+    ArchSpec,
+    BasicBlock,
+    Block,
+    Bottleneck,
+    Conv,
+    Cut,
+    Head,
+    InvertedResidual,
+    Pool,
+)
 
-__all__ = [
+__all__ = [  # BIT_WIDTHS, BOTTLENECKS and Cut live in models.spec (plain values, no torch)
     "BIT_WIDTHS",
     "BOTTLENECKS",
     "ChainModel",
@@ -31,33 +42,6 @@ __all__ = [
     "quantize",
     "scale_width",
 ]
-
-BOTTLENECKS: tuple[float, ...] = (1.0, 0.5, 0.25)
-"""Fractions of the channels a split point may keep (1: no bottleneck)."""
-BIT_WIDTHS: tuple[int, ...] = (32, 8)
-"""Bits per transmitted activation element."""
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A split point after ``position`` blocks, with its compression."""
-
-    position: int
-    bottleneck: float = 1.0
-    bits: int = 32
-
-    def __post_init__(self) -> None:
-        if self.bottleneck not in BOTTLENECKS:
-            raise ValueError(f"Cut.bottleneck must be one of {BOTTLENECKS}, got {self.bottleneck}")
-        if self.bits not in BIT_WIDTHS:
-            raise ValueError(f"Cut.bits must be one of {BIT_WIDTHS}, got {self.bits}")
-        if self.position < 0:
-            raise ValueError(f"Cut.position must be >= 0, got {self.position}")
-
-    @property
-    def compresses(self) -> bool:
-        return self.bottleneck != 1.0 or self.bits != 32
-
 
 def scale_width(channels: int, width_scale: float, multiple: int = 1) -> int:
     """``channels`` x ``width_scale``, rounded to a multiple of ``multiple``, at least one."""

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .build import Cut
-from .spec import ArchSpec
+from .spec import ArchSpec, Cut
 from .train import ProxyBudget, TrainResult
 
 __all__ = ["CODE_VERSION", "AccuracyCache", "cache_key"]

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .build import Cut, CutCodec, _InvertedResidual, _Residual, build_model
-from .spec import ArchSpec, describe
+from .build import CutCodec, _InvertedResidual, _Residual, build_model
+from .spec import ArchSpec, Cut, describe
 
 __all__ = ["BlockProfile", "CodecProfile", "ModelProfile", "profile_model"]
 

@@ -14,16 +14,47 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 __all__ = [
+    "BIT_WIDTHS",
+    "BOTTLENECKS",
     "ArchSpec",
     "BasicBlock",
     "Block",
     "Bottleneck",
     "Conv",
+    "Cut",
     "Head",
     "InvertedResidual",
     "Pool",
     "describe",
 ]
+
+
+BOTTLENECKS: tuple[float, ...] = (1.0, 0.5, 0.25)
+"""Fractions of the channels a split point may keep (1: no bottleneck)."""
+BIT_WIDTHS: tuple[int, ...] = (32, 8)
+"""Bits per transmitted activation element."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A split point after ``position`` blocks, with its compression (what crosses the link:
+    a fraction ``bottleneck`` of the channels at ``bits`` per element)."""
+
+    position: int
+    bottleneck: float = 1.0
+    bits: int = 32
+
+    def __post_init__(self) -> None:
+        if self.bottleneck not in BOTTLENECKS:
+            raise ValueError(f"Cut.bottleneck must be one of {BOTTLENECKS}, got {self.bottleneck}")
+        if self.bits not in BIT_WIDTHS:
+            raise ValueError(f"Cut.bits must be one of {BIT_WIDTHS}, got {self.bits}")
+        if self.position < 0:
+            raise ValueError(f"Cut.position must be >= 0, got {self.position}")
+
+    @property
+    def compresses(self) -> bool:
+        return self.bottleneck != 1.0 or self.bits != 32
 
 
 def _check(cond: bool, block: str, message: str) -> None:

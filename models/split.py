@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .build import ChainModel, Cut, CutCodec, build_model
-from .spec import ArchSpec
+from .build import ChainModel, CutCodec, build_model
+from .spec import ArchSpec, Cut
 
 __all__ = [
     "Payload",

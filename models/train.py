@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .build import Cut, build_model
+from .build import build_model
 from .data import Dataset
-from .spec import ArchSpec
+from .spec import ArchSpec, Cut
 
 __all__ = ["InitStateMismatch", "ProxyBudget", "TrainResult", "device_tag", "one_thread",
            "proxy_accuracy", "resolve_device", "seed_sd"]

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.build import Cut
 from models.profile import ModelProfile, profile_model
-from models.spec import ArchSpec
+from models.spec import ArchSpec, Cut
 from sim.network import make_rate_process
 from sim.policy import OraclePolicy, SplitPolicy, thresholds_of
 from sim.scenario import (

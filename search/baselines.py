@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
 from models.profile import ModelProfile
-from models.spec import ArchSpec
+from models.spec import BIT_WIDTHS, BOTTLENECKS, ArchSpec, Cut
 from models.train import TrainResult
 from sim import Scenario
 from sim.policy import SplitPolicy
@@ -215,7 +214,7 @@ class ArchitectureEvaluator(Evaluator):
         source = (scenario.path[0],)
         self.layout = GenomeLayout(self.layout.space, (source,), compression=False,
                                    fixed_arch=self.layout.fixed_arch)
-        self._device_flops = scenario.nodes[source[0]].flops
+        self._device_flops = scenario.nodes[source[0]].flops_per_s
 
     def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:
         return 0.0

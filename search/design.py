@@ -35,9 +35,8 @@ from functools import cached_property
 
 import networkx as nx
 
-from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
 from models.space import SearchSpace
-from models.spec import ArchSpec
+from models.spec import BIT_WIDTHS, BOTTLENECKS, ArchSpec, Cut
 from sim.scenario import Scenario
 
 __all__ = ["AnyDesign", "Design", "GenomeLayout", "PolicyDesign", "check_design", "check_routes",

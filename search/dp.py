@@ -29,9 +29,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
 from models.profile import ModelProfile, profile_model
-from models.spec import ArchSpec
+from models.spec import BIT_WIDTHS, BOTTLENECKS, ArchSpec, Cut
 from sim.network import mean_rate_bps
 from sim.scenario import Scenario
 from sim.workload import Compute
@@ -65,7 +64,7 @@ class _Route:
 
 def _route_rates(scenario: Scenario, route: tuple[str, ...]) -> _Route:
     graph = scenario.graph()
-    r = _Route([scenario.nodes[v].flops for v in route],
+    r = _Route([scenario.nodes[v].flops_per_s for v in route],
                [scenario.nodes[v].memory_bytes or math.inf for v in route], [], [], [], [])
     for u, v in itertools.pairwise(route):
         spec = graph.edges[u, v]["spec"]
@@ -97,7 +96,7 @@ def no_queue_latency(design: Design, profile: ModelProfile, scenario: Scenario) 
     for stage in design_pipeline(design, profile, scenario.input_bits_per_element,
                                  backward_flops_factor=_backward_factor(scenario)):
         if isinstance(stage, Compute):
-            total += stage.work_flops / scenario.nodes[stage.node].flops
+            total += stage.work_flops / scenario.nodes[stage.node].flops_per_s
         elif not graph.has_edge(stage.src, stage.dst):
             return math.inf
         else:

@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.build import Cut
 from models.cache import AccuracyCache, cache_key
 from models.data import Dataset, load_dataset
 from models.profile import ModelProfile, profile_model
 from models.space import get_space
-from models.spec import ArchSpec
+from models.spec import ArchSpec, Cut
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
 from sim.policy import SplitPolicy, merge_pipelines

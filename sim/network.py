@@ -237,7 +237,7 @@ def compile_plan(
                             f"the pipeline computes on {stage.node!r}, which is not a node"
                         )
                     r = node_resource(stage.node)
-                    base[row, s] = stage.work_flops / scenario.nodes[stage.node].flops
+                    base[row, s] = stage.work_flops / scenario.nodes[stage.node].flops_per_s
                 else:
                     r = link_resource(stage.src, stage.dst)
                     base[row, s] = stage.size_bits

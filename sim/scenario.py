@@ -10,6 +10,8 @@ known nodes, a connected path, pipeline stages on existing nodes and links). Eve
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +29,15 @@ from pydantic import (
 
 from .channels import read_trace
 from .errors import ScenarioError
+from .stages import (
+    Compute,
+    Pipeline,
+    Stage,
+    Transfer,
+    read_arrival_file,
+    stages_for_source,
+    training_pipeline,
+)
 
 __all__ = [
     "ChannelSpec",
@@ -40,12 +51,14 @@ __all__ = [
     "PoissonArrivals",
     "RayleighChannel",
     "Scenario",
+    "ScenarioDeprecation",
     "ShannonChannel",
     "TraceChannel",
     "TransferStageSpec",
     "WorkloadSpec",
     "load_scenario",
     "load_yaml",
+    "pipeline_from_specs",
     "read_scenario_dict",
     "scenario_from_dict",
 ]
@@ -60,10 +73,11 @@ class _Spec(BaseModel):
 
 
 class NodeSpec(_Spec):
-    """A device, edge server or cloud: ``servers`` parallel servers of ``flops`` FLOP/s each."""
+    """A device, edge server or cloud: ``servers`` parallel servers of ``flops_per_s`` FLOP/s
+    each (the old key ``flops`` is still read, with a warning)."""
 
     kind: Literal["device", "edge", "cloud"]
-    flops: PositiveFloat
+    flops_per_s: PositiveFloat
     servers: Annotated[int, Field(ge=1)] = 1
     power_w: NonNegativeFloat = 0.0
     """Power drawn by one busy server (W); energy = power_w x busy server-seconds."""
@@ -192,6 +206,17 @@ class ComputeStageSpec(_Spec):
 class TransferStageSpec(_Spec):
     transfer: tuple[str, str]
     bits: PositiveFloat
+
+
+def pipeline_from_specs(specs: Sequence[ComputeStageSpec | TransferStageSpec]) -> Pipeline:
+    """Turn the scenario's ``pipeline`` entries into stages."""
+    out: list[Stage] = []
+    for spec in specs:
+        if isinstance(spec, ComputeStageSpec):
+            out.append(Compute(spec.compute, spec.flops, spec.distribution, spec.cv))
+        else:
+            out.append(Transfer(spec.transfer[0], spec.transfer[1], spec.bits))
+    return tuple(out)
 
 
 def _stage_tag(value: Any) -> str | None:
@@ -351,12 +376,38 @@ def scenario_from_dict(
     data: dict[str, Any], *, base_dir: str | Path = ".", where: str = "scenario"
 ) -> Scenario:
     """Validate a scenario given as a dict (as parsed from YAML)."""
+    data = _renamed_keys(data, where)
     try:
         scenario = Scenario.model_validate({**data, "base_dir": str(base_dir)})
     except ValidationError as exc:
         raise ScenarioError(_format_validation_error(exc, where)) from None
     _check_references(scenario, where)
     return scenario
+
+
+class ScenarioDeprecation(FutureWarning):
+    """A scenario written with an old key, still read (the message says what to write)."""
+
+
+def _renamed_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with each node's old key ``flops`` moved to ``flops_per_s`` (one warning for
+    the file); a node with both is refused."""
+    nodes = data.get("nodes")
+    if not isinstance(nodes, dict):
+        return data
+    old = [name for name, node in nodes.items() if isinstance(node, dict) and "flops" in node]
+    if not old:
+        return data
+    for name in old:
+        if "flops_per_s" in nodes[name]:
+            raise ScenarioError(f"{where}: nodes.{name}: give flops_per_s only (flops is its "
+                                f"old name)")
+    warnings.warn(f"{where}: nodes.{old[0]}.flops{' and others' if len(old) > 1 else ''}: "
+                  f"the key is now flops_per_s (FLOP/s of one server); read as that, rename it",
+                  ScenarioDeprecation, stacklevel=3)
+    renamed = {name: ({("flops_per_s" if k == "flops" else k): v for k, v in node.items()}
+                      if name in old else node) for name, node in nodes.items()}
+    return {**data, "nodes": renamed}
 
 
 def _check_references(s: Scenario, where: str) -> None:
@@ -413,8 +464,6 @@ def _check_references(s: Scenario, where: str) -> None:
     if w.warmup_tasks >= w.tasks:
         fail("workload.warmup_tasks", f"must be less than tasks ({w.tasks}), got {w.warmup_tasks}")
     if isinstance(w.arrivals, FileArrivals):
-        from .workload import read_arrival_file
-
         file = s.resolve(w.arrivals.file)
         try:
             per_source = read_arrival_file(str(file), w.sources)
@@ -426,8 +475,6 @@ def _check_references(s: Scenario, where: str) -> None:
                 fail("workload.arrivals.file", f"{arrivals.size} arrival(s) for source {src!r}, "
                      f"not more than workload.warmup_tasks ({w.warmup_tasks})")
     if s.pipeline is not None:
-        from .workload import pipeline_from_specs, stages_for_source, training_pipeline
-
         stages = pipeline_from_specs(s.pipeline)
         if w.mode == "training":
             stages = training_pipeline(stages, w.backward_flops_factor)

@@ -102,7 +102,7 @@ def offered_load(scenario: Scenario, stages: Sequence[Stage],
                                      "which is not a node")
                 node = scenario.nodes[stage.node]
                 key = ("node", stage.node)
-                rho = lam * stage.work_flops / (node.servers * node.flops)
+                rho = lam * stage.work_flops / (node.servers * node.flops_per_s)
             else:
                 if not graph.has_edge(stage.src, stage.dst):
                     raise ValueError(f"the pipeline sends over {stage.src} -> {stage.dst}, "

@@ -60,7 +60,7 @@ def single_queue(
     return scenario_from_dict({
         "name": "single-queue",
         "input_shape": [1],
-        "nodes": {"server": {"kind": "device", "flops": flops, "servers": servers}},
+        "nodes": {"server": {"kind": "device", "flops_per_s": flops, "servers": servers}},
         "path": ["server"],
         "workload": {"sources": ["server"], "arrivals": {"process": "poisson", "rate_hz": rate_hz},
                      "tasks": tasks, "warmup_tasks": warmup},
@@ -73,9 +73,9 @@ THREE_TIER: dict[str, Any] = {
     "name": "three-tier-test",
     "input_shape": [3, 32, 32],
     "nodes": {
-        "phone": {"kind": "device", "flops": 1e9, "power_w": 2.0},
-        "edge": {"kind": "edge", "flops": 1e11, "servers": 2, "power_w": 100.0},
-        "cloud": {"kind": "cloud", "flops": 1e12, "servers": 4},
+        "phone": {"kind": "device", "flops_per_s": 1e9, "power_w": 2.0},
+        "edge": {"kind": "edge", "flops_per_s": 1e11, "servers": 2, "power_w": 100.0},
+        "cloud": {"kind": "cloud", "flops_per_s": 1e12, "servers": 4},
     },
     "links": [
         {"src": "phone", "dst": "edge", "propagation_s": 0.001,

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from models.build import BIT_WIDTHS, BOTTLENECKS, Cut
 from models.profile import profile_model
 from models.resolve import resolve_architecture
-from models.spec import ArchSpec, Conv, Head
+from models.spec import BIT_WIDTHS, BOTTLENECKS, ArchSpec, Conv, Cut, Head
 from search.baselines import (
     all_designs,
     neurosurgeon_baseline,
@@ -41,8 +40,8 @@ def quiet_three_tier(phone_flops: float = 3e8, edge_flops: float = 1e11,
     simulated latency of a design is exactly its no-queueing latency."""
     d = three_tier()
     d["input_shape"] = [3, 64, 64]
-    d["nodes"]["phone"]["flops"] = phone_flops
-    d["nodes"]["edge"]["flops"] = edge_flops
+    d["nodes"]["phone"]["flops_per_s"] = phone_flops
+    d["nodes"]["edge"]["flops_per_s"] = edge_flops
     d["links"][0]["channel"]["rate_bps"] = uplink_bps
     d["workload"] = {"sources": ["phone"], "tasks": 30, "warmup_tasks": 0,
                      "arrivals": {"process": "periodic", "rate_hz": 1.0}}
@@ -187,8 +186,8 @@ def test_lambda_sweep_picks_the_true_maximiser_of_each_lambda(tmp_path: Path) ->
     design picked."""
     d = three_tier()
     d["input_shape"] = [3, 64, 64]
-    d["nodes"] = {"phone": {"kind": "device", "flops": 3e8, "power_w": 2.0},
-                  "edge": {"kind": "edge", "flops": 1e11, "servers": 2}}
+    d["nodes"] = {"phone": {"kind": "device", "flops_per_s": 3e8, "power_w": 2.0},
+                  "edge": {"kind": "edge", "flops_per_s": 1e11, "servers": 2}}
     d["links"] = d["links"][:1]
     d["path"] = ["phone", "edge"]
     d["pipeline"] = d["pipeline"][:3]

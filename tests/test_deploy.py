@@ -33,7 +33,8 @@ from deploy.node import model_input
 from deploy.pacing import PacedLink
 from deploy.wire import DATA, Message, encode, frame_overhead_bytes, recv_message
 from models import build_model, get_space
-from models.build import Cut, quantize
+from models.build import quantize
+from models.spec import Cut
 from search.design import Design, GenomeLayout, PolicyDesign, scenario_routes
 from sim import scenario_from_dict
 from sim.channels import ConstantRate, GilbertElliottRate
@@ -47,8 +48,8 @@ def two_node(**workload: Any) -> Any:
         "name": "two-node",
         "input_shape": [3, 32, 32],
         "input_bits_per_element": 8,
-        "nodes": {"phone": {"kind": "device", "flops": 1e9},
-                  "edge": {"kind": "edge", "flops": 1e10, "servers": 2}},
+        "nodes": {"phone": {"kind": "device", "flops_per_s": 1e9},
+                  "edge": {"kind": "edge", "flops_per_s": 1e10, "servers": 2}},
         "links": [{"src": "phone", "dst": "edge", "propagation_s": 0.002,
                    "channel": {"model": "constant", "rate_bps": 50e6}}],
         "path": ["phone", "edge"],
@@ -443,7 +444,7 @@ def _trace_scenario(folder: Path, rates: list[float], times: list[float], *,
                                             exclude_none=True)
     data["links"][0]["channel"] = {"model": "trace", "file": "uplink.csv"}
     if three_nodes:
-        data["nodes"]["cloud"] = {"kind": "cloud", "flops": 1e11, "servers": 2}
+        data["nodes"]["cloud"] = {"kind": "cloud", "flops_per_s": 1e11, "servers": 2}
         data["links"] += [
             {"src": "edge", "dst": "cloud", "propagation_s": 0.003,
              "channel": {"model": "constant", "rate_bps": 100e6}},

@@ -39,7 +39,7 @@ from deploy.node import CLIENT, NodeSpec, model_input
 from deploy.remote import load_hosts, rate_from_wire, rate_to_wire, spec_to_wire
 from deploy.wire import DATA, END, START, FrameError, Message, encode, recv_message
 from models import build_model, get_space
-from models.build import Cut
+from models.spec import Cut
 from models.split import save_segments, split_model
 from search.design import Design
 from sim import scenario_from_dict
@@ -56,9 +56,9 @@ def three_nodes(tasks: int = 40) -> Any:
         "name": "three-hosts",
         "input_shape": [3, 32, 32],
         "input_bits_per_element": 8,
-        "nodes": {"phone": {"kind": "device", "flops": 1e9},
-                  "edge": {"kind": "edge", "flops": 1e10},
-                  "cloud": {"kind": "cloud", "flops": 1e11, "servers": 2}},
+        "nodes": {"phone": {"kind": "device", "flops_per_s": 1e9},
+                  "edge": {"kind": "edge", "flops_per_s": 1e10},
+                  "cloud": {"kind": "cloud", "flops_per_s": 1e11, "servers": 2}},
         "links": [{"src": "phone", "dst": "edge", "propagation_s": 0.002,
                    "channel": {"model": "constant", "rate_bps": 20e6}},
                   {"src": "edge", "dst": "cloud", "propagation_s": 0.005,

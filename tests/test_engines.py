@@ -111,8 +111,8 @@ def test_stage_waiting_service_and_propagation_by_hand(
     reverse), warm-up requests left in the means, and per-stage sums divided by the wrong
     count."""
     d = three_tier()
-    d["nodes"] = {"phone": {"kind": "device", "flops": 1e9},
-                  "edge": {"kind": "edge", "flops": 1e11, "servers": edge_servers}}
+    d["nodes"] = {"phone": {"kind": "device", "flops_per_s": 1e9},
+                  "edge": {"kind": "edge", "flops_per_s": 1e11, "servers": edge_servers}}
     d["links"] = [{"src": "phone", "dst": "edge", "propagation_s": 0.001,
                    "channel": {"model": "constant", "rate_bps": 10e6}}]
     d["path"] = ["phone", "edge"]
@@ -238,13 +238,13 @@ def test_simultaneous_arrivals_at_a_shared_queue_are_ordered_alike(tmp_path: Any
     # Task 1 (source a) and task 2 (source b) both reach the edge at t = 4.0 exactly; task 2's
     # previous stage started earlier (1.5 s against 2.0 s), so SimPy hears from it first.
     d = three_tier()
-    d["nodes"]["a"] = {"kind": "device", "flops": 1.0}
-    d["nodes"]["b"] = {"kind": "device", "flops": 0.8}
+    d["nodes"]["a"] = {"kind": "device", "flops_per_s": 1.0}
+    d["nodes"]["b"] = {"kind": "device", "flops_per_s": 0.8}
     d["links"] += [{"src": "a", "dst": "edge", "channel": {"model": "constant", "rate_bps": 1e9}},
                    {"src": "b", "dst": "edge", "channel": {"model": "constant", "rate_bps": 1e9}}]
     d["path"] = ["a", "edge"]
     d["nodes"]["edge"]["servers"] = 1
-    d["nodes"]["edge"]["flops"] = 1.0
+    d["nodes"]["edge"]["flops_per_s"] = 1.0
     d["workload"] = {"sources": ["a", "b"], "warmup_tasks": 0,
                      "arrivals": {"process": "file", "file": "arr.csv"}}
     (tmp_path / "arr.csv").write_text("time_s,source\n0.0,a\n0.5,a\n1.5,b\n")

@@ -525,7 +525,7 @@ def test_paired_comparison_against_exact_enumeration() -> None:
 def test_bad_experiment_input_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment", "nosuch", "--quick", "--out", "/tmp/unused"]) == 2
     assert "unknown experiment 'nosuch'" in capsys.readouterr().err
-    for bad in ("nodes.moon.flops", "links.9.channel", "links.x", "name.first"):
+    for bad in ("nodes.moon.flops_per_s", "links.9.channel", "links.x", "name.first"):
         with pytest.raises(ValueError, match=rf"^override {bad!r}: no such place"):
             scenario_variant("three-tier", {bad: 1.0})
     cut = scenario_variant("three-tier", {"path": ["phone", "edge"], "links.1": None,

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from models.build import Cut
 from models.cache import AccuracyCache, cache_key
-from models.spec import ArchSpec, Conv, Head
+from models.spec import ArchSpec, Conv, Cut, Head
 from models.train import ProxyBudget, TrainResult
 
 SPEC = ArchSpec("a", (Conv(8), Head()))

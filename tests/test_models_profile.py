@@ -6,11 +6,10 @@ import math
 
 import pytest
 
-from models.build import Cut
 from models.profile import profile_model
 from models.reference import reference_model
 from models.space import get_space
-from models.spec import ArchSpec, Conv, Head
+from models.spec import ArchSpec, Conv, Cut, Head
 
 # Published multiply-adds at 3x224x224 (the figures) and parameter counts (torchvision).
 PUBLISHED = {

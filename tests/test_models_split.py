@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.build import Cut, build_model, dequantize, quantize
+from models.build import build_model, dequantize, quantize
 from models.profile import profile_model
 from models.reference import reference_model
 from models.space import get_space
+from models.spec import Cut
 from models.split import load_segment, payload_bits, run_segments, save_segments, split_model
 
 

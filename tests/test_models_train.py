@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from models.build import Cut
 from models.data import Dataset, load_dataset
 from models.space import get_space
-from models.spec import ArchSpec, Conv, Head, Pool
+from models.spec import ArchSpec, Conv, Cut, Head, Pool
 from models.train import ProxyBudget, proxy_accuracy, resolve_device
 
 SMALL = ProxyBudget(epochs=2, subset=600, width_scale=0.5, batch_size=32)

@@ -84,7 +84,7 @@ def tandem_scenario(lam: float, mus: list[float], tasks: int) -> object:
     return scenario_from_dict({
         "name": "tandem",
         "input_shape": [1],
-        "nodes": {n: {"kind": "edge", "flops": mu} for n, mu in zip(names, mus, strict=True)},
+        "nodes": {n: {"kind": "edge", "flops_per_s": mu} for n, mu in zip(names, mus, strict=True)},
         "links": [{"src": a, "dst": b, "channel": {"model": "constant", "rate_bps": 1e12}}
                   for a, b in itertools.pairwise(names)],
         "path": names,

@@ -88,7 +88,7 @@ def two_phones_and_a_shortcut() -> dict[str, Any]:
     """phone and phone2 share the edge; the user adds a phone -> cloud link (a second route)
     but no phone2 -> cloud one."""
     d = three_tier()
-    d["nodes"]["phone2"] = {"kind": "device", "flops": 1e9}
+    d["nodes"]["phone2"] = {"kind": "device", "flops_per_s": 1e9}
     d["links"].append({"src": "phone2", "dst": "edge",
                        "channel": {"model": "constant", "rate_bps": 10e6}})
     d["links"].append({"src": "phone", "dst": "cloud", "propagation_s": 0.03,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +67,8 @@ def test_negative_rate(tmp_path: Path) -> None:
 
 def test_negative_node_rate(tmp_path: Path) -> None:
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 0
-    assert "nodes.phone.flops: Input should be greater than 0" in refused(tmp_path, d)
+    d["nodes"]["phone"]["flops_per_s"] = 0
+    assert "nodes.phone.flops_per_s: Input should be greater than 0" in refused(tmp_path, d)
 
 
 def test_missing_key(tmp_path: Path) -> None:
@@ -128,7 +131,7 @@ def test_training_mode_needs_reverse_links(tmp_path: Path) -> None:
 
 def test_other_sources_need_their_own_link(tmp_path: Path) -> None:
     d = three_tier()
-    d["nodes"]["tablet"] = {"kind": "device", "flops": 1e9}
+    d["nodes"]["tablet"] = {"kind": "device", "flops_per_s": 1e9}
     d["workload"]["sources"] = ["phone", "tablet"]
     assert "workload.sources[1]: no link tablet -> edge" in refused(tmp_path, d)
 
@@ -217,3 +220,36 @@ def test_arrival_file_shorter_than_the_warmup(tmp_path: Path) -> None:
     d["workload"]["warmup_tasks"] = 10
     msg = refused(tmp_path, d)
     assert "workload.arrivals.file: 3 arrival(s) for source 'phone'" in msg
+
+
+def test_a_node_written_with_the_old_flops_key_is_read_with_one_warning(tmp_path: Path) -> None:
+    """``flops``, the old name of a node's ``flops_per_s``, still reads as the same scenario,
+    with one ScenarioDeprecation for the file; a node with both keys is refused, naming it;
+    the command line shows the warning as one line."""
+    import warnings
+
+    from sim.scenario import ScenarioDeprecation
+
+    d = three_tier()
+    old = copy.deepcopy(d)
+    for node in old["nodes"].values():
+        node["flops"] = node.pop("flops_per_s")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert scenario_from_dict(old) == scenario_from_dict(d)
+    assert [w.category for w in caught] == [ScenarioDeprecation], caught
+    assert "nodes.phone.flops and others: the key is now flops_per_s" in str(caught[0].message)
+    both = copy.deepcopy(d)
+    both["nodes"]["edge"]["flops"] = 1e9
+    with pytest.raises(ScenarioError, match=r"nodes\.edge: give flops_per_s only"):
+        scenario_from_dict(both)
+    path = tmp_path / "old.yaml"
+    text = (EXAMPLES / "three-tier.yaml").read_text().replace("flops_per_s:", "flops:")
+    path.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "jmsnas", "simulate", str(path), "--tasks",
+                           "300", "--replications", "1"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "flops_per_s" in line]
+    assert warned == [f"jmsnas: warning: {path}: nodes.phone.flops and others: the key is now "
+                      f"flops_per_s (FLOP/s of one server); read as that, rename it"], done.stderr

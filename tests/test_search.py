@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.build import Cut
 from models.cache import AccuracyCache
 from models.profile import profile_model
 from models.space import get_space
+from models.spec import Cut
 from search.config import SearchConfig
 from search.design import Design, GenomeLayout, scenario_routes
 from search.dp import brute_force_split, no_queue_latency, optimal_split
@@ -42,7 +42,7 @@ measurement (tested on its own below)."""
 
 def slow_phone_scenario(memory: float | None = None) -> Any:
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 2e8  # slow device: splitting pays
+    d["nodes"]["phone"]["flops_per_s"] = 2e8  # slow device: splitting pays
     if memory is not None:
         d["nodes"]["phone"]["memory_bytes"] = memory
     d["input_shape"] = [3, 64, 64]
@@ -230,7 +230,7 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
     from search.dp import brute_force_design, optimal_design
 
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 2e8
+    d["nodes"]["phone"]["flops_per_s"] = 2e8
     d["input_shape"] = [3, 64, 64]
     if scenario == "training":  # gradients return in float32: only a slow uplink compresses
         d["workload"]["mode"] = "training"
@@ -238,7 +238,7 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
         for link in d["links"]:
             link["duplex"] = True
     if scenario == "forward":
-        d["nodes"]["edge"]["flops"] = 1e7
+        d["nodes"]["edge"]["flops_per_s"] = 1e7
         d["links"][0]["channel"]["rate_bps"] = 2e6
         d["links"][1]["channel"]["rate_bps"] = 1e9
     if scenario == "memory":  # a slow uplink: the unconstrained optimum computes on the phone
@@ -283,7 +283,7 @@ def test_dp_with_compression_equals_brute_force(scenario: str) -> None:
 
 def test_dp_split_moves_with_the_uplink() -> None:
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 2e8
+    d["nodes"]["phone"]["flops_per_s"] = 2e8
     d["input_shape"] = [3, 64, 64]
     arch = get_space("tiny").decode([1, 1, 1, 1, 1, 1, 1, 0, 1])
     share = []
@@ -584,7 +584,7 @@ def test_result_front_is_nondominated(tmp_path: Path) -> None:
 
 def two_tier() -> Any:
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 3e8
+    d["nodes"]["phone"]["flops_per_s"] = 3e8
     d["input_shape"] = [3, 64, 64]
     d["path"] = ["phone", "edge"]
     d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 10e6, "tx_power_dbm": 23,
@@ -612,9 +612,9 @@ def contested_three_tier() -> Any:
     15 ms of latency for accuracy, and most split vectors of an architecture are far off it."""
     d = three_tier()
     d["input_shape"] = [3, 64, 64]
-    d["nodes"]["phone"]["flops"] = 3e8
-    d["nodes"]["edge"]["flops"] = 2e9
-    d["nodes"]["cloud"]["flops"] = 2e10
+    d["nodes"]["phone"]["flops_per_s"] = 3e8
+    d["nodes"]["edge"]["flops_per_s"] = 2e9
+    d["nodes"]["cloud"]["flops_per_s"] = 2e10
     d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 10e6, "tx_power_dbm": 23,
                                 "distance_m": 100, "coherence_s": 0.02}
     d["links"][1]["channel"]["rate_bps"] = 50e6

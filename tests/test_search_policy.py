@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.build import Cut
 from models.space import get_space
+from models.spec import Cut
 from search.adaptive import (
     bottleneck_policy,
     channel_states,
@@ -42,7 +42,7 @@ GE = {"model": "gilbert_elliott", "good_rate_bps": 20e6, "bad_rate_bps": 0.5e6,
 
 def ge_scenario(**channel: Any) -> Any:
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 2e8
+    d["nodes"]["phone"]["flops_per_s"] = 2e8
     d["input_shape"] = [1, 28, 28]
     d["links"][0]["channel"] = {**GE, **channel}
     d["workload"]["arrivals"]["rate_hz"] = 2.0
@@ -142,7 +142,7 @@ def test_the_oracle_bounds_every_planned_policy_at_light_load() -> None:
     """No queueing (one request every 4 s): the oracle is no slower than the static DP design,
     the DP policy, the threshold policy or the bottleneck policy on any request."""
     d = three_tier()
-    d["nodes"]["phone"]["flops"] = 2e8
+    d["nodes"]["phone"]["flops_per_s"] = 2e8
     d["input_shape"] = [1, 28, 28]
     d["links"][0]["channel"] = dict(GE)
     d["workload"].update({"arrivals": {"process": "periodic", "rate_hz": 0.25},
@@ -229,9 +229,10 @@ def _mesh() -> Any:
     ge, fast = dict(GE), {"model": "constant", "rate_bps": 50e6}
     return scenario_from_dict({
         "name": "mesh", "input_shape": [1, 28, 28],
-        "nodes": {"phone": {"kind": "device", "flops": 2e8},
-                  "e1": {"kind": "edge", "flops": 1e10}, "e2": {"kind": "edge", "flops": 1e10},
-                  "cloud": {"kind": "cloud", "flops": 1e11}},
+        "nodes": {"phone": {"kind": "device", "flops_per_s": 2e8},
+                  "e1": {"kind": "edge", "flops_per_s": 1e10},
+                  "e2": {"kind": "edge", "flops_per_s": 1e10},
+                  "cloud": {"kind": "cloud", "flops_per_s": 1e11}},
         "links": [{"src": "phone", "dst": "e1", "channel": ge},
                   {"src": "phone", "dst": "e2", "channel": fast},
                   {"src": "e1", "dst": "e2", "channel": fast, "duplex": True},

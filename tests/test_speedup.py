@@ -39,10 +39,10 @@ def placement_closed_forms(arch_name: str, rate_bps: float, config: dict[str, An
                                                               or math.inf)
     uplink = bits / rate_bps + up.propagation_s
     return {
-        "device_only_s": flops / sc.nodes[phone].flops if fits else math.inf,
-        "edge_only_s": uplink + flops / sc.nodes[edge].flops,
+        "device_only_s": flops / sc.nodes[phone].flops_per_s if fits else math.inf,
+        "edge_only_s": uplink + flops / sc.nodes[edge].flops_per_s,
         "cloud_only_s": uplink + bits / wired.channel.rate_bps + wired.propagation_s
-        + flops / sc.nodes[cloud].flops,
+        + flops / sc.nodes[cloud].flops_per_s,
     }
 
 

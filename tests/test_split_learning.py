@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from models.build import Cut
 from models.profile import profile_model
 from models.resolve import resolve_architecture
+from models.spec import Cut
 from search.config import SearchConfig
 from search.design import Design
 from search.dp import brute_force_split, no_queue_latency, optimal_split
@@ -37,9 +37,9 @@ def chain(mode: str = "training", duplex: bool = True, down_bps: float | None = 
                       "channel": {"model": "constant", "rate_bps": down_bps}})
     return scenario_from_dict({
         "name": "chain", "input_shape": [1, 28, 28], "input_bits_per_element": 8,
-        "nodes": {"phone": {"kind": "device", "flops": phone_flops},
-                  "edge": {"kind": "edge", "flops": 5e9, "servers": 2},
-                  "cloud": {"kind": "cloud", "flops": 5e10, "servers": 4}},
+        "nodes": {"phone": {"kind": "device", "flops_per_s": phone_flops},
+                  "edge": {"kind": "edge", "flops_per_s": 5e9, "servers": 2},
+                  "cloud": {"kind": "cloud", "flops_per_s": 5e10, "servers": 4}},
         "links": links, "path": ["phone", "edge", "cloud"],
         "workload": {"sources": ["phone"], "arrivals": {"process": "periodic",
                                                         "rate_hz": rate_hz},

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from models.build import Cut
 from models.resolve import resolve_architecture
+from models.spec import Cut
 from search.config import SearchConfig
 from search.design import Design
 from search.evaluate import Evaluator
@@ -31,9 +31,9 @@ def two_sources(rate_hz: float = 5.0) -> Any:
     Gilbert-Elliott channel with mean rate (10 x 1 + 1 x 0.25) / 1.25 = 8.2 Mbit/s."""
     return scenario_from_dict({
         "name": "two-sources", "input_shape": [1, 8, 8],
-        "nodes": {"phone": {"kind": "device", "flops": 1e9},
-                  "phone2": {"kind": "device", "flops": 1e9},
-                  "edge": {"kind": "edge", "flops": 1e9, "servers": 2}},
+        "nodes": {"phone": {"kind": "device", "flops_per_s": 1e9},
+                  "phone2": {"kind": "device", "flops_per_s": 1e9},
+                  "edge": {"kind": "edge", "flops_per_s": 1e9, "servers": 2}},
         "links": [{"src": "phone", "dst": "edge", "propagation_s": 0.001,
                    "channel": {"model": "gilbert_elliott", "good_rate_bps": 10e6,
                                "bad_rate_bps": 1e6, "mean_good_s": 1.0, "mean_bad_s": 0.25}},

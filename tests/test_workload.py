@@ -33,7 +33,7 @@ def test_poisson_arrivals_have_the_rate_and_exponential_gaps() -> None:
 
 def test_periodic_arrivals_with_random_phase_per_source() -> None:
     d = three_tier()
-    d["nodes"]["tablet"] = {"kind": "device", "flops": 1e9}
+    d["nodes"]["tablet"] = {"kind": "device", "flops_per_s": 1e9}
     d["links"].append({"src": "tablet", "dst": "edge",
                        "channel": {"model": "constant", "rate_bps": 1e6}})
     d["workload"]["sources"] = ["phone", "tablet"]
@@ -53,7 +53,7 @@ def test_periodic_arrivals_with_random_phase_per_source() -> None:
 
 def test_arrival_file_per_source(tmp_path: Path) -> None:
     d = three_tier()
-    d["nodes"]["tablet"] = {"kind": "device", "flops": 1e9}
+    d["nodes"]["tablet"] = {"kind": "device", "flops_per_s": 1e9}
     d["links"].append({"src": "tablet", "dst": "edge",
                        "channel": {"model": "constant", "rate_bps": 1e6}})
     d["workload"].update(sources=["phone", "tablet"], warmup_tasks=1,
@@ -145,3 +145,23 @@ def test_channel_realisation_does_not_depend_on_earlier_calls() -> None:
     assert a is not None and b is not None
     t = np.linspace(0, 10, 1001)
     assert np.array_equal(a.rate_at(t), b.rate_at(t))
+
+
+def test_the_simulator_package_has_no_import_circle() -> None:
+    """Every import between ``sim`` modules, at the top or inside a function, as a graph: it
+    has no cycle (the scenario schema once imported the workload, which imported the schema)."""
+    import ast
+
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for path in (Path(__file__).resolve().parent.parent / "sim").glob("*.py"):
+        graph.add_node(path.stem)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.level == 1:
+                    graph.add_edge(path.stem, node.module.split(".")[0])
+                elif node.module.startswith("sim."):
+                    graph.add_edge(path.stem, node.module.split(".")[1])
+    assert graph.number_of_nodes() > 10
+    assert list(nx.simple_cycles(graph)) == []
