@@ -58,6 +58,11 @@ def dbm_to_w(power_dbm: float) -> float:
     return float(10.0 ** ((power_dbm - 30.0) / 10.0))
 
 
+MAX_SNR_DB = 200.0
+"""Link budgets whose mean SNR lies further from 0 dB are refused: no radio link is within
+orders of magnitude of it, and beyond it the rates overflow or vanish in floating point."""
+
+
 def mean_snr_linear(
     *,
     bandwidth_hz: float,
@@ -88,6 +93,10 @@ def mean_snr_linear(
     )
     noise_dbm = noise_dbm_hz + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
     snr_db = tx_power_dbm + antenna_gain_db - pathloss_db - noise_dbm
+    if not -MAX_SNR_DB <= snr_db <= MAX_SNR_DB:  # NaN included
+        raise ValueError(f"the link budget gives a mean SNR of {snr_db:.4g} dB, outside "
+                         f"-{MAX_SNR_DB:g}..{MAX_SNR_DB:g} dB: check tx_power_dbm, distance_m "
+                         f"and the losses")
     return float(10.0 ** (snr_db / 10.0))
 
 

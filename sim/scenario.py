@@ -25,6 +25,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .channels import read_trace
@@ -107,6 +108,11 @@ class _LinkBudget(_Spec):
         from .channels import mean_snr_linear
 
         return mean_snr_linear(**self.model_dump(include=set(_LinkBudget.model_fields)))
+
+    @model_validator(mode="after")
+    def _snr_in_range(self) -> _LinkBudget:
+        self.snr_linear()  # a ValueError for a budget out of range, named by the link
+        return self
 
 
 class ShannonChannel(_LinkBudget):
@@ -330,12 +336,17 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 def _format_validation_error(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     msg = first["msg"]
+    if len(msg) > 200:  # pydantic quotes the input in some messages: a long one is cut
+        msg = msg[:150] + "..." + msg[-40:]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":
         msg = "required key is missing"
     value = first.get("input")
-    got = "" if first["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+    shown = repr(value)
+    if len(shown) > 80:  # a list of thousands of items: its start is enough
+        shown = shown[:60] + f"... ({len(shown)} characters)"
+    got = "" if first["type"] == "missing" or isinstance(value, dict) else f" (got {shown})"
     more = len(err.errors()) - 1
     tail = f" [and {more} more problem{'s' if more > 1 else ''}]" if more else ""
     return f"{where}: {_loc(tuple(first['loc']))}: {msg}{got}{tail}"
@@ -355,6 +366,9 @@ def read_scenario_dict(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (a byte 0x{exc.object[exc.start]:02x} "
+                            f"at offset {exc.start})") from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
