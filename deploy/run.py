@@ -277,9 +277,12 @@ class _Run:
     def close(self) -> None:
         self.stop.set()
         for s in self.sockets:
+            with contextlib.suppress(OSError):  # wakes a thread blocked in recv or sendall,
+                s.shutdown(socket.SHUT_RDWR)    # which close() alone does not
             s.close()
+        deadline = time.monotonic() + 10.0
         for t in self.threads:
-            t.join(10.0)
+            t.join(max(deadline - time.monotonic(), 0.0))
         for h in self.nodes:
             if h.proc is not None and h.proc.is_alive():
                 h.proc.terminate()

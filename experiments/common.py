@@ -19,6 +19,7 @@ import math
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -40,7 +41,7 @@ from search.remeasure import Remeasured, remeasure_front
 from search.runs import lock_run_folder
 from sim import Scenario, ScenarioError, read_scenario_dict, scenario_from_dict
 from sim.report import confidence_half_width
-from sim.scenario import load_yaml
+from sim.scenario import ScenarioDeprecation, load_yaml
 
 from .shipped import resolve_scenario_path
 
@@ -81,6 +82,10 @@ def variant_dict(name: str, overrides: Mapping[str, Any] | None = None
     for dotted, value in (overrides or {}).items():
         target: Any = data
         parts = dotted.split(".")
+        if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "flops":  # the old name
+            warnings.warn(f"override {dotted!r}: the key is now flops_per_s (FLOP/s of one "
+                          f"server); read as that, rename it", ScenarioDeprecation, stacklevel=2)
+            parts[2] = "flops_per_s"
         try:
             for part in parts[:-1]:
                 target = target[int(part)] if isinstance(target, list) else target[part]

@@ -63,7 +63,8 @@ def topologies(c: dict[str, Any]) -> dict[str, tuple[int, Any]]:
          "channel": {"model": "constant", "rate_bps": r["rate_bps"]}},
     ]
     four = scenario_variant(c["scenario"], overrides | {
-        "nodes.regional": {"kind": "edge", "flops_per_s": r["flops"], "servers": r["servers"]},
+        "nodes.regional": {"kind": "edge", "flops_per_s": r["flops_per_s"],
+                           "servers": r["servers"]},
         "links": four_links, "path": [phone, edge, "regional", cloud]})
     return {"two tiers": (1, two), "three tiers": (2, base), "four tiers": (3, four)}
 

@@ -249,34 +249,52 @@ class AccuracyCache:
         return len(rows)
 
     def import_csv(self, path: str | os.PathLike[str]) -> int:
-        """Add the rows of a CSV file written by :meth:`export_csv` (rows already here are
-        kept), in one transaction; returns the number of rows read. A ValueError names the
-        file and the row that is malformed. The keys are taken as they are: a row whose key
-        today's code would not compute (another code version) is simply never asked for."""
+        """Add the rows of a CSV file written by :meth:`export_csv` (keys already here keep
+        their rows), in one transaction; returns the number of rows added. Every row is
+        checked first (a 64-digit key, JSON architecture, cuts and budget, an accuracy in
+        [0, 1] exactly when the status is ``ok``, a finite training time); a ValueError names
+        the file and the line, and nothing is added. The keys are taken as they are: a row
+        whose key today's code would not compute (another code version) is never asked for."""
         import csv
 
         values = []
+        seen: set[str] = set()
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if tuple(reader.fieldnames or ()) != self._COLUMNS:
                 raise ValueError(f"{path}: expected the columns {', '.join(self._COLUMNS)}")
             for line, row in enumerate(reader, start=2):
                 try:
+                    if None in row or None in row.values():
+                        raise ValueError("a row with more or fewer fields than the header")
+                    key = row["key"]
+                    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                        raise ValueError(f"key {key!r} is not a SHA-256 in hex")
+                    if key in seen:
+                        raise ValueError(f"key {key} appears twice")
+                    seen.add(key)
+                    for column in ("arch", "cuts", "budget"):
+                        json.loads(row[column])
                     acc = None if row["accuracy"] == "" else float(row["accuracy"])
-                    if row["status"] not in ("ok", "diverged", "failed") or (
-                            acc is None) != (row["status"] != "ok"):
+                    ok = row["status"] == "ok"
+                    if row["status"] not in ("ok", "diverged", "failed") or (acc is None) == ok \
+                            or (acc is not None and not 0.0 <= acc <= 1.0):
                         raise ValueError(f"status {row['status']!r} with accuracy "
                                          f"{row['accuracy']!r}")
-                    values.append((row["key"], row["arch"], row["cuts"], row["dataset"],
-                                   row["budget"], int(row["seed"]), acc,
-                                   float(row["train_time_s"]), row["status"], row["message"],
-                                   time.time()))
-                except (TypeError, ValueError) as exc:
+                    train_time = float(row["train_time_s"])
+                    if not (math.isfinite(train_time) and train_time >= 0):
+                        raise ValueError(f"train_time_s {row['train_time_s']!r}")
+                    values.append((key, row["arch"], row["cuts"], row["dataset"],
+                                   row["budget"], int(row["seed"]), acc, train_time,
+                                   row["status"], row["message"], time.time()))
+                except (TypeError, ValueError) as exc:  # json's errors are ValueErrors
                     raise ValueError(f"{path}, line {line}: {exc}") from None
         with self._transaction() as db:
+            before = db.execute("SELECT COUNT(*) FROM accuracy").fetchone()[0]
             db.executemany("INSERT OR IGNORE INTO accuracy VALUES "
                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-        return len(values)
+            after = db.execute("SELECT COUNT(*) FROM accuracy").fetchone()[0]
+        return int(after - before)
 
     def __len__(self) -> int:
         with closing(self._connect()) as db:

@@ -84,14 +84,18 @@ def mean_snr_linear(
     n = 3.76 gives the 3GPP macro-cell formula 128.1 + 37.6 log10(d/km)).
     Noise: N = noise_dbm_hz + 10 log10(B) + NF dBm. SNR = P_tx + G - PL - N (dB).
     """
-    if reference_loss_db is None:
-        reference_loss_db = 20.0 * math.log10(
-            4.0 * math.pi * reference_distance_m * carrier_hz / _SPEED_OF_LIGHT_M_S
+    try:
+        if reference_loss_db is None:
+            reference_loss_db = 20.0 * math.log10(
+                4.0 * math.pi * reference_distance_m * carrier_hz / _SPEED_OF_LIGHT_M_S
+            )
+        pathloss_db = reference_loss_db + 10.0 * pathloss_exponent * math.log10(
+            distance_m / reference_distance_m
         )
-    pathloss_db = reference_loss_db + 10.0 * pathloss_exponent * math.log10(
-        distance_m / reference_distance_m
-    )
-    noise_dbm = noise_dbm_hz + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
+        noise_dbm = noise_dbm_hz + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
+    except (ValueError, OverflowError, ZeroDivisionError):  # ratios beyond floating point
+        raise ValueError("the link budget cannot be computed: distance_m, reference_distance_m, "
+                         "carrier_hz or bandwidth_hz out of any realistic range") from None
     snr_db = tx_power_dbm + antenna_gain_db - pathloss_db - noise_dbm
     if not -MAX_SNR_DB <= snr_db <= MAX_SNR_DB:  # NaN included
         raise ValueError(f"the link budget gives a mean SNR of {snr_db:.4g} dB, outside "

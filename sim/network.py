@@ -75,7 +75,8 @@ def make_rate_process(
 
 @dataclass(frozen=True)
 class Resource:
-    """A FIFO queue: a node (``servers`` servers of ``flops`` FLOP/s) or a link (one sender)."""
+    """A FIFO queue: a node (``servers`` servers of ``flops_per_s`` FLOP/s) or a link (one
+    sender)."""
 
     name: str
     kind: str  # "node" or "link"

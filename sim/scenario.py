@@ -119,18 +119,26 @@ class ShannonChannel(_LinkBudget):
     model: Literal["shannon"]
 
 
+MIN_SOJOURN_S = 1e-4
+"""The shortest coherence time or mean Markov sojourn accepted (0.1 ms, a fifth of an LTE
+slot): a channel that changes faster is, for frames of milliseconds, its mean rate (give that
+as a ``shannon`` or ``constant`` channel), and simulating every block would take hours."""
+SojournS = Annotated[float, Field(ge=MIN_SOJOURN_S, allow_inf_nan=False)]
+
+
 class RayleighChannel(_LinkBudget):
     model: Literal["rayleigh"]
-    coherence_s: PositiveFloat
-    shadowing_db: NonNegativeFloat = 0.0
+    coherence_s: SojournS
+    shadowing_db: Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False)] = 0.0
+    """Log-normal shadowing's standard deviation (measured: 4-12 dB; at most 30)."""
 
 
 class GilbertElliottChannel(_Spec):
     model: Literal["gilbert_elliott"]
     good_rate_bps: PositiveFloat
     bad_rate_bps: NonNegativeFloat
-    mean_good_s: PositiveFloat
-    mean_bad_s: PositiveFloat
+    mean_good_s: SojournS
+    mean_bad_s: SojournS
     tx_power_w: NonNegativeFloat = 0.0
 
 

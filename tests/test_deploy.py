@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import socket
@@ -94,21 +95,39 @@ class _RecordingClock:
         self.sleeps.append((deadline, time.monotonic()))
 
 
+def _finish_by_segments(rate: Any, start_s: float, bits: float) -> float:
+    """When the channel has carried ``bits`` from ``start_s``: walked segment by segment over
+    the rate's table (piecewise constant, repeating with its period), independently of the
+    rate's own capacity inversion that the pacer uses."""
+    times, rates, period = rate.table(start_s + 60.0)
+    times, rates = [float(t) for t in times], [float(r) for r in rates]
+    edges = [*times[1:], float(period)]
+    t, left = start_s, bits
+    while True:
+        base = period * math.floor(t / period)
+        k = max(i for i, t0 in enumerate(times) if base + t0 <= t + 1e-15)
+        end = base + edges[k]
+        if rates[k] > 0 and left <= rates[k] * (end - t):
+            return t + left / rates[k]
+        left -= rates[k] * (end - t)
+        t = end
+
+
 def _check_pacing(rate: Any, nbytes: int) -> float:
     """Send ``nbytes`` through a PacedLink over loopback TCP and check it against the channel
     ``rate``; returns the channel's exact duration of the transfer.
 
     What the code decides is checked exactly: the sender sleeps, chunk by chunk, until the
-    moment the channel (its :meth:`finish_time`, computed independently of the pacer's
-    capacity inversion) has carried the bytes sent so far, to a nanosecond, and never sends a
-    chunk before its moment. What the machine adds is measured rather than assumed: the
-    wake-ups are late by whatever the load makes them, and the last byte must arrive after the
-    last deadline and within 0.25 s of the last wake-up (loopback delivery and the receiving
-    thread's own late wake-up: 25 ms seen beside a full experiment run; an idle machine
-    0.1 ms). So a busy machine passes (the old check, within 3% of the exact duration, failed
-    at 0.299 s against 0.273 s beside another process), while a pacer that computes its
-    deadlines from the wrong rate, skips a sleep, or sends ahead of the channel fails however
-    idle the machine."""
+    moment the channel has carried the bytes sent so far (walked over the channel's segments
+    by :func:`_finish_by_segments`, not by the pacer's capacity inversion), to a nanosecond,
+    and never sends a chunk before its moment. What the machine adds is measured, not
+    assumed: the wake-ups are late by whatever the load makes them, and the last byte must
+    arrive after the last deadline and within 0.25 s of the last wake-up (loopback delivery
+    and the receiving thread's own late wake-up: 25 ms seen beside a full experiment run,
+    0.1 ms on an idle machine). So a busy machine passes (the old check, within 3% of the
+    exact duration, failed at 0.299 s against 0.273 s beside another process), while a pacer
+    that computes its deadlines from the wrong rate, skips a sleep, or sends ahead of the
+    channel fails however idle the machine."""
     server = socket.create_server(("127.0.0.1", 0))
     sender = socket.create_connection(server.getsockname())
     receiver, _ = server.accept()
@@ -134,12 +153,12 @@ def _check_pacing(rate: Any, nbytes: int) -> float:
     ends = [min(k * chunk, nbytes) for k in range(1, -(-nbytes // chunk) + 1)]
     assert len(clock.sleeps) == len(ends) > 10
     for end, (deadline, woke) in zip(ends, clock.sleeps, strict=True):
-        exact = rate.finish_time(start - link.t0, 8.0 * end)
+        exact = _finish_by_segments(rate, start - link.t0, 8.0 * end)
         assert abs((deadline - link.t0) - exact) < 1e-9, (end, deadline - link.t0, exact)
         assert woke >= deadline  # no chunk leaves before the channel has carried it
     last_deadline, last_woke = clock.sleeps[-1]
     assert last_deadline <= got[0] <= last_woke + 0.25, (got[0] - last_woke)
-    return rate.finish_time(start - link.t0, 8.0 * nbytes) - (start - link.t0)
+    return _finish_by_segments(rate, start - link.t0, 8.0 * nbytes) - (start - link.t0)
 
 
 @pytest.mark.parametrize("rate_bps", [2e6, 20e6])
@@ -177,13 +196,18 @@ def test_two_node_deployment_returns_the_whole_models_outputs(cut: Cut, tmp_path
     summary = result.summary()
     assert summary["tasks"] == 10
     assert all(v >= 0 for v in result.wait_s[result.measured].ravel())
-    # the hop carries the frame at 50 Mbit/s, then 2 ms of propagation. Its last byte leaves
-    # no earlier than the exact finish time, and late by the sleep's overshoot and the last
+    # the hop carries the frame at 50 Mbit/s, then 2 ms of propagation. Its last byte never
+    # leaves before the exact finish time, and late by the sleep's overshoot and the last
     # send: 0.12-0.69 ms measured here (see README, "Real execution"), 0.37 ms in a CI run
-    # where this was once held to 0.2 ms
+    # where this was once held to 0.2 ms. A busy machine delays some sends by more, so the
+    # median of the 10 requests is held to 1 ms: a pacer that sends faster than the channel
+    # fails on every request (one too slow is _check_pacing's to catch: this frame takes well
+    # under a millisecond)
     hop_bytes = result.frame_bytes[0]
     exact = 8 * hop_bytes / 50e6
-    assert exact * (1 - 1e-9) <= summary["stages"][1]["service_s"] <= exact + 1e-3
+    hop = result.service_s[result.measured][:, 1]
+    assert hop.min() >= exact * (1 - 1e-9), (hop, exact)
+    assert np.median(hop) <= exact + 1e-3, (hop, exact)
     assert 0.002 <= summary["stages"][1]["propagation_s"] < 0.004
     total = (result.wait_s + result.service_s + result.propagation_s).sum(axis=1)
     np.testing.assert_allclose(total, result.latency_s, atol=1e-9)

@@ -2,22 +2,28 @@
 genomes and design strings. Each case either is accepted or ends in the documented error, a
 one-line message that names the file and the field; never another exception, never a hang.
 
-The numbers of cases are fixed (``max_examples``, no shrinking time limit) and the generation
-is derandomised, so a run is the same everywhere and bounded in time (about a minute in all).
+The numbers of cases are fixed (``max_examples``) and the generation is derandomised, so a run
+is the same everywhere; each case has a time limit (a hang fails as a TimeoutError), and each
+test checks that its cases were both accepted and refused, so a generator that only produces
+one kind cannot pass unnoticed. About two minutes in all on two cores.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import math
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jmsnas.main import main
@@ -74,6 +80,16 @@ JUNK = st.one_of(
                     max_size=2),
 )
 
+OPTIONAL = [(("links", 0, "channel"), k) for k in
+            ("shadowing_db", "coherence_s", "carrier_hz", "reference_loss_db",
+             "reference_distance_m", "antenna_gain_db", "pathloss_exponent", "noise_figure_db",
+             "tx_power_w")] + [
+    (("links", 1), "duplex"), (("links", 2, "channel"), "scale"),
+    (("nodes", "phone"), "memory_bytes"), (("nodes", "edge"), "power_w"),
+    (("workload",), "backward_flops_factor"), (("workload",), "mode"),
+    (("pipeline", 2), "cv"), (("pipeline", 2), "distribution")]
+"""Keys a scenario may leave out, where they go (junk in them tests the schema's bounds)."""
+
 ROWS = st.lists(st.one_of(
     st.tuples(st.floats(0, 100), st.floats(1e3, 1e9)).map(lambda r: f"{r[0]},{r[1]}"),
     st.sampled_from(["nan,1e6", "-1,1e6", "inf,1e6", "1,-5", "1,nan", "x,y", "1", "",
@@ -93,7 +109,8 @@ def scenario_files(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
     for _ in range(draw(st.integers(0, 3))):
         paths = _paths(data)
         path = draw(st.sampled_from(paths))
-        action = draw(st.sampled_from(["junk", "junk", "delete", "unknown", "dangle", "loop"]))
+        action = draw(st.sampled_from(["junk", "junk", "delete", "unknown", "dangle", "loop",
+                                       "optional"]))
         try:
             if action == "junk":
                 _set(data, path, draw(JUNK))
@@ -105,6 +122,13 @@ def scenario_files(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
                     target = target[key]
                 if isinstance(target, dict):
                     target[draw(st.sampled_from(["speed", "flop", "x", "Nodes"]))] = 1
+            elif action == "optional":  # a key the file may leave out, set to junk
+                where, key = draw(st.sampled_from(OPTIONAL))
+                target = data
+                for part in where:
+                    target = target[part]
+                target[key] = draw(st.one_of(JUNK, st.sampled_from(
+                    [1e-12, 1e-9, 1e4, 1e300, -1e300])))
             elif action == "dangle":
                 _set(data, path, draw(st.sampled_from(["moon", "Phone", " edge", ""])))
             else:
@@ -146,33 +170,59 @@ def _write(folder: Path, case: tuple[bytes, bytes, bytes]) -> Path:
     return path
 
 
-@cases(1000)
-@given(case=scenario_files())
-def test_a_thousand_broken_scenario_files_load_or_name_the_field(
-        case: tuple[bytes, bytes, bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
-    """1,000 generated scenario files through :func:`sim.load_scenario`: a Scenario, or a
-    ScenarioError in one line naming the file and the field."""
-    path = _write(tmp_path_factory.mktemp("case"), case)
+@contextlib.contextmanager
+def _at_most(seconds: float) -> Iterator[None]:
+    """A case that runs longer fails as a TimeoutError (a hang would otherwise hang CI)."""
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"a case ran longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        load_scenario(path)
-    except ScenarioError as exc:
-        _one_line_naming(str(exc), path)
-        event("refused: " + str(exc)[len(str(path)) + 2:].split(":")[0].split(" ")[0])
-    else:
-        event("accepted")
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
-@cases(1000)
-@given(case=scenario_files())
+def test_a_thousand_broken_scenario_files_load_or_name_the_field(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """1,000 generated scenario files through :func:`sim.load_scenario`, 10 s each at most: a
+    Scenario, or a ScenarioError in one line naming the file and the field. Both occur: at
+    least 2% of the files are accepted (about 5%) and most are refused, over at least 40
+    distinct fields."""
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    @cases(1000)
+    @given(case=scenario_files())
+    def one(case: tuple[bytes, bytes, bytes]) -> None:
+        path = _write(tmp_path_factory.mktemp("case"), case)
+        try:
+            with _at_most(10.0):
+                load_scenario(path)
+        except ScenarioError as exc:
+            _one_line_naming(str(exc), path)
+            outcomes["refused: " + str(exc)[len(str(path)) + 2:].split(": ")[0]] += 1
+        else:
+            outcomes["accepted"] += 1
+
+    one()
+    total = sum(outcomes.values())
+    assert total >= 1000
+    assert outcomes["accepted"] >= 0.02 * total, outcomes
+    assert total - outcomes["accepted"] >= 0.5 * total, outcomes
+    assert len(outcomes) >= 40, outcomes
+
+
 def test_the_simulate_and_search_commands_refuse_them_in_one_line(
-        case: tuple[bytes, bytes, bytes], tmp_path_factory: pytest.TempPathFactory,
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The same 1,000 files through ``jmsnas simulate`` (a short run when the file is good:
     exit 0) and through ``jmsnas search``'s checks up to the search itself (which is replaced
-    here by a stand-in that stops the command): a bad file exits with status 2 and one line,
-    ``jmsnas: error: FILE: FIELD: ...`` (or ``scenario NAME ...`` for what only the command
-    needs, such as simulate's pipeline); anything else would raise out of the test. About 6%
-    of the cases run (simulate exits 0, search reaches the search), the rest are refused."""
+    here by a stand-in that stops the command), 20 s a case at most: a bad file exits with
+    status 2 and one line, ``jmsnas: error: FILE: FIELD: ...`` (or ``scenario NAME ...`` for
+    what only the command needs, such as simulate's pipeline); anything else would raise out
+    of the test. At least 2% of the cases run through both commands (about 6%)."""
     import search.nsga
 
     class Reached(Exception):
@@ -182,27 +232,41 @@ def test_the_simulate_and_search_commands_refuse_them_in_one_line(
         raise Reached
 
     monkeypatch.setattr(search.nsga, "run_search", stop)  # the command imports it when run
-    folder = tmp_path_factory.mktemp("case")
-    path = _write(folder, case)
-    capsys.readouterr()
-    status = main(["simulate", str(path), "--tasks", "30", "--warmup", "3", "--replications",
-                   "1", "--json"])
-    err = capsys.readouterr().err.strip()
-    if status != 0:
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    @cases(1000)
+    @given(case=scenario_files())
+    def one(case: tuple[bytes, bytes, bytes]) -> None:
+        folder = tmp_path_factory.mktemp("case")
+        path = _write(folder, case)
+        capsys.readouterr()
+        with _at_most(20.0):
+            status = main(["simulate", str(path), "--tasks", "30", "--warmup", "3",
+                           "--replications", "1", "--json"])
+        err = capsys.readouterr().err.strip()
+        if status != 0:
+            assert status == 2, err
+            _command_error(err, path)
+        outcomes[f"simulate: exit {status}"] += 1
+        try:
+            with _at_most(20.0):
+                status = main(["search", str(path), "--dataset", "mnist5k", "--out",
+                               str(folder / "run"), "--quiet", "--generations", "1",
+                               "--population", "4"])
+        except Reached:
+            outcomes["search: reached the search"] += 1
+            return
+        err = capsys.readouterr().err.strip()
         assert status == 2, err
         _command_error(err, path)
-    event(f"simulate: exit {status}")
-    try:
-        status = main(["search", str(path), "--dataset", "mnist5k", "--out",
-                       str(folder / "run"), "--quiet", "--generations", "1",
-                       "--population", "4"])
-    except Reached:
-        event("search: reached the search")
-        return
-    event(f"search: exit {status}")
-    err = capsys.readouterr().err.strip()
-    assert status == 2, err
-    _command_error(err, path)
+        outcomes["search: exit 2"] += 1
+
+    one()
+    total = outcomes["search: exit 2"] + outcomes["search: reached the search"]
+    assert total >= 1000
+    assert outcomes["simulate: exit 0"] >= 0.02 * total, outcomes
+    assert outcomes["search: reached the search"] >= 0.02 * total, outcomes
+    assert outcomes["search: exit 2"] >= 0.5 * total, outcomes
 
 
 def _command_error(err: str, path: Path) -> None:
@@ -231,21 +295,37 @@ def _layout(states: int) -> Any:
     return GENOME_LAYOUTS[states]
 
 
-@cases(1000)
-@given(states=st.sampled_from([1, 2]),
-       genome=st.lists(st.one_of(st.integers(-5, 40), st.sampled_from([10**9, -10**9])),
-                       max_size=40))
-def test_a_thousand_genomes_decode_or_are_refused(states: int, genome: list[int]) -> None:
-    """1,000 generated genomes (wrong lengths, negative and out-of-range genes) through the
-    search's decoding: a design, whose genome decodes back to itself, or a ValueError in one
-    line."""
-    layout = _layout(states)
-    try:
-        design = layout.decode_any(genome)
-    except ValueError as exc:
-        assert "\n" not in str(exc) and len(str(exc)) < 600, exc
-        return
-    assert layout.decode_any(layout.encode(design)) == design
+def test_a_thousand_genomes_decode_or_are_refused() -> None:
+    """1,000 generated genomes through the search's decoding (one and two channel states):
+    mostly of the right length with one gene drawn around its bounds (-1, 0, the bound - 1,
+    the bound, far beyond) and the others within them, some a gene short or long: a design,
+    whose canonical genome decodes back to it, or a ValueError in one line. Both occur (at
+    least 20% of each)."""
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    @cases(1000)
+    @given(data=st.data())
+    def one(data: st.DataObject) -> None:
+        layout = _layout(data.draw(st.sampled_from([1, 2])))
+        n = data.draw(st.sampled_from([len(layout.bounds)] * 4 + [len(layout.bounds) - 1,
+                                                                   len(layout.bounds) + 1, 0]))
+        edge = data.draw(st.integers(0, max(n - 1, 0)))  # this gene drawn around its bounds
+        genome = [data.draw(st.sampled_from([0, 1, b - 1, b - 1, b - 1, b - 2 if b > 1 else 0,
+                                             -1, b, 10**9]) if k == edge else
+                            st.integers(0, max(b - 1, 0)))
+                  for k, b in enumerate([*layout.bounds, 3, 3][:n])]
+        try:
+            design = layout.decode_any(genome)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 600, exc
+            outcomes["refused"] += 1
+            return
+        assert layout.decode_any(layout.encode(design)) == design
+        outcomes["decoded"] += 1
+
+    one()
+    assert sum(outcomes.values()) >= 1000
+    assert min(outcomes["decoded"], outcomes["refused"]) >= 0.2 * sum(outcomes.values()), outcomes
 
 
 DESIGN_TEXT = st.one_of(
@@ -258,23 +338,33 @@ DESIGN_TEXT = st.one_of(
 )
 
 
-@cases(1000)
-@given(design=st.sampled_from(["tiny-000000000", "tiny-000111222", "tiny-999", "resnet18",
-                               "nosuchmodel", "tiny-", "", "front.csv", "design.json"]),
-       splits=DESIGN_TEXT)
-def test_a_thousand_design_strings_parse_or_are_refused(design: str, splits: str) -> None:
+def test_a_thousand_design_strings_parse_or_are_refused() -> None:
     """1,000 generated ``--design`` / ``--splits`` pairs through ``deploy``'s design parsing
-    (:func:`deploy.designs.load_design`): a design on the scenario's path, or a ValueError in
-    one line."""
+    (:func:`deploy.designs.load_design`): a design on the scenario's path with its cuts in
+    order, or a ValueError in one line. Both occur (at least 5% parse; about 12%)."""
     from deploy.designs import load_design
     from sim import scenario_from_dict
 
     scenario = scenario_from_dict({**copy.deepcopy(BASE), "links": BASE["links"][:2]})
-    try:
-        got = load_design(design, scenario, splits=splits)
-    except ValueError as exc:
-        assert "\n" not in str(exc) and len(str(exc)) < 600, exc
-        return
-    states = getattr(got, "states", (got,))
-    assert all(tuple(s.route) == tuple(scenario.path) for s in states)
-    assert all(np.all(np.diff([c.position for c in s.cuts]) >= 0) for s in states)
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    @cases(1000)
+    @given(design=st.sampled_from(["tiny-000000000", "tiny-000111222", "tiny-999", "resnet18",
+                                   "nosuchmodel", "tiny-", "", "front.csv", "design.json"]),
+           splits=DESIGN_TEXT)
+    def one(design: str, splits: str) -> None:
+        try:
+            got = load_design(design, scenario, splits=splits)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 600, exc
+            outcomes["refused"] += 1
+            return
+        states = getattr(got, "states", (got,))
+        assert all(tuple(s.route) == tuple(scenario.path) for s in states)
+        assert all(np.all(np.diff([c.position for c in s.cuts]) >= 0) for s in states)
+        outcomes["parsed"] += 1
+
+    one()
+    total = sum(outcomes.values())
+    assert total >= 1000 and outcomes["parsed"] >= 0.05 * total, outcomes
+    assert outcomes["refused"] >= 0.5 * total, outcomes

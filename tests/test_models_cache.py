@@ -223,3 +223,55 @@ def test_noise_keeps_the_measurement_with_more_degrees_of_freedom(tmp_path: Path
     assert cache.noise("d", ProxyBudget(epochs=2), tiny) is None
     assert cache.noise("other", BUDGET, tiny) is None
     assert cache.noise("d", BUDGET, "space:mobile") is None  # another population
+
+
+def test_export_and_import_round_trip_exactly_and_refuse_bad_rows(tmp_path: Path) -> None:
+    """A cache exported to CSV and imported into a fresh one answers every key with the same
+    result, bit for bit (accuracies such as 1/3 and 5e-324 included); an import counts only
+    the rows it added; a malformed row (a NaN accuracy with status ok, an accuracy above 1, a
+    duplicate key, a short row, a key that is not a hash, an architecture that is not JSON)
+    is refused naming the line, and adds nothing."""
+    source = AccuracyCache(tmp_path / "a.sqlite")
+    results = [TrainResult(1 / 3, 0.5, "ok"), TrainResult(5e-324, 1.25, "ok", 'a "quoted"\nnote'),
+               TrainResult(math.nan, 0.1, "diverged", "loss nan")]
+    keys = [cache_key(SPEC, "digits", BUDGET, seed) for seed in range(3)]
+    for seed, (key, result) in enumerate(zip(keys, results, strict=True)):
+        source.put(key, result, spec=SPEC, dataset="digits", budget=BUDGET, seed=seed,
+                   cuts=[Cut(1, 0.5, 8)] if seed == 1 else ())
+    table = tmp_path / "table.csv"
+    assert source.export_csv(table) == 3
+    copy = AccuracyCache(tmp_path / "b.sqlite")
+    assert copy.import_csv(table) == 3
+    assert copy.import_csv(table) == 0  # already there: nothing added
+    for key, result in zip(keys, results, strict=True):
+        got = copy.get(key)
+        assert got is not None and got.status == result.status and got.message == result.message
+        assert got.accuracy == result.accuracy or (math.isnan(got.accuracy)
+                                                   and math.isnan(result.accuracy))
+    import csv
+    import io
+
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    head, good = rows[0], next(r for r in rows[1:] if r[6] == repr(1 / 3))
+
+    def changed(**columns: str) -> list[str]:
+        return [columns.get(name, value) for name, value in zip(head, good, strict=True)]
+
+    bad = {
+        "nan accuracy with status ok": [changed(accuracy="nan")],
+        "accuracy above one": [changed(accuracy="7.5")],
+        "duplicate key": [good, good],
+        "short row": [good[:5]],
+        "not a hash": [changed(key="xyz")],
+        "architecture not JSON": [changed(arch="{not json")],
+    }
+    for what, body in bad.items():
+        text = io.StringIO()
+        csv.writer(text).writerows([head, *body])
+        path = tmp_path / f"{what}.csv"
+        path.write_text(text.getvalue(), encoding="utf-8")
+        fresh = AccuracyCache(tmp_path / f"{what}.sqlite")
+        with pytest.raises(ValueError, match=rf"{path.name}, line \d"):
+            fresh.import_csv(path)
+        assert len(fresh) == 0, what

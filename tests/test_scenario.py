@@ -243,6 +243,11 @@ def test_a_node_written_with_the_old_flops_key_is_read_with_one_warning(tmp_path
     both["nodes"]["edge"]["flops"] = 1e9
     with pytest.raises(ScenarioError, match=r"nodes\.edge: give flops_per_s only"):
         scenario_from_dict(both)
+    from experiments.common import scenario_variant
+
+    with pytest.warns(ScenarioDeprecation, match="override 'nodes.phone.flops'"):
+        varied = scenario_variant("three-tier", {"nodes.phone.flops": 2e9})
+    assert varied.nodes["phone"].flops_per_s == 2e9  # an experiment config's old override
     path = tmp_path / "old.yaml"
     text = (EXAMPLES / "three-tier.yaml").read_text().replace("flops_per_s:", "flops:")
     path.write_text(text)

@@ -637,9 +637,9 @@ def shipped_cache(tmp_path: Path, table: str) -> tuple[str, int]:
     only the trainings are read back. :func:`test_the_shipped_accuracy_tables_reproduce` trains
     a sample of rows again."""
     cache = str(tmp_path / "shared.sqlite")
-    if WRITE_TABLES:
-        return cache, 0
-    return cache, AccuracyCache(cache).import_csv(TABLES / f"{table}.csv")
+    if not WRITE_TABLES:
+        AccuracyCache(cache).import_csv(TABLES / f"{table}.csv")
+    return cache, len(AccuracyCache(cache))
 
 
 def check_table(cache: str, table: str, imported: int) -> None:
@@ -655,11 +655,12 @@ def check_table(cache: str, table: str, imported: int) -> None:
 
 @pytest.mark.parametrize("table", ["true-front-tiny-mnist5k", "compression-tiny-mnist5k"])
 def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> None:
-    """Two rows of each shipped table (the first and a random one: plain architectures,
-    fine-tuned ones and compressed variants alike), trained again here as a search's worker
-    trains them: today's code computes the row's key, and gives the row's accuracy to within
-    one validation image (one torch thread: the same digits on any machine with this torch
-    build). Catches a table written by other code, and a training whose results changed
+    """Rows of each shipped table (the first plain architecture, the first fine-tuned one and
+    the first compressed variant it holds), trained again here as a search's worker trains
+    them (a variant's parent first, then its fine-tuning through the codec): today's code
+    computes each row's key, and gives the row's accuracy to within one validation image (one
+    torch thread: the same digits on any machine with this torch build). Every row's key is
+    checked. Catches a table written by other code, and a training whose results changed
     without a CODE_VERSION bump."""
     import csv
     import json
@@ -673,8 +674,8 @@ def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> No
         rows = list(csv.DictReader(fh))
     assert len(rows) >= 100, len(rows)
     data = load_dataset("mnist5k", seed=0)
-    rng = np.random.default_rng(len(rows))
-    for row in (rows[0], rows[int(rng.integers(1, len(rows)))]):
+    chosen: dict[str, tuple[dict[str, str], TrainJob]] = {}
+    for row in rows:
         spec = ArchSpec.from_json(row["arch"])
         budget = json.loads(row["budget"])
         cuts = tuple((int(p), float(b), int(bits)) for p, b, bits in json.loads(row["cuts"]))
@@ -682,11 +683,16 @@ def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> No
         keys = {cache_key(spec, data.key, ProxyBudget(**budget), int(row["seed"]),
                           [Cut(*c) for c in cuts], "cpu", finetuned=f): f for f in (False, True)}
         assert row["key"] in keys, "a row whose key today's code does not compute"
+        kind = "compressed" if cuts else "fine-tuned" if keys[row["key"]] else "plain"
         job = TrainJob(arch_json=row["arch"], cuts=cuts, dataset="mnist5k", dataset_seed=0,
                        budget=tuple(sorted(budget.items())), seed=int(row["seed"]),
                        device="cpu", cache_path=str(tmp_path / "fresh.sqlite"),
                        keep_weights=bool(cuts) or keys[row["key"]],
                        finetune=keys[row["key"]])
+        chosen.setdefault(kind, (row, job))
+    assert set(chosen) == ({"plain"} if table.startswith("true-front") else
+                           {"plain", "fine-tuned", "compressed"}), sorted(chosen)
+    for row, job in chosen.values():
         result = run_train_job(job)
         assert result.status == row["status"], (row, result)
         if result.ok:
