@@ -139,8 +139,8 @@ def recv_json(sock: socket.socket, limit: int = MAX_JSON_BYTES,
     body = _recv_exact(sock, n, deadline)
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AuthError(f"a control message is not JSON ({exc})") from None
+    except ValueError as exc:  # not UTF-8, not JSON, an integer of 5,000 digits
+        raise AuthError(f"a control message is not JSON ({str(exc)[:200]})") from None
     except RecursionError:  # thousands of nested brackets
         raise AuthError("a control message nests too deeply") from None
     if not isinstance(obj, dict):
@@ -259,9 +259,12 @@ def keep_alive(sock: socket.socket, idle_s: int = 5, interval_s: int = 2, count:
     lost, a cable pulled) is detected within about ``idle_s + interval_s * count`` seconds, and
     a blocked read then fails."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
-                          ("TCP_KEEPCNT", count)):
-        if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
+    idle = "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE"  # macOS
+    for option, value in ((idle, idle_s), ("TCP_KEEPINTVL", interval_s), ("TCP_KEEPCNT", count),
+                          # sent data unacknowledged this long also ends it (probes wait
+                          # while data is in flight); Linux only
+                          ("TCP_USER_TIMEOUT", 1000 * (idle_s + interval_s * count))):
+        if hasattr(socket, option):  # elsewhere the system's defaults apply
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
@@ -280,6 +283,7 @@ def accept_peers(listener: socket.socket, secret: bytes, wanted: set[str], *,
     waiting = set(wanted)
     lock = threading.Lock()
     got: dict[str, socket.socket] = {}
+    closed = [False]  # set when we give up: a handshake that passes later closes its socket
     pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
 
     def admit(peer: Peer) -> str | None:
@@ -299,7 +303,10 @@ def accept_peers(listener: socket.socket, secret: bytes, wanted: set[str], *,
             sock.close()
         else:
             with lock:
-                got[peer.sender] = sock
+                if closed[0]:
+                    sock.close()
+                else:
+                    got[peer.sender] = sock
         finally:
             pending.release()
 
@@ -329,6 +336,7 @@ def accept_peers(listener: socket.socket, secret: bytes, wanted: set[str], *,
                              name=f"handshake-{addr[0]}:{addr[1]}").start()
     except BaseException:
         with lock:
+            closed[0] = True
             for sock in got.values():
                 sock.close()
         raise

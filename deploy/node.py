@@ -221,15 +221,17 @@ class _Node:
         # for the other side to accept it
         acceptor = self.thread(lambda: self.accept_upstreams(listener), "acceptor")
         for dest, host, port, from_home in command[1]:
-            if from_home and home is not None and own is not None:  # the result sink: unshaped
-                setns(home)
-                out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
-                setns(own)
-            else:
-                out_sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
             try:
+                if from_home and home is not None and own is not None:  # the sink: unshaped
+                    setns(home)
+                    out_sock = socket.create_connection((host, port),
+                                                        timeout=_CONNECT_TIMEOUT_S)
+                    setns(own)
+                else:
+                    out_sock = socket.create_connection((host, port),
+                                                        timeout=_CONNECT_TIMEOUT_S)
                 connect_handshake(out_sock, spec.secret, "data", spec.name, spec.run_id)
-            except (AuthError, OSError) as exc:
+            except (AuthError, OSError, ValueError) as exc:
                 raise ConnectionError(f"{dest or 'the result sink'} at {host}:{port}: "
                                       f"{exc}") from None
             self.links[dest] = PacedLink(_ready(out_sock), spec.rates_out[dest],

@@ -253,6 +253,8 @@ class _Handle:
     address: str = ""
     lost: bool = False
     """The control connection ended (a remote node)."""
+    lost_why: str = ""
+    """How, when it was not closed by the server (a read timeout, keepalive, a bad message)."""
     clock: ClockModel | None = None
     clock_before: list[ClockSample] = field(default_factory=list)
 
@@ -298,8 +300,11 @@ class _Run:
         """The node's next message (None: its pipe or connection ended)."""
         try:
             return h.conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError) as exc:
             h.lost = True
+            if h.proc is None and not isinstance(exc, EOFError) and \
+                    "closed the connection" not in str(exc):
+                h.lost_why = one_line(f"{type(exc).__name__}: {exc}")
             return None
 
     def poll(self, timeout: float) -> None:
@@ -332,7 +337,9 @@ class _Run:
                     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                     dead.append(f"{h} (pid {h.proc.pid}) died, {how}")
             elif h.lost:
-                dead.append(f"{h}: the node server closed the connection (did it stop?)")
+                dead.append(f"{h}: " + (f"the connection to its node server failed "
+                                        f"({h.lost_why})" if h.lost_why else
+                                        "the node server closed the connection (did it stop?)"))
         return dead
 
     def raise_if_failed(self) -> None:
@@ -558,7 +565,9 @@ def _exchange_clocks(h: _Handle, count: int = _CLOCK_EXCHANGES) -> list[ClockSam
 def _start_remote(run: _Run, setup: _Setup) -> None:
     """Reach every node server, authenticate, measure its clock, send its setup."""
     assert setup.hosts is not None
-    horizon = float(setup.arrivals[-1]) + 2 * setup.stall_timeout_s + 60.0
+    # how far the channels' realisations go: past the last arrival, two stall timeouts and ten
+    # minutes for a backlog to drain (a transfer later than that stops the run, naming it)
+    horizon = float(setup.arrivals[-1]) + 2 * setup.stall_timeout_s + 600.0
     for spec in setup.specs:
         host, port = setup.hosts[spec.name]
         where = f"{host}:{port}"
@@ -580,7 +589,8 @@ def _start_remote(run: _Run, setup: _Setup) -> None:
             h.clock_before = _exchange_clocks(h)
             h.clock = fit_clock(h.clock_before)
             message, blobs = spec_to_wire(spec, horizon)
-            try:
+            sock.settimeout(None)  # a timeout would bound each whole send: a large segment
+            try:                   # over a slow link takes minutes (keepalive watches it)
                 send_json(sock, {**message, "blobs": len(blobs)}, MAX_CONTROL_BYTES)
             except ValueError as exc:
                 raise DeployError(one_line(f"{h}: the node's settings are too large to send "
@@ -588,6 +598,7 @@ def _start_remote(run: _Run, setup: _Setup) -> None:
                                            f"run's length)")) from None
             for blob in blobs:
                 send_blob(sock, blob)
+            sock.settimeout(_CONTROL_TIMEOUT_S)
         except (AuthError, OSError, EOFError) as exc:
             raise DeployError(one_line(f"{h}: {exc or type(exc).__name__}")) from None
 

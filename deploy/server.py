@@ -18,6 +18,7 @@ outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import shutil
 import socket
@@ -160,6 +161,10 @@ class _Session:
                 why = f"ended: {exc}"
         except OSError as exc:  # e.g. keepalive found the coordinator's host gone
             why = one_line(f"failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # anything else a coordinator's message caused: told, logged
+            why = one_line(f"failed: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                self.send("error", why)
             try:
                 self.send("error", why)
             except OSError:
