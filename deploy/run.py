@@ -302,8 +302,7 @@ class _Run:
             return h.conn.recv()
         except (EOFError, OSError, ValueError) as exc:
             h.lost = True
-            if h.proc is None and not isinstance(exc, EOFError) and \
-                    "closed the connection" not in str(exc):
+            if h.proc is None and type(exc) is not ConnectionError:  # not a plain close
                 h.lost_why = one_line(f"{type(exc).__name__}: {exc}")
             return None
 
@@ -677,16 +676,16 @@ def _launch(setup: _Setup, on_start: Callable[[dict[str, int]], None] | None) ->
                              h.clock.offset_at(time.monotonic())))
             results = _accept_results(run, setup, listeners)
             first = next(h for h in run.nodes if h.name == routing.first)
-            where = f"{setup.data_host(routing.first)}:{ports[routing.first]}"
+            entry = (setup.data_host(routing.first), ports[routing.first])
             try:
-                client = socket.create_connection((setup.data_host(routing.first),
-                                                   ports[routing.first]), timeout=60)
+                client = socket.create_connection(entry, timeout=60)
                 run.sockets.append(client)
                 connect_handshake(client, setup.secret, "data", CLIENT, setup.run_id, 60.0)
             except OSError as exc:
                 run.raise_if_failed()
                 raise DeployError(one_line(f"{first}: the client cannot reach its data port "
-                                           f"{where} ({exc or type(exc).__name__})")) from None
+                                           f"{entry[0]}:{entry[1]} "
+                                           f"({exc or type(exc).__name__})")) from None
             for s in (client, *results):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -150,25 +150,15 @@ class _Session:
             self.send("welcome")
             while True:
                 self.handle(recv_json(self.conn, MAX_CONTROL_BYTES))
-        except (SetupError, AuthError, ValueError, KeyError, TypeError) as exc:
-            why = one_line(f"failed: {type(exc).__name__}: {exc}")  # told to the coordinator
-            try:
-                self.send("error", why)
-            except OSError:
-                pass
-        except ConnectionError as exc:  # the coordinator closed the connection: the run is over
-            if self.error_sent or "closed" not in str(exc):
-                why = f"ended: {exc}"
-        except OSError as exc:  # e.g. keepalive found the coordinator's host gone
-            why = one_line(f"failed: {type(exc).__name__}: {exc}")
-        except Exception as exc:  # anything else a coordinator's message caused: told, logged
-            why = one_line(f"failed: {type(exc).__name__}: {exc}")
-            with contextlib.suppress(OSError):
-                self.send("error", why)
-            try:
-                self.send("error", why)
-            except OSError:
-                pass
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and not isinstance(exc, AuthError):
+                # the coordinator closed the connection (or reset it): the run is over
+                if self.error_sent or "closed" not in str(exc):
+                    why = f"ended: {exc}"
+            else:  # a bad message, a setup refused, keepalive finding its host gone: say why
+                why = one_line(f"failed: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):
+                    self.send("error", why)
         finally:
             self.stop_node()
             shutil.rmtree(self.folder, ignore_errors=True)
