@@ -16,13 +16,26 @@ from experiments.common import scenario_variant
 from experiments.runner import EXPERIMENTS
 from jmsnas.main import main
 
+from .tables import check_table, shipped_cache
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``jmsnas experiment all --quick``, its proxy trainings read from the shipped table
+    ``tests/data/experiments-quick.csv`` (:mod:`tests.tables`; where Fashion-MNIST is on
+    disk: the table's trainings are on it), put in the run's shared accuracy cache as a rerun
+    would find it. Every search, simulation, deployment and figure runs. Fails if the run
+    trained anything the table lacks."""
+    from models.fashion_mnist import find_fashion_mnist
+
     out = tmp_path_factory.mktemp("experiments")
+    table = find_fashion_mnist() is not None
+    imported = shipped_cache(out / "accuracy.sqlite", "experiments-quick") if table else 0
     assert main(["experiment", "all", "--quick", "--out", str(out)]) == 0
+    if table:
+        check_table(out / "accuracy.sqlite", "experiments-quick", imported)
     return out
 
 
