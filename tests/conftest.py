@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,13 +39,63 @@ def _offline() -> Iterator[None]:
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 
+# The suite runs on two pytest-xdist workers (pyproject.toml), so every test shares the cores
+# with another test, as on a busy machine. A test that cannot share them (it compares a
+# calibration taken before a run with the run itself, so a neighbour that starts or stops in
+# between moves its result) asks for the machine to itself with ``alone()``: every test holds
+# the machine lock shared while it runs; ``alone`` waits for the other worker's test to end,
+# holds the lock whole, and the other worker's next test waits for it. A turnstile lock taken
+# before the shared one keeps the waiting ``alone`` from being overtaken by the next test.
+_LOCKS: dict[str, int] = {}
+_SHARED = [False]  # whether this worker's running test holds the lock shared
+
+
+def _lock_files(factory: pytest.TempPathFactory) -> tuple[int, int] | None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return None  # one process: nothing beside it to wait for
+    if not _LOCKS:  # in the run's temporary folder, which every worker's folder lies in
+        folder = factory.getbasetemp().parent
+        for part in ("turnstile", "machine"):
+            _LOCKS[part] = os.open(folder / f"tests.{part}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    return _LOCKS["turnstile"], _LOCKS["machine"]
+
+
+@contextlib.contextmanager
+def alone(factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run the block with no other test of this run beside it (see above); ``factory``:
+    pytest's ``tmp_path_factory``."""
+    fds = _lock_files(factory)
+    if fds is None:
+        yield
+        return
+    turnstile, machine = fds
+    fcntl.flock(machine, fcntl.LOCK_UN)  # this worker's own shared hold, if any
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(machine, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(machine, fcntl.LOCK_SH if _SHARED[0] else fcntl.LOCK_UN)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+
 
 @pytest.fixture(autouse=True)
-def _fresh_dataset_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The data-set choice is not remembered from one test to the next."""
-    import models.data
-
-    monkeypatch.setattr(models.data, "_RESOLVED", {})
+def _share_the_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test holds the machine lock shared (see :func:`alone`)."""
+    fds = _lock_files(tmp_path_factory)
+    if fds is None:
+        yield
+        return
+    turnstile, machine = fds
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    fcntl.flock(machine, fcntl.LOCK_SH)
+    fcntl.flock(turnstile, fcntl.LOCK_UN)
+    _SHARED[0] = True
+    try:
+        yield
+    finally:
+        _SHARED[0] = False
+        fcntl.flock(machine, fcntl.LOCK_UN)
 
 
 def single_queue(
@@ -108,8 +161,18 @@ def three_tier_dict() -> dict[str, Any]:
     return three_tier()
 
 
+_LONGEST_FIRST = ("test_experiments.py", "test_search.py", "test_deploy_hosts.py",
+                  "test_baselines.py", "test_deploy.py", "test_queueing.py")
+"""The longest test files (about 240, 280, 85, 80, 75 and 60 s alone on two cores). The two
+workers take whole files (``--dist loadfile``: a module's fixture is made once), in this order
+first, so that neither ends the run with a long file while the other waits."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` where CUDA is not available."""
+    """The longest files first (:data:`_LONGEST_FIRST`); tests marked ``gpu`` skipped where
+    CUDA is not available."""
+    rank = {name: k for k, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as is
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
