@@ -29,8 +29,10 @@ from search.evaluate import TrainJob, run_train_job
 TABLES = Path(__file__).resolve().parent / "data"
 WRITE_TABLES = os.environ.get("JMSNAS_WRITE_TABLES") == "1"
 """Set to train afresh and write the shipped tables (after a change of CODE_VERSION, of the
-budget or of the runs): ``JMSNAS_WRITE_TABLES=1 python -m pytest -m slow -k "true_front or
-compression_space or quick_start_output"``, about 30 minutes on two cores."""
+budget or of the runs), on one machine: ``JMSNAS_WRITE_TABLES=1 python -m pytest
+tests/test_search.py tests/test_readme.py tests/test_experiments.py -k "true_front or
+compression_space or quick_start_output or documented_columns"``, about 45 minutes on two
+cores (README, Tests)."""
 
 
 def shipped_cache(cache: str | Path, table: str) -> int:
@@ -48,10 +50,14 @@ def machine() -> str:
     differ by a few scored images (README, quick start)."""
     vendor, model = platform.machine(), platform.processor() or "unknown"
     try:
+        info: dict[str, str] = {}
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            info = dict(line.split(":", 1) for line in fh if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        vendor, model = info.get("vendor_id", vendor), info.get("model name", model)
+            for line in fh:
+                name, _, value = line.partition(":")
+                info.setdefault(name.strip(), value.strip())  # the first CPU's
+        vendor = info.get("vendor_id", vendor)
+        model = (f"{info.get('model name', model)} (family {info.get('cpu family', '?')}, "
+                 f"model {info.get('model', '?')}, stepping {info.get('stepping', '?')})")
     except OSError:
         pass
     kernels = torch.backends.cpu.get_cpu_capability()
