@@ -208,7 +208,15 @@ def test_two_node_deployment_returns_the_whole_models_outputs(cut: Cut, tmp_path
     hop = result.service_s[result.measured][:, 1]
     assert hop.min() >= exact * (1 - 1e-9), (hop, exact)
     assert np.median(hop) <= exact + 1e-3, (hop, exact)
-    assert 0.002 <= summary["stages"][1]["propagation_s"] < 0.004
+    # The receiver holds a frame 2 ms from its last byte's receipt; the split between the hop's
+    # service and propagation rests on the sender's end stamp, which a busy machine takes late
+    # (mean propagation 1.46 ms seen beside a CPU-bound process and another test). Their sum
+    # never comes early on any request (a propagation left out fails here), and its median
+    # is within 1 ms of the ideal (a propagation counted twice fails)
+    flight = hop + result.propagation_s[result.measured][:, 1]
+    assert flight.min() >= exact + 0.002 - 1e-9, (flight, exact)
+    assert np.median(flight) <= exact + 0.002 + 1e-3, (flight, exact)
+    assert summary["stages"][1]["propagation_s"] < 0.004
     total = (result.wait_s + result.service_s + result.propagation_s).sum(axis=1)
     np.testing.assert_allclose(total, result.latency_s, atol=1e-9)
     written = result.write(tmp_path)
