@@ -45,9 +45,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 # between moves its result) asks for the machine to itself with ``alone()``: every test holds
 # the machine lock shared while it runs (its function-scoped part: a module's fixture, such as
 # the experiments' quick run, is made before the hold); ``alone`` waits for the other worker's
-# test to end,
-# holds the lock whole, and the other worker's next test waits for it. A turnstile lock taken
-# before the shared one keeps the waiting ``alone`` from being overtaken by the next test.
+# test to end, holds the lock whole, and the other worker's next test waits for it. A turnstile
+# lock taken before the shared one keeps the waiting ``alone`` from being overtaken.
 _LOCKS: dict[str, int] = {}
 _SHARED = [False]  # whether this worker's running test holds the lock shared
 
@@ -98,6 +97,14 @@ def _share_the_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     finally:
         _SHARED[0] = False
         fcntl.flock(machine, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dataset_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data-set choice is not remembered from one test to the next."""
+    import models.data
+
+    monkeypatch.setattr(models.data, "_RESOLVED", {})
 
 
 def single_queue(
