@@ -19,12 +19,10 @@ that :func:`predict` simulates this very deployment on the same arrival and chan
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import queue
 import socket
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from models import processes
 from models.build import build_model
 from models.split import Segment, split_model
 from search.design import Design
@@ -193,9 +192,9 @@ def calibrate(scenario: Scenario, design: Design, *, seed: int = 0, num_classes:
     ``reps`` runs each after a few warm-up runs, with idle gaps at ``idle_rate_hz`` (default:
     the scenario's arrival rate; 0: back to back).
 
-    The measurement runs in a fresh process started like a node (spawn, one torch thread): in
-    the caller's process, earlier work (for example training with two OpenMP threads) was seen
-    to slow a segment by up to 30%."""
+    The measurement runs in a fresh process started like a node (:mod:`models.processes`, one
+    torch thread): in the caller's process, earlier work (for example training with two OpenMP
+    threads) was seen to slow a segment by up to 30%."""
     return _calibrate_all(scenario, (design,), seed, num_classes, reps, idle_rate_hz)[0]
 
 
@@ -213,8 +212,7 @@ def _calibrate_all(scenario: Scenario, designs: tuple[Design, ...], seed: int, n
                    reps: int, idle_rate_hz: float | None) -> list[Calibration]:
     rate = getattr(scenario.workload.arrivals, "rate_hz", None) if idle_rate_hz is None \
         else idle_rate_hz
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    with processes.pool(1) as pool:
         return pool.submit(_calibrate_here, scenario, designs, seed, num_classes, reps,
                            rate).result()
 

@@ -376,7 +376,7 @@ def _set_process_name(name: str) -> None:
 
 
 def node_main(spec: NodeSpec, conn: Connection) -> None:
-    """Entry point of a node process (started with the ``spawn`` method)."""
+    """Entry point of a node process (started by :func:`models.processes.process`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _set_process_name(f"jmsnas-{spec.name}")
     try:

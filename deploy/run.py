@@ -34,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from models import processes
 from models.build import build_model
 from models.split import Payload, save_segments, split_model
 from search.design import AnyDesign
@@ -405,9 +406,9 @@ def deploy(scenario: Scenario, design: AnyDesign | Routing, out_dir: str | os.Pa
     first in its own network namespace and shapes the veth links with tbf instead
     (:mod:`deploy.netns`, root only, static designs only; a hop's time is then split between
     its service and propagation by the socket buffers, and only their sum is meaningful).
-    ``on_start`` receives the node processes' pids once they run. The nodes are started with
-    ``multiprocessing``'s spawn method: a script that calls this needs the ``if __name__ ==
-    "__main__":`` guard.
+    ``on_start`` receives the node processes' pids once they run. The nodes are started by
+    :mod:`models.processes` (multiprocessing's fork server, or spawn), which imports the main
+    module in each: a script that calls this needs the ``if __name__ == "__main__":`` guard.
 
     ``hosts`` maps every node the routing visits to the (host, port) of a node server
     (``jmsnas node``, :mod:`deploy.server`) that holds ``secret``: the nodes then run there
@@ -528,14 +529,14 @@ def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
     """Start one process per node. SIGINT is ignored while they start, so that a Ctrl-C in the
     terminal (sent to the whole process group) does not hit them while they import torch: the
     parent stops them."""
-    ctx = mp.get_context("spawn")
+    ctx = processes.context()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         for spec in specs:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=node_main, args=(spec, child),
-                               name=f"jmsnas-node-{spec.name}", daemon=True)
+            proc = processes.process(node_main, (spec, child), name=f"jmsnas-node-{spec.name}",
+                                     daemon=True)
             proc.start()
             child.close()
             run.nodes.append(_Handle(spec.name, parent, proc))

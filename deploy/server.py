@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from models import processes
+
 from .auth import (
     MAX_CONTROL_BYTES,
     MAX_PENDING_HANDSHAKES,
@@ -199,10 +201,9 @@ class _Session:
             raise SetupError(f"unexpected control message {kind!r}")
 
     def start_node(self, spec: Any) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=node_main, args=(spec, child), daemon=True,
-                           name=f"jmsnas-node-{spec.name}")
+        parent, child = processes.context().Pipe()
+        proc = processes.process(node_main, (spec, child), daemon=True,
+                                 name=f"jmsnas-node-{spec.name}")
         proc.start()
         child.close()
         self.proc, self.pipe = proc, parent

@@ -44,15 +44,14 @@ import os
 import pickle
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from deap import base, creator, tools
 
+from models import processes
 from sim import Scenario
 from sim.seeds import child
 
@@ -159,8 +158,8 @@ def history_row(generation: int, evaluations: list[Evaluation], config: SearchCo
 
 @contextlib.contextmanager
 def executor_map(config: SearchConfig) -> Iterator[MapFn]:
-    """The map that proxy training runs through: serial, a pool of spawned processes, or the
-    workers of a Dask cluster."""
+    """The map that proxy training runs through: serial, a pool of processes
+    (:mod:`models.processes`), or the workers of a Dask cluster."""
     if config.executor == "dask":
         with _dask_map(str(config.scheduler)) as dask_map:
             yield dask_map
@@ -168,8 +167,7 @@ def executor_map(config: SearchConfig) -> Iterator[MapFn]:
     if config.executor == "serial" or config.workers == 1:
         yield map
         return
-    pool = ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker)
+    pool = processes.pool(config.workers, _init_worker)
     try:
         yield pool.map
     except BaseException:  # interrupted (Ctrl-C, SIGTERM through the command line) or failed:

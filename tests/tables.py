@@ -69,6 +69,39 @@ def table_machine(table: str) -> str:
     return (TABLES / f"{table}.machine.txt").read_text(encoding="utf-8").strip()
 
 
+def recorded(table: str) -> dict[str, float]:
+    """Accuracies that rows of ``tests/data/TABLE.csv`` trained to on this kind of machine
+    (:func:`machine`), by row key, from ``TABLE.retrained.csv``: written by
+    ``test_the_shipped_accuracy_tables_reproduce`` with ``JMSNAS_WRITE_TABLES=1`` on a machine
+    of another kind than the one that wrote the table, so that that kind too is held to the
+    digit."""
+    path = TABLES / f"{table}.retrained.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        here = machine()
+        return {r["key"]: float(r["accuracy"]) for r in csv.DictReader(fh)
+                if r["machine"] == here}
+
+
+def record(table: str, accuracies: dict[str, float]) -> None:
+    """Keep ``accuracies`` (row key: accuracy trained here) as this machine kind's in
+    ``TABLE.retrained.csv``, in place of what it held for this kind."""
+    path = TABLES / f"{table}.retrained.csv"
+    here = machine()
+    kept: list[dict[str, str]] = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            kept = [r for r in csv.DictReader(fh) if r["machine"] != here]
+    kept += [{"machine": here, "key": k, "accuracy": repr(a)} for k, a in accuracies.items()]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["machine", "key", "accuracy"])
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
+
+
 def check_table(cache: str | Path, table: str, imported: int) -> None:
     """Write the table and the machine that wrote it (with ``JMSNAS_WRITE_TABLES=1``), or
     fail if the runs trained anything it lacked: the table is stale, and the test was slow."""

@@ -356,12 +356,16 @@ def _free_port() -> int:
 
 
 def _nodes_of(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The node processes a server runs (multiprocessing's resource tracker, which lives as
-    long as the server, and processes that have exited, left out)."""
+    """The node processes a server runs (multiprocessing's resource tracker and fork server,
+    which live as long as the server, and processes that have exited, left out). A node is the
+    fork server's child (:mod:`models.processes`) and has its command line."""
     alive = []
     for p in psutil.Process(server.pid).children(recursive=True):
         with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):  # exited
-            if "resource_tracker" not in " ".join(p.cmdline()):
+            command = " ".join(p.cmdline())
+            helper = "resource_tracker" in command or (
+                "forkserver" in command and "forkserver" not in " ".join(p.parent().cmdline()))
+            if not helper:
                 alive.append(p)
     return alive
 

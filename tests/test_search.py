@@ -30,7 +30,17 @@ from search.pipeline import design_pipeline, segment_costs
 from sim import Compute, Transfer, load_scenario, scenario_from_dict
 
 from .conftest import EXAMPLES, three_tier
-from .tables import check_table, machine, retrain_rows, shipped_cache, table_machine, table_rows
+from .tables import (
+    WRITE_TABLES,
+    check_table,
+    machine,
+    record,
+    recorded,
+    retrain_rows,
+    shipped_cache,
+    table_machine,
+    table_rows,
+)
 
 FAST = {"epochs": 2, "subset": 400, "batch_size": 32}
 """Small enough for a test, large enough to learn something (at 1 epoch of 300 images every
@@ -624,12 +634,15 @@ def contested_three_tier() -> Any:
     return scenario_from_dict(d)
 
 
-OTHER_MACHINE_TOLERANCE = 0.05
-"""How far a shipped row's accuracy may be from one trained on another kind of machine (see
-:func:`tests.tables.machine`): about three seed-to-seed standard deviations of the proxy at the
-tables' smallest budget (0.018 measured on Fashion-MNIST with 1,000 training images, 2 epochs).
-Seen: 0.010 for a compressed mnist5k row between an AMD EPYC and an Intel Xeon, 0.003 for a
-Fashion-MNIST row."""
+OTHER_MACHINE_TOLERANCE = 0.25
+"""How far a shipped row's accuracy may be from one trained on a kind of machine (see
+:func:`tests.tables.machine`) for which nothing was recorded: a training on another CPU kind
+diverges as one with another seed does. Measured: the first test-set row of
+``experiments-quick`` (1,000 training images, 2 epochs) trained with seeds 0-5 on one AMD EPYC
+to 0.458-0.615 (standard deviation 0.063, so 0.089 for the difference of two trainings; 0.25 is
+2.8 of those), and its seed-0 training gave 0.458 there, 0.567 on the Intel Xeon that wrote
+the table. Smaller budgets' rows are not this noisy everywhere (0.010 for a compressed mnist5k
+row between the two), but one bound serves all rows."""
 
 
 @pytest.mark.parametrize("table", ["true-front-tiny-mnist5k", "compression-tiny-mnist5k",
@@ -641,13 +654,16 @@ def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> No
     trains it; a compressed row's parent, trained first, is compared too.
 
     On the kind of machine that wrote the table (CPU vendor and model, torch's kernels and
-    version: ``TABLE.machine.txt``), the accuracy must match to one scored image: this catches
-    a table written by other code, and any training whose results changed without a
-    CODE_VERSION bump. On another kind of machine the digits differ anyway (README, quick
-    start), so the row must only lie within :data:`OTHER_MACHINE_TOLERANCE`: that catches gross
-    breakage (training on other data or labels, a training that no longer learns, a codec that
-    destroys the activations) but not a small change of training. The tables
-    on Fashion-MNIST are skipped where that data set is not on disk."""
+    version: ``TABLE.machine.txt``), the accuracy must match the table to one scored image; on
+    a kind whose own trainings of these rows are recorded (``TABLE.retrained.csv``), it must
+    match those to one scored image. Either catches a table written by other code (on the
+    writer's kind) and any training whose results changed without a CODE_VERSION bump. The
+    digits of a training differ between kinds of CPU (README, quick start), so on a kind with
+    nothing recorded the row must only lie within :data:`OTHER_MACHINE_TOLERANCE`: that catches
+    a training that no longer learns or learns other data or labels (chance is 0.1), not a
+    small change. With ``JMSNAS_WRITE_TABLES=1`` on another kind than the writer's, this kind's
+    trainings are recorded after that check. The tables on Fashion-MNIST are skipped where that
+    data set is not on disk."""
     from models.fashion_mnist import find_fashion_mnist
 
     rows = table_rows(table)
@@ -655,6 +671,7 @@ def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> No
         pytest.skip("Fashion-MNIST is not on disk")
     assert len(rows) >= 100, len(rows)
     same = table_machine(table) == machine()
+    known = {} if same or WRITE_TABLES else recorded(table)
     kinds = {"true-front-tiny-mnist5k": {"plain"},
              "compression-tiny-mnist5k": {"fine-tuned", "compressed"},
              # a variant for the test set, after its parent (non-final rows: the others)
@@ -663,10 +680,16 @@ def test_the_shipped_accuracy_tables_reproduce(table: str, tmp_path: Path) -> No
     retrained = retrain_rows(table, tmp_path / "fresh.sqlite", kinds)
     assert kinds <= {kind for kind, *_ in retrained}
     for kind, row, accuracy, images in retrained:
-        if row["status"] == "ok":
-            tolerance = 1.01 / images if same else OTHER_MACHINE_TOLERANCE
-            assert abs(accuracy - float(row["accuracy"])) <= tolerance, (
-                kind, same, row, accuracy)
+        if row["status"] != "ok":
+            continue
+        if same or row["key"] in known:
+            reference, tolerance = known.get(row["key"], float(row["accuracy"])), 1.01 / images
+        else:
+            reference, tolerance = float(row["accuracy"]), OTHER_MACHINE_TOLERANCE
+        assert abs(accuracy - reference) <= tolerance, (kind, same, row, accuracy, reference)
+    if WRITE_TABLES and not same:
+        record(table, {row["key"]: accuracy for _, row, accuracy, _ in retrained
+                       if row["status"] == "ok"})
 
 
 @pytest.mark.slow
