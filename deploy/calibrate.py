@@ -212,7 +212,7 @@ def _calibrate_all(scenario: Scenario, designs: tuple[Design, ...], seed: int, n
                    reps: int, idle_rate_hz: float | None) -> list[Calibration]:
     rate = getattr(scenario.workload.arrivals, "rate_hz", None) if idle_rate_hz is None \
         else idle_rate_hz
-    with processes.pool(1) as pool:
+    with processes.pool(1, preload=("deploy.calibrate",)) as pool:
         return pool.submit(_calibrate_here, scenario, designs, seed, num_classes, reps,
                            rate).result()
 

@@ -529,14 +529,14 @@ def _start_nodes(run: _Run, specs: list[NodeSpec]) -> None:
     """Start one process per node. SIGINT is ignored while they start, so that a Ctrl-C in the
     terminal (sent to the whole process group) does not hit them while they import torch: the
     parent stops them."""
-    ctx = processes.context()
+    ctx = processes.context(preload=("deploy.node",))
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         for spec in specs:
             parent, child = ctx.Pipe()
-            proc = processes.process(node_main, (spec, child), name=f"jmsnas-node-{spec.name}",
-                                     daemon=True)
+            proc = processes.process(node_main, (spec, child), ("deploy.node",),
+                                     name=f"jmsnas-node-{spec.name}", daemon=True)
             proc.start()
             child.close()
             run.nodes.append(_Handle(spec.name, parent, proc))

@@ -201,8 +201,8 @@ class _Session:
             raise SetupError(f"unexpected control message {kind!r}")
 
     def start_node(self, spec: Any) -> None:
-        parent, child = processes.context().Pipe()
-        proc = processes.process(node_main, (spec, child), daemon=True,
+        parent, child = processes.context(("deploy.node",)).Pipe()
+        proc = processes.process(node_main, (spec, child), ("deploy.node",), daemon=True,
                                  name=f"jmsnas-node-{spec.name}")
         proc.start()
         child.close()

@@ -134,8 +134,10 @@ def _measure(ctx: Context, name: str, scenario: Scenario, routing: Routing, task
 
 def _groups(c: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, splits, channels) of every design the config deploys: the static splits on
-    ``channels``, then the split policies on theirs."""
-    groups = [(f"split {s}", str(s), dict(c["channels"])) for s in c["splits"]]
+    ``channels``, then the split policies on theirs. A channel set to null is left out (the
+    quick run leaves out the constant uplink so)."""
+    channels = {name: spec for name, spec in c["channels"].items() if spec is not None}
+    groups = [(f"split {s}", str(s), channels) for s in c["splits"]]
     policies = c.get("policies") or {}
     groups += [(f"policy {s}", str(s), dict(policies["channels"]))
                for s in policies.get("splits", [])]

@@ -28,33 +28,39 @@ from typing import Any
 
 __all__ = ["PRELOAD", "context", "pool", "process"]
 
-PRELOAD = ("torch", "numpy", "models.build", "models.split", "models.train", "search.evaluate",
-           "deploy.node")
-"""What the fork server imports once: what every kind of child here imports. A name that
-fails to import is skipped by multiprocessing; the child then imports it itself."""
+PRELOAD = ("torch", "numpy", "models.build", "models.split", "models.train")
+"""What the fork server imports once, besides the modules its callers name (:func:`context`).
+A name that fails to import is skipped by multiprocessing; the child then imports it itself."""
+
+_preload = list(PRELOAD)
 
 
-def context() -> BaseContext:
-    """The fork server's context with :data:`PRELOAD`, or ``spawn`` where there is none."""
+def context(preload: tuple[str, ...] = ()) -> BaseContext:
+    """The fork server's context, or ``spawn`` where there is none. ``preload``: modules (of
+    the caller's package, say) for the fork server to import too, if it has not started yet:
+    one server serves every caller in a process, and it starts on first use."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
+    _preload.extend(m for m in preload if m not in _preload)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))  # read when the server starts, on first use
+    ctx.set_forkserver_preload(list(_preload))
     return ctx
 
 
 def pool(workers: int, initializer: Callable[..., None] | None = None,
-         initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes of :func:`context`, in this process's environment, each
-    running ``initializer(*initargs)`` first."""
-    return ProcessPoolExecutor(workers, mp_context=context(), initializer=_start_worker,
+         initargs: tuple[Any, ...] = (), preload: tuple[str, ...] = ()) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes of :func:`context` (``preload``), in this process's
+    environment, each running ``initializer(*initargs)`` first."""
+    return ProcessPoolExecutor(workers, mp_context=context(preload), initializer=_start_worker,
                                initargs=(dict(os.environ), initializer, initargs))
 
 
-def process(target: Callable[..., None], args: tuple[Any, ...], **kwargs: Any) -> BaseProcess:
-    """An unstarted process of :func:`context` that runs ``target(*args)`` in this process's
-    environment; ``kwargs`` as for :class:`multiprocessing.Process` (``name``, ``daemon``)."""
-    ctx: Any = context()  # BaseContext's stubs lack Process
+def process(target: Callable[..., None], args: tuple[Any, ...], preload: tuple[str, ...] = (),
+            **kwargs: Any) -> BaseProcess:
+    """An unstarted process of :func:`context` (``preload``) that runs ``target(*args)`` in
+    this process's environment; ``kwargs`` as for :class:`multiprocessing.Process` (``name``,
+    ``daemon``)."""
+    ctx: Any = context(preload)  # BaseContext's stubs lack Process
     return ctx.Process(target=_run, args=(dict(os.environ), target, args), **kwargs)
 
 

@@ -167,7 +167,7 @@ def executor_map(config: SearchConfig) -> Iterator[MapFn]:
     if config.executor == "serial" or config.workers == 1:
         yield map
         return
-    pool = processes.pool(config.workers, _init_worker)
+    pool = processes.pool(config.workers, _init_worker, preload=("search.evaluate",))
     try:
         yield pool.map
     except BaseException:  # interrupted (Ctrl-C, SIGTERM through the command line) or failed:

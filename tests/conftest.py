@@ -39,13 +39,13 @@ def _offline() -> Iterator[None]:
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 
-# The suite runs on two pytest-xdist workers (pyproject.toml), so every test shares the cores
+# The suite runs on three pytest-xdist workers (pyproject.toml), so every test shares the cores
 # with another test, as on a busy machine. A test that cannot share them (it compares a
 # calibration taken before a run with the run itself, so a neighbour that starts or stops in
 # between moves its result) asks for the machine to itself with ``alone()``: every test holds
 # the machine lock shared while it runs (its function-scoped part: a module's fixture, such as
-# the experiments' quick run, is made before the hold); ``alone`` waits for the other worker's
-# test to end, holds the lock whole, and the other worker's next test waits for it. A turnstile
+# the experiments' quick run, is made before the hold); ``alone`` waits for the other workers'
+# tests to end, holds the lock whole, and their next tests wait for it. A turnstile
 # lock taken before the shared one keeps the waiting ``alone`` from being overtaken.
 _LOCKS: dict[str, int] = {}
 _SHARED = [False]  # whether this worker's running test holds the lock shared

@@ -32,7 +32,9 @@ WRITE_TABLES = os.environ.get("JMSNAS_WRITE_TABLES") == "1"
 budget or of the runs), on one machine: ``JMSNAS_WRITE_TABLES=1 python -m pytest
 tests/test_search.py tests/test_readme.py tests/test_experiments.py -k "true_front or
 compression_space or quick_start_output or documented_columns"``, about 45 minutes on two
-cores (README, Tests)."""
+cores (README, Tests); then, on each other kind of machine CI runs on, ``JMSNAS_WRITE_TABLES=1
+python -m pytest -n 0 tests/test_search.py -k tables_reproduce`` records that kind's
+retrainings (:func:`recorded`)."""
 
 
 def shipped_cache(cache: str | Path, table: str) -> int:
