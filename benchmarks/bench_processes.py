@@ -43,6 +43,11 @@ def spawned(target: Any, args: tuple[Any, ...]) -> BaseProcess:
     return ctx.Process(target=target, args=args)  # type: ignore[no-any-return]
 
 
+def forked(target: Any, args: tuple[Any, ...]) -> BaseProcess:
+    """As a deployment and a search start theirs: the fork server also imports their modules."""
+    return processes.process(target, args, ("deploy.node", "search.evaluate"))
+
+
 def starts(make: Callable[[Any, tuple[Any, ...]], BaseProcess], children: int) -> list[float]:
     """Seconds from creating each of ``children`` processes, one after another, to its
     report; ``make(target, args)`` creates one."""
@@ -63,7 +68,7 @@ def main() -> int:
     parser.add_argument("--children", type=int, default=6)
     args = parser.parse_args()
     results = {"spawn": starts(spawned, args.children),
-               "fork server (models.processes)": starts(processes.process, args.children)}
+               "fork server (models.processes)": starts(forked, args.children)}
     for name, times in results.items():
         print(f"{name:32s} first {times[0]:6.3f} s   median of the rest "
               f"{statistics.median(times[1:]):6.3f} s   all {sum(times):6.2f} s")

@@ -1,13 +1,13 @@
 """Child processes for torch work: proxy-training workers, deployment nodes, calibrations.
 
 A child started with multiprocessing's ``spawn`` method is a fresh interpreter that imports
-torch and the project again: about 2 s of CPU each on the two-core machine these numbers come
-from, for work that often takes less (a deployment's node, a search's pool of workers). Where
-the platform has it (Linux, macOS), children are forked instead from multiprocessing's fork
-server, one per parent process, which imports :data:`PRELOAD` once when it starts: a child then
-starts in about 30 ms (``python benchmarks/bench_processes.py``). The fork server itself was
-started by exec, not fork, and has run no torch work, so its children hold no threads or locks
-of the parent. Elsewhere (Windows), ``spawn``.
+torch and the project again: 1.5-2 s of CPU each on two cores, for work that often takes less
+(a deployment's node, a search's pool of workers). Where the platform has it (Linux, macOS),
+children are forked instead from multiprocessing's fork server, one per parent process, which
+imports :data:`PRELOAD` and the modules its callers name once, when it starts: a child then
+starts in about 16 ms instead of 1.5 s (``python benchmarks/bench_processes.py``). The fork
+server itself was started by exec, not fork, and has run no torch work, so its children hold
+no threads or locks of the parent. Elsewhere (Windows), ``spawn``.
 
 The fork server's children inherit its environment, taken when it started, not the parent's
 as it is when the child starts, as with ``spawn``. :func:`pool` and :func:`process` therefore
