@@ -2,9 +2,8 @@
 fork server that has imported torch and the project once (:mod:`models.processes`), in one run.
 
 Each child imports what a deployment's node and a search's training worker import, sets one
-torch thread and reports back; the time is from creating the process to its report, and the
-CPU time is the child's own (and, for the fork server, the server's start, counted once in the
-first child's time).
+torch thread and reports back; the time (wall clock) is from creating the process to its
+report; for the fork server, the first child's includes the server's start.
 
     python benchmarks/bench_processes.py [--children 6]
 

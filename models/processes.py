@@ -1,7 +1,7 @@
 """Child processes for torch work: proxy-training workers, deployment nodes, calibrations.
 
 A child started with multiprocessing's ``spawn`` method is a fresh interpreter that imports
-torch and the project again: 1.5-2 s of CPU each on two cores, for work that often takes less
+torch and the project again: 1.5-2 s each to start on two cores, for work that often takes less
 (a deployment's node, a search's pool of workers). Where the platform has it (Linux, macOS),
 children are forked instead from multiprocessing's fork server, one per parent process, which
 imports :data:`PRELOAD` and the modules its callers name once, when it starts: a child then
@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
@@ -38,45 +41,81 @@ _preload = list(PRELOAD)
 def context(preload: tuple[str, ...] = ()) -> BaseContext:
     """The fork server's context, or ``spawn`` where there is none. ``preload``: modules (of
     the caller's package, say) for the fork server to import too, if it has not started yet:
-    one server serves every caller in a process, and it starts on first use."""
+    one server serves every caller in a process. It is started here (:func:`_start_server`)."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     _preload.extend(m for m in preload if m not in _preload)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(_preload))
+    _start_server()
     return ctx
+
+
+def _start_server() -> None:
+    """Start the fork server (if it is not running) as spawn would start a child: with
+    ``sys.path`` from the environment and the safe-path flag, so that a ``torch.py`` or a
+    ``models/`` in the current folder cannot shadow what it preloads (Python 3.11's fork server
+    puts the folder it was started in first on its path), and with Ctrl-C ignored, so that a
+    child ignores it until :func:`_run` or :func:`_start_worker` sets what its parent had."""
+    from multiprocessing import forkserver
+
+    changes = {"PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    saved = {k: os.environ.get(k) for k in changes}
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        os.environ.update(changes)
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interruptible() -> bool:
+    """Whether this process takes Ctrl-C (a child started now should too, as with spawn)."""
+    return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def pool(workers: int, initializer: Callable[..., None] | None = None,
          initargs: tuple[Any, ...] = (), preload: tuple[str, ...] = ()) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes of :func:`context` (``preload``), in this process's
-    environment, each running ``initializer(*initargs)`` first."""
+    environment and Ctrl-C setting, each running ``initializer(*initargs)`` first."""
     return ProcessPoolExecutor(workers, mp_context=context(preload), initializer=_start_worker,
-                               initargs=(dict(os.environ), initializer, initargs))
+                               initargs=(dict(os.environ), _interruptible(), initializer,
+                                         initargs))
 
 
 def process(target: Callable[..., None], args: tuple[Any, ...], preload: tuple[str, ...] = (),
             **kwargs: Any) -> BaseProcess:
     """An unstarted process of :func:`context` (``preload``) that runs ``target(*args)`` in
-    this process's environment; ``kwargs`` as for :class:`multiprocessing.Process` (``name``,
-    ``daemon``)."""
+    this process's environment and Ctrl-C setting; ``kwargs`` as for
+    :class:`multiprocessing.Process` (``name``, ``daemon``)."""
     ctx: Any = context(preload)  # BaseContext's stubs lack Process
-    return ctx.Process(target=_run, args=(dict(os.environ), target, args), **kwargs)
+    return ctx.Process(target=_run, args=(dict(os.environ), _interruptible(), target, args),
+                       **kwargs)
 
 
-def _environment(env: dict[str, str]) -> None:
+def _setup(env: dict[str, str], interruptible: bool) -> None:
     if os.environ != env:
         os.environ.clear()
         os.environ.update(env)
+    if interruptible:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _start_worker(env: dict[str, str], initializer: Callable[..., None] | None,
-                  initargs: tuple[Any, ...]) -> None:
-    _environment(env)
+def _start_worker(env: dict[str, str], interruptible: bool,
+                  initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    _setup(env, interruptible)
     if initializer is not None:
         initializer(*initargs)
 
 
-def _run(env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    _environment(env)
+def _run(env: dict[str, str], interruptible: bool, target: Callable[..., None],
+         args: tuple[Any, ...]) -> None:
+    _setup(env, interruptible)
     target(*args)

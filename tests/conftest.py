@@ -40,7 +40,7 @@ def _offline() -> Iterator[None]:
 EXAMPLES = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
 
 # The suite runs on three pytest-xdist workers (pyproject.toml), so every test shares the cores
-# with another test, as on a busy machine. A test that cannot share them (it compares a
+# with two other tests, as on a busy machine. A test that cannot share them (it compares a
 # calibration taken before a run with the run itself, so a neighbour that starts or stops in
 # between moves its result) asks for the machine to itself with ``alone()``: every test holds
 # the machine lock shared while it runs (its function-scoped part: a module's fixture, such as
