@@ -352,10 +352,18 @@ def _ready(sock: socket.socket) -> socket.socket:
     return sock
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log_line(text: str) -> None:
-    """One line on standard error (a refused connection, a closed one), stamped."""
+    """One line on standard error (a refused connection, a closed one), stamped. Written
+    whole under a lock: ``print`` writes the text and its newline apart, and two handshake
+    threads refusing at once interleaved them into one long line and an empty one."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(f"{stamp} jmsnas: {one_line(text, 500)}", file=sys.stderr, flush=True)
+    line = f"{stamp} jmsnas: {one_line(text, 500)}\n"
+    with _LOG_LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -336,13 +336,73 @@ def test_a_node_that_fails_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_log_lines_from_many_threads_stay_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads logging 50 lines each through a standard error that gives up the
+    processor inside every write (as a busy machine does at any time): 400 whole stamped lines.
+    With ``print``, which writes the text and its newline apart, lines ran together."""
+    from deploy.node import log_line
+
+    class Yielding:
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+
+        def write(self, text: str) -> int:
+            time.sleep(0.0002)
+            self.parts.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            time.sleep(0.0002)
+
+    err = Yielding()
+    monkeypatch.setattr(sys, "stderr", err)
+    threads = [threading.Thread(target=lambda k=k: [log_line(f"t{k} n{n}") for n in range(50)])
+               for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = "".join(err.parts).split("\n")
+    assert lines.pop() == ""
+    assert len(lines) == 400
+    assert all(line.count(" jmsnas: t") == 1 for line in lines), [
+        line for line in lines if line.count(" jmsnas: t") != 1][:3]
+
+
+def test_a_sender_preempted_after_its_send_gives_no_negative_handoff(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that loses the processor for 5 ms just after each send (as beside busy
+    processes): the hand-off is timed from the send's start, so it stays a small positive
+    time; timed when ``sendall`` returned, it came out about -5 ms."""
+    import deploy.calibrate as calibration
+
+    class SlowToReturn:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def sendall(self, data: bytes) -> None:
+            self.sock.sendall(data)
+            time.sleep(0.005)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.sock, name)
+
+    real = socket.create_connection
+    monkeypatch.setattr(calibration.socket, "create_connection",
+                        lambda *a, **k: SlowToReturn(real(*a, **k)))
+    gaps = np.full(13, 0.01)
+    for propagation in (0.0, 0.002):
+        assert 0 <= calibration.handoff_s(1000, propagation, gaps) < 0.05
+
+
 def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
     scenario = two_node(tasks=30)
     design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
     cal = calibrate(scenario, design, seed=5, reps=5)
     assert [t.node for t in cal.compute] == ["phone", "edge"]
     assert all(0 < t.mean_s < 1 and t.samples == 5 for t in cal.compute)
-    assert all(0 <= o < 0.05 for o in (*cal.overhead_s, cal.dispatch_s))
+    handoffs = (*cal.overhead_s, cal.dispatch_s)
+    assert all(0 <= o < 0.05 for o in handoffs), handoffs
     result = deploy(scenario, design, tmp_path, seed=5)
     assert cal.frame_bits == (8 * result.frame_bytes[0],)  # the frame that really crossed
     pipeline = cal.pipeline(design, scenario)
