@@ -11,6 +11,7 @@ largest input + output activation, plus the block's input where a shortcut keeps
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,9 +144,17 @@ def profile_model(spec: ArchSpec, input_shape: Sequence[int], num_classes: int =
 @lru_cache(maxsize=2048)
 def _profile(spec: ArchSpec, shape: tuple[int, ...], num_classes: int, width_scale: float,
              cuts: tuple[Cut, ...]) -> ModelProfile:
+    # Built without initialising its weights (on the meta device), then given zeroed memory on
+    # the CPU: a forward pass on the meta device runs torch's shape functions in Python, 2.6
+    # times slower for the tiny space (36 against 14 ms an architecture, warm), and the
+    # exhaustive baseline profiles every architecture. The counts are the same on both.
     with torch.device("meta"):
         model = build_model(spec, shape[0], num_classes, width_scale=width_scale, cuts=cuts)
-        x = torch.empty((1, *shape))
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.zero_()
+    x = torch.zeros((1, *shape))
     model.eval()
     out_shapes: dict[int, tuple[int, ...]] = {}
     peaks: dict[int, int] = {}
