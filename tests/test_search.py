@@ -385,6 +385,14 @@ def test_memory_limits_make_designs_infeasible(tmp_path: Path) -> None:
     assert bad.fitness(cfg)[1] > good.fitness(cfg)[1]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One accuracy cache for this file's small searches on ``three-tier`` (they train many of
+    the same architectures on the same budget), so each architecture is trained once: these
+    tests are about the search, not training, and each compares runs that share one cache."""
+    return str(tmp_path_factory.mktemp("small-searches") / "accuracy.sqlite")
+
+
 def small_config(**changes: Any) -> SearchConfig:
     base = {"population": 6, "generations": 3, "executor": "serial", "sim_tasks": 100,
             "budget": FAST, **PLAIN}
@@ -392,7 +400,7 @@ def small_config(**changes: Any) -> SearchConfig:
     return SearchConfig(**base)
 
 
-def test_search_is_deterministic_and_records_its_archive(tmp_path: Path) -> None:
+def test_search_is_deterministic_and_records_its_archive(tmp_path: Path, trained: str) -> None:
     """Catches a run that differs between two calls with one seed, and a history whose
     hypervolume is not that of every design evaluated so far (the population's alone, say, or
     under another reference point): each row is checked against an independent 2-D sweep over
@@ -401,10 +409,10 @@ def test_search_is_deterministic_and_records_its_archive(tmp_path: Path) -> None
 
     s = load_scenario(EXAMPLES / "three-tier.yaml")
     cfg = small_config()
-    a = run_search(s, cfg, tmp_path / "a")
+    a = run_search(s, cfg, tmp_path / "a", cache_path=trained)
     # b reads a's accuracies: what must repeat here is the search (that training repeats is
     # tests/test_models_train.py's and the shipped tables' concern)
-    b = run_search(s, cfg, tmp_path / "b", cache_path=str(tmp_path / "a" / "accuracy.sqlite"))
+    b = run_search(s, cfg, tmp_path / "b", cache_path=trained)
     assert a.evaluations == b.evaluations and a.population == b.population
     evs = list(a.evaluations.values())  # in the order they were evaluated
     assert [row["evaluations"] for row in a.history] == [
@@ -414,7 +422,7 @@ def test_search_is_deterministic_and_records_its_archive(tmp_path: Path) -> None
         pts = [((1 - e.accuracy) / 0.9, e.latency_s / cfg.hv_latency_ref_s) for e in first]
         assert row["hypervolume"] == pytest.approx(sweep_hypervolume_2d(pts), abs=1e-12)
     assert a.history[-1]["hypervolume"] > 0 and len(a.front()) >= 1
-    c = run_search(s, small_config(seed=1), tmp_path / "c")
+    c = run_search(s, small_config(seed=1), tmp_path / "c", cache_path=trained)
     assert c.evaluations.keys() != a.evaluations.keys()
 
 
@@ -423,13 +431,13 @@ def _run_child(out: str, cache: str) -> None:
     run_search(s, small_config(generations=6), out, cache_path=cache)
 
 
-def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path: Path, trained: str) -> None:
     s = load_scenario(EXAMPLES / "three-tier.yaml")
     # One accuracy cache: the uninterrupted run (made last) reads every accuracy the killed and
     # resumed run trained, so the comparison is of the search itself. (Proxy training of a
     # near-chance architecture once gave 0.129 in one process and 0.133 in another under CPU
     # contention: bit-exact training across processes is not what this test is about.)
-    cache = str(tmp_path / "accuracy.sqlite")
+    cache = trained  # this file's shared cache: the searches of other tests trained some
     killed = tmp_path / "killed"
     proc = mp.get_context("spawn").Process(target=_run_child, args=(str(killed), cache))
     proc.start()
@@ -456,9 +464,9 @@ def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
     assert resumed.history[-1]["hypervolume"] == whole.history[-1]["hypervolume"]
 
 
-def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
+def test_resume_refuses_another_configuration(tmp_path: Path, trained: str) -> None:
     s = load_scenario(EXAMPLES / "three-tier.yaml")
-    run_search(s, small_config(generations=1), tmp_path)
+    run_search(s, small_config(generations=1), tmp_path, cache_path=trained)
     with pytest.raises(ValueError, match="made with another scenario or configuration"):
         run_search(s, small_config(generations=1, seed=5), tmp_path, resume=True)
     with pytest.raises(ValueError, match=r"no readable checkpoint\.pkl"):
@@ -583,9 +591,9 @@ def test_search_falls_back_to_mnist5k_and_says_why(tmp_path: Path,
     assert "dataset-fashion-mnist" in err and not (tmp_path / "other" / "config.yaml").exists()
 
 
-def test_result_front_is_nondominated(tmp_path: Path) -> None:
+def test_result_front_is_nondominated(tmp_path: Path, trained: str) -> None:
     s = load_scenario(EXAMPLES / "three-tier.yaml")
-    r: SearchResult = run_search(s, small_config(generations=1), tmp_path)
+    r: SearchResult = run_search(s, small_config(generations=1), tmp_path, cache_path=trained)
     front = r.front()
     for a in front:
         for b in r.evaluations.values():
