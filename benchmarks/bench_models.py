@@ -58,7 +58,7 @@ def main() -> None:
     print(f"proxy training: {len(specs) / total * 60:.1f} architectures/minute "
           f"(mean {total / len(specs):.1f} s each, 4,000 images x {budget.epochs} epochs)")
     print(f"profiler: {profile_rate:.1f} calls/s on distinct sampled mobile architectures, "
-          f"{mbv2_rate:.1f} calls/s on MobileNetV2 (3x224x224, meta device); "
+          f"{mbv2_rate:.1f} calls/s on MobileNetV2 (3x224x224); "
           f"{memo_rate:,.0f} calls/s when repeated (memoised)")
 
 

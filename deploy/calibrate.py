@@ -5,10 +5,10 @@ Two measurements on this machine, taken before the deployment runs and in isolat
 - each node's work per request, timed the way a node worker does it (decode the payload, run the
   segment on one torch thread, encode the frame), ``reps`` times after a warm-up: its mean and
   coefficient of variation;
-- the transport's fixed cost per message on each hop: from the sender's last byte to the frame
-  delivered past the propagation hold, on a real loopback socket (kernel copy, receiver wake-up,
-  frame parsing, the hand-off to a worker, sleep overshoot), and the same from a request's
-  arrival time to the first node's worker.
+- the transport's fixed cost per message on each hop: from the hand-over of the frame's last
+  chunk to the frame delivered past the propagation hold, on a real loopback socket (kernel
+  copy, receiver wake-up, frame parsing, the hand-off to a worker, sleep overshoot), and the
+  same from a request's arrival time to the first node's worker.
 
 :meth:`Calibration.pipeline` turns them into a pipeline (compute work = mean seconds x the node's
 FLOP/s, lognormal with the measured variation; transfers = the bits of the whole frame, header

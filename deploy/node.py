@@ -18,14 +18,14 @@ and the node accepts exactly one connection from each upstream it was told of. I
   (:class:`PacedLink`).
 
 Per request it records (on its :class:`~deploy.clock.Clock`) when the frame was received and
-released to the queue, its state, when a worker started and finished, and when the sender
-started and finished; once every upstream has sent END it finishes the queue, forwards END
-downstream and reports ``done`` with the records. It talks to the process that started it (the
-deployment, or a node server) over a pipe: ``ready`` with its port, ``connect`` with its
-downstream ports and its clock's offset, ``done`` or ``error``; when that pipe closes (the
-parent died), the node exits at once. A frame that is malformed, too large or in a state that
-does not visit the node closes its connection with one logged line and stops the node.
-"""
+released to the queue, its state, when a worker started and finished, and when the sender handed
+over the frame's first and last chunks (:meth:`PacedLink.send`); once every upstream has sent
+END it finishes the queue, forwards END downstream and reports ``done`` with the records. It
+talks to the process that started it (the deployment, or a node server) over a pipe: ``ready``
+with its port, ``connect`` with its downstream ports and its clock's offset, ``done`` or
+``error``; when that pipe closes (the parent died), the node exits at once. A frame that is
+malformed, too large or in a state that does not visit the node closes its connection with one
+logged line and stops the node."""
 
 from __future__ import annotations
 

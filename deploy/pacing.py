@@ -77,15 +77,17 @@ class PacedLink:
 
     def send(self, frame: bytes) -> tuple[float, float]:
         """Send ``frame``; return when its first chunk was released and when its last was
-        (``clock`` values), each taken as its send starts: the receiver cannot have a chunk
-        before then, so a stage measured from the last send to the receiver's stamp is never
-        short. Taken when ``sendall`` returned, a sender preempted in between made a 4 ms hop
-        look 1.9 ms long (a busy machine)."""
+        (``clock`` values), each taken as its hand-over starts: the receiver cannot have a
+        chunk before then, so the propagation a deployment measures from the last hand-over to
+        the receiver's stamp is never short (taken when ``sendall`` returned, a sender
+        preempted in between made a 4 ms propagation 1.9 ms on a busy machine). Unshaped
+        (``rate`` None: the kernel's ``tc`` shaper or none), the second is when ``sendall``
+        returned: there the hand-over itself takes the transmission time."""
         now = self.clock.now
         start = now()
         if self.rate is None:
             self.sock.sendall(frame)
-            return start, start
+            return start, now()
         s_rel = start - self.t0
         if s_rel > self.horizon_s:
             raise RuntimeError(f"a transfer at {s_rel:.1f} s into the run, past the "

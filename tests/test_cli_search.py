@@ -361,10 +361,11 @@ def test_a_terminated_search_stops_its_training_workers(tmp_path: Path) -> None:
             queue += kids
         return found
 
-    def workers() -> list[int]:  # the processes that train: not the two helpers
-        helpers = [k for k in children(proc.pid)
-                   if b"forkserver" in cmdline(k) or b"resource_tracker" in cmdline(k)]
-        return [k for k in descendants() if k not in helpers]
+    def workers() -> list[int]:  # the processes that train: the fork server's children (a
+        # helper between its fork and its exec still has the command's own command line, and
+        # once passed here for a worker: two seen, none 2 s later)
+        servers = [k for k in children(proc.pid) if b"forkserver" in cmdline(k)]
+        return [k for server in servers for k in children(server)]
 
     deadline = time.monotonic() + 120
     while len(workers()) < 2 and time.monotonic() < deadline:

