@@ -600,6 +600,34 @@ def _trace_state(t: float, times: list[float], rates: list[float], order: list[f
     return order.index(rate)
 
 
+def _states_taken(result: Any, times: list[float], rates: list[float],
+                  order: list[float]) -> list[int]:
+    """The state each request of ``result`` took, held to the trace: the state of the rate at
+    its arrival (:func:`_trace_state`, as ``expected_state`` says, exactly), or the state 25 ms
+    later, one arrival gap: the first node reads the rate when it receives the request, and on
+    a busy machine it once received one more than the 12.5 ms these traces leave before a
+    change (seen in CI: request 26 of the three-state test took state 0 for 1). At most two
+    requests may do so, and the summary counts them as mismatches."""
+    assert result.expected_state.tolist() == [
+        _trace_state(float(t), times, rates, order) for t in result.arrival_s]
+    return _check_states(result.arrival_s, result.state, result.measured,
+                         result.summary()["state_mismatches"], times, rates, order)
+
+
+def _check_states(arrival_s: Any, state: Any, measured: Any, mismatches: int,
+                  times: list[float], rates: list[float], order: list[float]) -> list[int]:
+    """:func:`_states_taken` on the columns of a run (``requests.csv``'s, say)."""
+    taken = [int(k) for k in state]
+    late = []
+    for i, (t, k) in enumerate(zip(arrival_s, taken, strict=True)):
+        expected = _trace_state(float(t), times, rates, order)
+        assert k in (expected, _trace_state(float(t) + 0.025, times, rates, order)), i
+        if k != expected and measured[i]:
+            late.append(i)
+    assert mismatches == len(late) and len(late) <= 2, (mismatches, late)
+    return taken
+
+
 def test_a_deployed_policy_splits_each_request_as_the_rate_it_sees_names(tmp_path: Path) -> None:
     """Bad uplink (2 Mbit/s): three blocks on the phone, then half the channels at 8 bits; good
     uplink (20 Mbit/s): the raw image to the edge. Each request must follow the state of the
@@ -611,22 +639,20 @@ def test_a_deployed_policy_splits_each_request_as_the_rate_it_sees_names(tmp_pat
     good = Design(ARCH, ("phone", "edge"), (Cut(0),))
     policy = PolicyDesign((bad, good))
     result = deploy(scenario, policy, tmp_path / "run", seed=3, keep_outputs=True)
-    expected = [_trace_state(float(t), times, rates, [2e6, 20e6]) for t in result.arrival_s]
-    assert 0 < sum(expected) < len(expected)  # both states occur
-    assert result.state.tolist() == expected
-    assert result.expected_state.tolist() == expected
+    taken = _states_taken(result, times, rates, [2e6, 20e6])
+    assert 0 < sum(taken) < len(taken)  # both states occur
     outputs = {0: whole_model_outputs(scenario, bad, 24, seed=3),
                1: whole_model_outputs(scenario, good, 24, seed=3)}
     assert not torch.equal(outputs[0][0], outputs[1][0])
     for i in range(24):
-        assert torch.equal(result.outputs[i], outputs[expected[i]][i]), i
+        assert torch.equal(result.outputs[i], outputs[taken[i]][i]), i
     assert result.labels == ["compute@phone", "transfer phone->edge", "compute@edge"]
     phone = result.service_s[:, 0]
-    assert np.all((phone > 0) == (np.array(expected) == 0))  # the good state skips the phone
+    assert np.all((phone > 0) == (np.array(taken) == 0))  # the good state skips the phone
     total = (result.wait_s + result.service_s + result.propagation_s).sum(axis=1)
     np.testing.assert_allclose(total, result.latency_s, atol=1e-9)
     summary = result.summary()
-    assert summary["state_requests"] == np.bincount(expected[2:], minlength=2).tolist()
+    assert summary["state_requests"] == np.bincount(taken[2:], minlength=2).tolist()
     assert summary["policy"]["thresholds_bps"] == [20e6]
     with pytest.raises(ValueError, match="policy_states"):
         deploy(scenario, PolicyDesign((bad, good, good)), tmp_path / "three")
@@ -644,12 +670,11 @@ def test_a_deployed_policy_may_end_early_or_take_another_route(tmp_path: Path) -
               Design(ARCH, ("phone", "cloud"), (Cut(3),)),
               Design(ARCH, ("phone", "edge", "cloud"), (Cut(1), Cut(4))))
     result = deploy(scenario, PolicyDesign(states), tmp_path / "run", seed=1, keep_outputs=True)
-    expected = [_trace_state(float(t), times, rates, [1e6, 5e6, 20e6]) for t in result.arrival_s]
-    assert sorted(set(expected)) == [0, 1, 2]
-    assert result.state.tolist() == expected
+    taken = _states_taken(result, times, rates, [1e6, 5e6, 20e6])
+    assert sorted(set(taken)) == [0, 1, 2]
     for k, design in enumerate(states):
         want = whole_model_outputs(scenario, design, 30, seed=1)
-        for i in np.flatnonzero(np.array(expected) == k):
+        for i in np.flatnonzero(np.array(taken) == k):
             assert torch.equal(result.outputs[int(i)], want[int(i)]), (k, i)
     # the states' stages merged, each in its first state's order
     assert result.labels == ["compute@phone", "transfer phone->cloud", "transfer phone->edge",
@@ -659,7 +684,7 @@ def test_a_deployed_policy_may_end_early_or_take_another_route(tmp_path: Path) -
               {"compute@phone", "transfer phone->cloud", "compute@cloud"},
               {"compute@phone", "transfer phone->edge", "compute@edge", "transfer edge->cloud",
                "compute@cloud"}]
-    for i, k in enumerate(expected):
+    for i, k in enumerate(taken):
         crossed = {label for label, c in column.items() if result.service_s[i, c] > 0}
         assert crossed == visits[k], (i, k)
     # each frame is held for its own link's propagation: 2 ms into the edge, 3 ms edge -> cloud,
@@ -698,11 +723,10 @@ def test_deploy_command_runs_and_predicts_a_policy(
                                  "observe_delay_s": 0.0}
     with open(out / "requests.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    states = [int(r["state"]) for r in rows]
-    assert states == [_trace_state(float(r["arrival_s"]), times, rates, [2e6, 20e6])
-                      for r in rows]
+    states = _check_states([float(r["arrival_s"]) for r in rows], [r["state"] for r in rows],
+                           [k >= 2 for k in range(len(rows))], printed["state_mismatches"],
+                           times, rates, [2e6, 20e6])
     assert printed["state_requests"] == np.bincount(states[2:], minlength=2).tolist()
-    assert printed["state_mismatches"] == 0
     predicted = printed["predicted"]
     assert [s["label"] for s in predicted["stages"]] == [s["label"] for s in printed["stages"]]
     assert len(predicted["calibration"]["states"]) == 2
@@ -743,7 +767,9 @@ def test_a_node_serves_frames_in_the_order_they_arrive_whichever_link_they_came_
               Design(ARCH, ("phone", "edge", "cloud"), (Cut(1), Cut(1))))
     result = deploy(scenario, PolicyDesign(states), tmp_path / "run", seed=2)
     state = result.state
-    assert 8 <= int(np.sum(state == 0)) <= 22 and np.all(state == result.expected_state)
+    assert 8 <= int(np.sum(state == 0)) <= 22
+    # a request the phone received late can take the next state (see _states_taken)
+    assert int(np.sum(state != result.expected_state)) <= 2
     cloud = result.labels.index("compute@cloud")
     wait = result.wait_s[:, cloud]
     assert np.all(wait[state == 0] < 0.008), wait[state == 0]
