@@ -130,7 +130,7 @@ _CPU_MAX_INPUT = 3 * 224 * 224
 ``_CPU_MAX_INPUT`` values is profiled on zeroed CPU memory, a bigger one on the ``meta``
 device. The counts are the same on both (tested); on the meta device torch works out each
 operation's output shape in Python, which made a tiny-space architecture at 3x64x64 2.6 times
-slower to profile (36 against 14 ms, warm), and the exhaustive baseline profiles every
+slower to profile (36 against 15 ms, warm), and the exhaustive baseline profiles every
 architecture; on the CPU, VGG-16 at 3x224x224 would allocate 0.55 GB and compute 31 GFLOPs."""
 
 
