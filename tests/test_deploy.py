@@ -772,7 +772,11 @@ def test_a_node_serves_frames_in_the_order_they_arrive_whichever_link_they_came_
     assert int(np.sum(state != result.expected_state)) <= 2
     cloud = result.labels.index("compute@cloud")
     wait = result.wait_s[:, cloud]
-    assert np.all(wait[state == 0] < 0.008), wait[state == 0]
+    # served in order of arrival, a direct request waits well under 8 ms, where the order of
+    # receipt made every one of them wait about 15 ms; a busy machine may stall one or two (8.8
+    # ms seen beside a CPU-bound process)
+    direct = wait[state == 0]
+    assert np.median(direct) < 0.008 and np.sum(direct >= 0.008) <= 2, direct
 
 
 def test_a_front_row_of_a_policy_search_deploys_with_the_searchs_states(tmp_path: Path) -> None:
