@@ -313,8 +313,10 @@ _FLOAT_RE = re.compile(
 )
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``20e6`` as a float, as YAML 1.2 does."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader that reads ``20e6`` as a float, as YAML 1.2 does; libyaml's parser where
+    PyYAML has it (about ten times faster on a long trace or a list of thousands), the pure
+    Python one otherwise (the same documents, the same values)."""
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -33,6 +33,37 @@ def test_numbers_like_20e6_are_floats(tmp_path: Path) -> None:
     assert s.links[0].channel.rate_bps == 10e6  # type: ignore[union-attr]
 
 
+_SNIPPETS = ["a: 20e6\nb: [1, .5, -.inf, 1_000, 1e, +2.5E-3]\nc: 0x10\nd: yes\ne: ~\n",
+             "k: 'quoted: 1'\nl: |\n  two\n  lines\nm: {x: [1, {y: 2}]}\n",
+             "n: 2026-12-08\no: 1:30\np: &a [1]\nq: *a\nr: \"\\u00e9\"\n"]
+_NOT_YAML = ["nodes: [unclosed\n", "a: 1\n b: 2\n", "a: b: c\n", "- a\nb: 1\n",
+             "k: [1, 2\nl: 3\n", "a: 'open\n\n\n"]
+
+
+def test_the_fast_yaml_parser_reads_what_the_pure_python_one_reads() -> None:
+    """Scenario files are parsed with libyaml's parser where PyYAML has it; PyYAML's pure
+    Python parser, given the same float rule, is the reference: the same values for every
+    shipped scenario and for numbers, anchors, block text and dates, and a refusal of the
+    same six broken documents, at the same line."""
+    from sim.scenario import _Loader, load_yaml
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml: the pure Python parser is the one in use")
+    assert issubclass(_Loader, yaml.CSafeLoader)
+    reference = type("Reference", (yaml.SafeLoader,),
+                     {"yaml_implicit_resolvers": _Loader.yaml_implicit_resolvers})
+    texts = [p.read_text(encoding="utf-8") for p in sorted(EXAMPLES.glob("*.yaml"))]
+    for text in [*texts, *_SNIPPETS]:
+        assert load_yaml(text) == yaml.load(text, Loader=reference)
+    assert load_yaml(_SNIPPETS[0])["a"] == 20e6
+    for text in _NOT_YAML:
+        with pytest.raises(yaml.YAMLError) as fast:
+            load_yaml(text)
+        with pytest.raises(yaml.YAMLError) as slow:
+            yaml.load(text, Loader=reference)
+        assert fast.value.problem_mark.line == slow.value.problem_mark.line, text  # type: ignore[attr-defined]
+
+
 def write(tmp_path: Path, data: dict[str, Any]) -> Path:
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(data))
