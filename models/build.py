@@ -9,6 +9,7 @@ straight through (Bengio et al. 2013); :mod:`models.split` quantises for real.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import cast
 
@@ -248,6 +249,24 @@ class CutCodec(nn.Module):
         return self.decoder(y)
 
 
+def check_cuts(spec: ArchSpec, cuts: Sequence[Cut]) -> tuple[Cut, ...]:
+    """``cuts`` in position order; raises ``ValueError`` for a position outside 0..n_blocks,
+    two different cuts at one position, or compression at either end of the network."""
+    ordered = tuple(sorted(cuts, key=lambda c: c.position))
+    for a, b in itertools.pairwise(ordered):
+        if a.position == b.position and a != b:
+            raise ValueError(f"two cuts at position {a.position} with different compression")
+    for cut in ordered:
+        if not 0 <= cut.position <= spec.n_blocks:
+            raise ValueError(f"Cut.position must be in 0..{spec.n_blocks}, got {cut.position}")
+        if cut.compresses and not 0 < cut.position < spec.n_blocks:
+            raise ValueError(
+                f"a cut at position {cut.position} cannot compress: bottlenecks and "
+                f"quantisation apply between blocks 1..{spec.n_blocks - 1}"
+            )
+    return ordered
+
+
 class ChainModel(nn.Module):
     """The whole network: ``blocks`` in order, with a :class:`CutCodec` before block p for every
     compressing cut at position p."""
@@ -259,24 +278,14 @@ class ChainModel(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.width_scale = width_scale
-        self.cuts = tuple(sorted(cuts, key=lambda c: c.position))
-        for a, b in zip(self.cuts, self.cuts[1:], strict=False):
-            if a.position == b.position and a != b:
-                raise ValueError(f"two cuts at position {a.position} with different compression")
+        self.cuts = check_cuts(spec, cuts)
         chans = channels_before(spec, in_channels, width_scale)
         self.blocks = nn.ModuleList(
             _make_block(b, chans[i], num_classes, width_scale) for i, b in enumerate(spec.blocks)
         )
         self.codecs = nn.ModuleDict()
         for cut in self.cuts:
-            if not 0 <= cut.position <= spec.n_blocks:
-                raise ValueError(f"Cut.position must be in 0..{spec.n_blocks}, got {cut.position}")
             if cut.compresses:
-                if not 0 < cut.position < spec.n_blocks:
-                    raise ValueError(
-                        f"a cut at position {cut.position} cannot compress: bottlenecks and "
-                        f"quantisation apply between blocks 1..{spec.n_blocks - 1}"
-                    )
                 self.codecs[str(cut.position)] = CutCodec(chans[cut.position], cut)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ largest input + output activation, plus the block's input where a shortcut keeps
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .build import CutCodec, _InvertedResidual, _Residual, build_model
+from .build import CutCodec, _InvertedResidual, _Residual, build_model, check_cuts
 from .spec import ArchSpec, Cut, describe
 
 __all__ = ["BlockProfile", "CodecProfile", "ModelProfile", "profile_model"]
@@ -148,13 +149,40 @@ def profile_model(spec: ArchSpec, input_shape: Sequence[int], num_classes: int =
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {list(shape)}")
-    ordered = tuple(sorted(cuts, key=lambda c: c.position))
-    return _profile(spec, shape, num_classes, width_scale, ordered)
+    ordered = check_cuts(spec, cuts)
+    base = _profile_whole(spec, shape, num_classes, width_scale, ())
+    codecs = {c.position: _codec_profile(c, base.blocks[c.position - 1].out_shape)
+              for c in ordered if c.compresses}  # one codec per position, as the model has
+    return dataclasses.replace(base, codecs=tuple(codecs.values())) if codecs else base
+
+
+@lru_cache(maxsize=4096)
+def _codec_profile(cut: Cut, shape: tuple[int, ...]) -> CodecProfile:
+    """The costs of ``cut``'s compression of an activation of ``shape`` (C, H, W). A cut's
+    codec sits between two blocks and gives back the shape it was given, so the blocks cost
+    the same with or without it: a compressed architecture's profile is its plain profile
+    with its codecs' (which the search asks for with many cuts per architecture: a test
+    holds this to the whole compressed model's profile)."""
+    with torch.device("meta"):  # shapes only: no memory, no draw from torch's generator
+        codec = CutCodec(shape[0], cut)
+        x = torch.zeros((1, *shape))
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as encoding:
+            y = codec.encoder(x)
+        with FlopCounterMode(display=False) as decoding:
+            codec.decoder(y)
+    return CodecProfile(cut=cut, sent_shape=tuple(y.shape[1:]),
+                        encoder_flops=int(encoding.get_total_flops()),
+                        decoder_flops=int(decoding.get_total_flops()),
+                        encoder_params=_count_params(codec.encoder),
+                        decoder_params=_count_params(codec.decoder))
 
 
 @lru_cache(maxsize=2048)
-def _profile(spec: ArchSpec, shape: tuple[int, ...], num_classes: int, width_scale: float,
-             cuts: tuple[Cut, ...]) -> ModelProfile:
+def _profile_whole(spec: ArchSpec, shape: tuple[int, ...], num_classes: int, width_scale: float,
+                   cuts: tuple[Cut, ...]) -> ModelProfile:
+    """The profile of the whole model, its codecs included, from one counted forward pass
+    (:func:`profile_model` asks it for plain models only)."""
     with torch.device("meta"):  # no memory, no initialisation
         model = build_model(spec, shape[0], num_classes, width_scale=width_scale, cuts=cuts)
     tensors = list(itertools.chain(model.parameters(), model.buffers()))

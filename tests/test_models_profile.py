@@ -99,15 +99,54 @@ def test_small_models_profile_on_the_cpu_as_on_the_meta_device(
 
     monkeypatch.setattr(nn.Module, "to_empty", counted)
 
-    def profiles_now() -> list[object]:
-        profiles._profile.cache_clear()
-        return [profile_model(arch, shape, 10, cuts=cuts) for arch, shape in cases
+    def profiles_now() -> list[object]:  # of the whole model, its codec included
+        profiles._profile_whole.cache_clear()
+        return [profiles._profile_whole(arch, shape, 10, 1.0, cuts) for arch, shape in cases
                 for cuts in ((), (Cut(2, 0.5, 8),))]
 
     on_cpu = profiles_now()
     assert moved == ["cpu"] * 14  # every one of these ran on the CPU
     monkeypatch.setattr(profiles, "_CPU_MAX_BYTES", -1)  # everything on the meta device
     on_meta = profiles_now()
-    profiles._profile.cache_clear()
+    profiles._profile_whole.cache_clear()
     assert len(moved) == 14
     assert on_cpu == on_meta
+
+
+def test_a_compressed_profile_is_the_plain_one_with_its_codecs() -> None:
+    """:func:`profile_model` profiles an architecture once and adds each cut's codec, profiled
+    alone; the reference is one counted forward pass of the whole compressed model. Equal
+    (FLOPs, parameters, shapes, peak memory of every block; each codec's sent shape, FLOPs
+    and parameters, in order) for 40 (architecture, cuts) cases: tiny space at 3x64x64 and
+    1x28x28, mobile space at 3x96x96 and two reference models, with one to three cuts of
+    every bottleneck and bit width, plain cuts and repeated ones among them. Also catches a
+    codec placed after the wrong block (its channels would differ)."""
+    import random
+
+    import models.profile as profiles
+    from models.spec import BIT_WIDTHS, BOTTLENECKS
+
+    rng = random.Random(11)
+    tiny, mobile = get_space("tiny"), get_space("mobile")
+    archs = [(tiny.decode([rng.randrange(b) for b in tiny.gene_bounds]), shape)
+             for shape in ((3, 64, 64), (1, 28, 28)) for _ in range(7)]
+    archs += [(mobile.decode([rng.randrange(b) for b in mobile.gene_bounds]), (3, 96, 96))
+              for _ in range(4)]
+    archs += [(reference_model("resnet18"), (3, 64, 64)),
+              (reference_model("mobilenet_v2"), (3, 64, 64))]
+    compared = 0
+    for arch, shape in archs:
+        for _ in range(2):
+            cuts = [Cut(rng.randrange(1, arch.n_blocks), rng.choice(BOTTLENECKS),
+                        rng.choice(BIT_WIDTHS)) for _ in range(rng.randint(1, 3))]
+            cuts = list({c.position: c for c in cuts}.values())  # one cut per position
+            if rng.random() < 0.3:
+                cuts.append(cuts[0])  # the same cut twice: one codec
+            composed = profile_model(arch, shape, 10, cuts=cuts)
+            whole = profiles._profile_whole(arch, shape, 10, 1.0,
+                                            tuple(sorted(cuts, key=lambda c: c.position)))
+            assert composed == whole, (arch.name, cuts)
+            compared += 1
+    assert compared == 40
+    assert any(c.codecs for c in [profile_model(a, s, 10, cuts=[Cut(1, 0.25, 8)])
+                                  for a, s in archs[:1]])
