@@ -2,7 +2,10 @@
 
 Prints architectures evaluated per minute by proxy training at the default budget (mnist5k,
 ``models.train.ProxyBudget()``) on a fixed sample of the ``mobile`` space, and profile calls per
-second at 3x224x224 for the same architectures, with MobileNetV2 as the reference point.
+second at 3x224x224 for the same architectures, with MobileNetV2 as the reference point; and
+compressed profiles (the same architectures with new compressing cuts, as the search asks for
+them) composed from the plain profile and the codecs' against the baseline, one counted pass of
+each whole compressed model, in the same run.
 
     python benchmarks/bench_models.py [--archs 4] [--device cpu|cuda]
 """
@@ -44,6 +47,22 @@ def main() -> None:
         profile_model(spec, (3, 224, 224))
     memo_rate = 100 * len(specs) / (time.perf_counter() - start)
 
+    import models.profile as profiles
+    from models.spec import Cut
+
+    cut_sets = [tuple(Cut(p, b, 8) for p in positions) for b in (0.5, 0.25)
+                for positions in ((1,), (2,), (1, 3))]
+    start = time.perf_counter()
+    for spec in specs:
+        for cuts in cut_sets:
+            profile_model(spec, (3, 224, 224), cuts=cuts)
+    composed_rate = len(specs) * len(cut_sets) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for spec in specs:
+        for cuts in cut_sets:
+            profiles._profile_whole(spec, (3, 224, 224), 10, 1.0, cuts)
+    whole_rate = len(specs) * len(cut_sets) / (time.perf_counter() - start)
+
     data = load_dataset("mnist5k", seed=0)
     budget = ProxyBudget()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -60,6 +79,9 @@ def main() -> None:
     print(f"profiler: {profile_rate:.1f} calls/s on distinct sampled mobile architectures, "
           f"{mbv2_rate:.1f} calls/s on MobileNetV2 (3x224x224); "
           f"{memo_rate:,.0f} calls/s when repeated (memoised)")
+    print(f"compressed profiles: {composed_rate:.1f} calls/s composed from the plain profile, "
+          f"{whole_rate:.1f} calls/s as one pass of the whole compressed model (baseline): "
+          f"{composed_rate / whole_rate:.1f}x")
 
 
 if __name__ == "__main__":
