@@ -14,11 +14,16 @@ Two measurements on this machine, taken before the deployment runs and in isolat
 FLOP/s, lognormal with the measured variation; transfers = the bits of the whole frame, header
 included) and :meth:`Calibration.scenario` adds the transport cost to each link's propagation, so
 that :func:`predict` simulates this very deployment on the same arrival and channel sample path.
+Every node of a local deployment runs on this machine: the prediction shares its processors
+among them and the outside load measured during the calibration (:class:`sim.engine.CpuShare`),
+so that two nodes busy at once beside a busy process each run slower, as they do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 import queue
 import socket
 import threading
@@ -35,6 +40,7 @@ from models import processes
 from models.build import build_model
 from models.split import Segment, split_model
 from search.design import Design
+from sim.engine import CpuShare
 from sim.policy import SplitPolicy
 from sim.report import LatencyReport
 from sim.scenario import Scenario
@@ -77,6 +83,18 @@ class Calibration:
     """Measured time from a request's arrival time to the first node's worker starting on it
     (the client's send, the node's receive and hand-off). The simulator has no stage for it: it
     is added to the first compute stage's work (exact without queueing, our choice)."""
+    host_cores: float = 0.0
+    """Processors of this machine, which every node of the deployment shares (0: not known;
+    the simulator then gives each node processors of its own)."""
+    outside_cores: float = 0.0
+    """Processors kept busy by other processes while the calibration ran, on average (from
+    ``/proc/stat`` less the calibration's own CPU time; 0 where there is no ``/proc/stat``)."""
+
+    def cpu_share(self, scenario: Scenario) -> CpuShare | None:
+        """The scenario's nodes on this machine's processors, beside the outside load."""
+        if self.host_cores <= 0:
+            return None
+        return CpuShare(frozenset(scenario.nodes), self.host_cores, self.outside_cores)
 
     def pipeline(self, design: Design, scenario: Scenario) -> tuple[Stage, ...]:
         route = used_route(design)
@@ -221,10 +239,33 @@ def _calibrate_all(scenario: Scenario, designs: tuple[Design, ...], seed: int, n
                            rate).result()
 
 
+def _busy_cores_s() -> float | None:
+    """Processor-seconds this machine has spent busy since boot, every process's (user, nice,
+    system, interrupts; not idle, I/O wait or time stolen by a hypervisor); None without
+    ``/proc/stat``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def _calibrate_here(scenario: Scenario, designs: tuple[Design, ...], seed: int, num_classes: int,
                     reps: int, rate: float | None) -> list[Calibration]:
     torch.set_num_threads(1)  # as in a node process
-    return [_calibrate_design(scenario, d, seed, num_classes, reps, rate) for d in designs]
+    busy, own, start = _busy_cores_s(), time.process_time(), time.monotonic()
+    cals = [_calibrate_design(scenario, d, seed, num_classes, reps, rate) for d in designs]
+    end_busy, own, elapsed = _busy_cores_s(), time.process_time() - own, time.monotonic() - start
+    outside = 0.0
+    if busy is not None and end_busy is not None and elapsed > 0:
+        outside = max(0.0, (end_busy - busy - own) / elapsed)
+    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 0)
+    return [dataclasses.replace(c, host_cores=cores, outside_cores=outside) for c in cals]
 
 
 def _calibrate_design(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,
@@ -265,6 +306,11 @@ class PolicyCalibration:
     has one propagation delay: the weighted mean of the states' measured costs on it)."""
 
     states: tuple[Calibration, ...]
+
+    def cpu_share(self, scenario: Scenario) -> CpuShare | None:
+        """As :meth:`Calibration.cpu_share` (the states are measured in one process: the first
+        one's)."""
+        return self.states[0].cpu_share(scenario)
 
     def policy(self, routing: Routing, scenario: Scenario) -> SplitPolicy:
         pipelines = [cal.pipeline(d, scenario)
@@ -331,10 +377,11 @@ def predict(scenario: Scenario, design: Design | Routing,
             raise TypeError("a policy's calibration predicts its Routing")
         return simulate(calibration.scenario(design, scenario),
                         calibration.policy(design, scenario), seed=seed, tasks=tasks,
-                        engine="simpy").report
+                        engine="simpy", cpu_share=calibration.cpu_share(scenario)).report
     if isinstance(design, Routing):
         if design.count != 1:
             raise TypeError("a split policy needs its PolicyCalibration (calibrate_policy)")
         design = design.designs[0]
     return simulate(calibration.scenario(design, scenario), calibration.pipeline(design, scenario),
-                    seed=seed, tasks=tasks, engine="simpy").report
+                    seed=seed, tasks=tasks, engine="simpy",
+                    cpu_share=calibration.cpu_share(scenario)).report

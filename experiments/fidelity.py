@@ -84,7 +84,8 @@ def _calibration(value: dict[str, Any]) -> Calibration | PolicyCalibration:
         return PolicyCalibration(tuple(s for s in states if isinstance(s, Calibration)))
     return Calibration(tuple(StageTiming(**t) for t in value["compute"]),
                        tuple(value["frame_bits"]), tuple(value["overhead_s"]),
-                       value["dispatch_s"])
+                       value["dispatch_s"], value.get("host_cores", 0.0),
+                       value.get("outside_cores", 0.0))
 
 
 def _calibrate(c: dict[str, Any], scenario: Scenario, routing: Routing,

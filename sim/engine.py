@@ -4,6 +4,12 @@ One call of :func:`run_simpy` is one replication in its own ``simpy.Environment`
 ``simpy.Resource`` with one slot per server; a link is a ``simpy.Resource`` with one slot (one
 sender), held only while bits are being sent: propagation happens after the link is released, so
 the next transfer can start while earlier bits are still in flight.
+
+Nodes given a :class:`CpuShare` run on one host's processors: every request in service on any
+of them shares the host's ``cores`` with ``background`` always-busy outside processes, each
+progressing at ``min(1, cores / (in service + background))`` of its full speed (processor
+sharing, as a fair scheduler gives runnable processes equal shares). Without one, each node has
+processors of its own, as across machines.
 """
 
 from __future__ import annotations
@@ -19,7 +25,72 @@ from numpy.typing import NDArray
 from .network import Plan
 from .workload import TaskSet
 
-__all__ = ["RunRecord", "Timeline", "fill_skipped", "run_simpy"]
+__all__ = ["CpuShare", "RunRecord", "Timeline", "fill_skipped", "run_simpy"]
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """Nodes that run on one host (see the module docstring)."""
+
+    nodes: frozenset[str]
+    cores: float
+    """Processors of the host (> 0)."""
+    background: float = 0.0
+    """Outside processes that are always runnable, on average (>= 0; fractions allowed)."""
+
+    def __post_init__(self) -> None:
+        if not self.cores > 0 or not 0 <= self.background < float("inf"):
+            raise ValueError(f"CpuShare: cores must be > 0 and background >= 0 and finite, "
+                             f"got {self.cores} and {self.background}")
+
+
+class _SharedCpu:
+    """Processor sharing on one host: :meth:`run` returns an event that fires once ``work``
+    seconds of full-speed work are done at the rate the host gives each running job."""
+
+    def __init__(self, env: simpy.Environment, share: CpuShare) -> None:
+        self.env = env
+        self.cores, self.background = share.cores, share.background
+        self.jobs: dict[int, list[Any]] = {}  # id -> [work left (s at full speed), event]
+        self.next_id = 0
+        self.last = 0.0
+        self.version = 0  # stale completion timers are ignored
+
+    def _rate(self) -> float:
+        return min(1.0, self.cores / (len(self.jobs) + self.background))
+
+    def _advance(self) -> None:
+        if self.jobs:
+            done = (self.env.now - self.last) * self._rate()
+            for job in self.jobs.values():
+                job[0] -= done
+        self.last = self.env.now
+
+    def _schedule(self) -> None:
+        self.version += 1
+        if not self.jobs:
+            return
+        version = self.version
+        left = min(job[0] for job in self.jobs.values())
+        timer = self.env.timeout(max(left, 0.0) / self._rate())
+        timer.callbacks.append(lambda _: self._finish(version))
+
+    def _finish(self, version: int) -> None:
+        if version != self.version:
+            return
+        self._advance()
+        least = min(job[0] for job in self.jobs.values())
+        for key in [k for k, job in self.jobs.items() if job[0] <= least + 1e-12]:
+            self.jobs.pop(key)[1].succeed()
+        self._schedule()
+
+    def run(self, work: float) -> simpy.Event:
+        self._advance()
+        event = self.env.event()
+        self.jobs[self.next_id] = [work, event]
+        self.next_id += 1
+        self._schedule()
+        return event
 
 
 @dataclass(frozen=True)
@@ -94,14 +165,19 @@ def run_simpy(
     *,
     keep_timeline: bool = False,
     on_complete: Callable[[], None] | None = None,
+    cpu_share: CpuShare | None = None,
 ) -> RunRecord:
     """Simulate one replication with SimPy and return its record.
 
     Statistics are accumulated as tasks finish; per-stage timelines are kept only when asked
-    (memory then grows with tasks x stages).
+    (memory then grows with tasks x stages). ``cpu_share``: nodes that share a host's processors
+    (module docstring); a stage's service time is then the time it took at the shared rate.
     """
     env = simpy.Environment()
     queues = [simpy.Resource(env, capacity=r.servers) for r in plan.resources]
+    host = _SharedCpu(env, cpu_share) if cpu_share is not None else None
+    on_host = {j for j, r in enumerate(plan.resources)
+               if cpu_share is not None and r.kind == "node" and r.name in cpu_share.nodes}
     n, k = tasks.n, len(plan.stages)
     rows = plan.rows(tasks)
     # Per plan row: its stages as plain Python tuples (fast to unpack in the hot loop); a
@@ -146,7 +222,11 @@ def run_simpy(
                     dur = channel.finish_time(start, base) - start
                 else:
                     dur = base * mult[s] if mult is not None else base
-                yield env.timeout(dur)
+                if host is not None and r in on_host:
+                    yield host.run(dur)
+                    dur = env.now - start
+                else:
+                    yield env.timeout(dur)
             busy[r] += dur
             if meas:
                 wait[s] += start - queued

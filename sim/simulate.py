@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .engine import RunRecord, run_simpy
+from .engine import CpuShare, RunRecord, run_simpy
 from .errors import FastEvaluatorError, ScenarioError
 from .fast import check_fast_applicable, run_fast
 from .network import Plan, compile_plan
@@ -92,6 +92,7 @@ def simulate(
     keep_timeline: bool = False,
     progress: bool = False,
     backward_included: bool = False,
+    cpu_share: CpuShare | None = None,
 ) -> SimulationResult:
     """Simulate ``pipeline`` (default: the scenario's) under the scenario's workload.
 
@@ -109,8 +110,14 @@ def simulate(
 
     ``engine``: ``simpy`` (the discrete-event simulation), ``fast`` (the exact recursion of
     :mod:`sim.fast`; refuses pipelines that visit a queue twice) or ``auto`` (fast where it
-    applies).
+    applies). ``cpu_share``: nodes that share one host's processors
+    (:class:`sim.engine.CpuShare`; the SimPy engine only, which ``auto`` then picks).
     """
+    if cpu_share is not None:
+        if engine == "fast":
+            raise ValueError("engine fast cannot share a host's processors (cpu_share): use "
+                             "simpy or auto")
+        engine = "simpy"
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
     n = scenario.workload.tasks if tasks is None else tasks
@@ -181,7 +188,7 @@ def simulate(
             else:
                 tick = _ticker(bar)
                 records.append(run_simpy(plan, task_set, keep_timeline=keep_timeline,
-                                         on_complete=tick))
+                                         on_complete=tick, cpu_share=cpu_share))
     finally:
         if bar is not None:
             bar.close()

@@ -38,6 +38,7 @@ from models.spec import Cut
 from search.design import Design, GenomeLayout, PolicyDesign, scenario_routes
 from sim import scenario_from_dict
 from sim.channels import ConstantRate, GilbertElliottRate
+from sim.engine import CpuShare
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = get_space("tiny").decode([0] * get_space("tiny").n_genes)
@@ -431,6 +432,27 @@ def test_a_sender_preempted_after_its_send_gives_no_negative_handoff(
         assert 0 <= calibration.handoff_s(1000, propagation, gaps) < 0.05
 
 
+def test_the_machines_busy_time_counts_every_process() -> None:
+    """The calibration's outside load is the machine's busy time (``/proc/stat``) less its own
+    CPU time: a child that spins for 0.5 s must show in the machine's busy time (at least its
+    own CPU time, less two clock ticks), however busy the machine is otherwise."""
+    import resource
+
+    from deploy.calibrate import _busy_cores_s
+
+    before, child_before = _busy_cores_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                    "while time.process_time() < end: pass"], check=True)
+    after, child_after = _busy_cores_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert after is not None
+    spent = (child_after.ru_utime + child_after.ru_stime
+             - child_before.ru_utime - child_before.ru_stime)
+    assert spent >= 0.5
+    assert after - before >= spent - 2 / os.sysconf("SC_CLK_TCK")
+
+
 def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
     scenario = two_node(tasks=30)
     design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
@@ -439,6 +461,10 @@ def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
     assert all(0 < t.mean_s < 1 and t.samples == 5 for t in cal.compute)
     handoffs = (*cal.overhead_s, cal.dispatch_s)
     assert all(0 <= o < 0.05 for o in handoffs), handoffs
+    assert cal.host_cores == len(os.sched_getaffinity(0))  # the nodes share this machine
+    assert 0 <= cal.outside_cores <= cal.host_cores + 0.1
+    assert cal.cpu_share(scenario) == CpuShare(frozenset({"phone", "edge"}), cal.host_cores,
+                                               cal.outside_cores)
     result = deploy(scenario, design, tmp_path, seed=5)
     assert cal.frame_bits == (8 * result.frame_bytes[0],)  # the frame that really crossed
     pipeline = cal.pipeline(design, scenario)

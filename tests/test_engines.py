@@ -257,3 +257,54 @@ def test_simultaneous_arrivals_at_a_shared_queue_are_ordered_alike(tmp_path: Any
     assert ta.queued_s[1, 1] == ta.queued_s[2, 1] == 4.0  # the tie is real
     assert ta.start_s[2, 1] < ta.start_s[1, 1]  # source b's task goes first
     assert_same_path(a, b)
+
+
+def _two_nodes_by_hand(tmp_path: Any) -> Any:
+    """phone (1 s of work) -> a link of no delay -> edge (1 s of work); requests at 0 and 1 s."""
+    d = three_tier()
+    d["nodes"] = {"phone": {"kind": "device", "flops_per_s": 1.0},
+                  "edge": {"kind": "edge", "flops_per_s": 1.0}}
+    d["links"] = [{"src": "phone", "dst": "edge", "propagation_s": 0.0,
+                   "channel": {"model": "constant", "rate_bps": 1e12}}]
+    d["path"] = ["phone", "edge"]
+    d["workload"] = {"sources": ["phone"], "warmup_tasks": 0,
+                     "arrivals": {"process": "file", "file": "arrivals.csv"}}
+    d["pipeline"] = [{"compute": "phone", "flops": 1.0},
+                     {"transfer": ["phone", "edge"], "bits": 1.0},
+                     {"compute": "edge", "flops": 1.0}]
+    (tmp_path / "arrivals.csv").write_text("time_s\n0.0\n1.0\n")
+    return scenario_from_dict(d, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("cores", "background", "completion", "services"), [
+    (2.0, 0.0, [2.0, 3.0], [[1.0, 1.0], [1.0, 1.0]]),  # a core each: nobody slows
+    (1.0, 0.0, [3.0, 4.0], [[1.0, 2.0], [2.0, 1.0]]),  # from t = 1 both at half speed
+    (2.0, 1.0, [2.5, 3.5], [[1.0, 1.5], [1.5, 1.0]]),  # 2 cores, 3 runnable: 2/3 each
+    (1.0, 1.0, [5.0, 7.0], [[2.0, 3.0], [3.0, 2.0]]),  # 1/2 alone, 1/3 together
+])
+def test_nodes_sharing_a_host_worked_by_hand(tmp_path: Any, cores: float, background: float,
+                                             completion: list[float],
+                                             services: list[list[float]]) -> None:
+    """Two nodes on one host (:class:`sim.engine.CpuShare`), a request at 0 s and one at 1 s,
+    1 s of work on each node, worked out by hand with the rule that each running request gets
+    min(1, cores / (running + background)) of a processor:
+
+    - two cores, no outside load: nobody slows (0-1, 1-2; 1-2, 2-3);
+    - one core: request 0's edge work and request 1's phone work run together from t = 1 at
+      half speed and both end at 3; request 1's edge work then runs alone, 3-4;
+    - two cores beside one outside process: alone at full speed, together at 2/3 (1-2.5);
+    - one core beside one outside process: request 0's phone work alone at half speed, 0-2;
+      both together at a third, 2-5; request 1's edge work alone at half speed, 5-7.
+
+    Catches the host's rate left at its start value when a request starts or ends, work
+    counted at the wrong rate, and the service time reported as the work instead of the time
+    it took."""
+    from sim.engine import CpuShare
+
+    s = _two_nodes_by_hand(tmp_path)
+    share = CpuShare(frozenset({"phone", "edge"}), cores, background)
+    result = simulate(s, seed=0, engine="simpy", keep_timeline=True, cpu_share=share)
+    rec = result.records[0]
+    assert rec.timeline is not None
+    np.testing.assert_allclose(rec.completion_s, completion, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(rec.timeline.service_s[:, [0, 2]], services, rtol=0, atol=1e-9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 
 from sim import Compute, Transfer, scenario_from_dict, simulate
@@ -183,3 +184,39 @@ def test_confidence_half_width_is_the_student_t_interval() -> None:
     assert confidence_half_width([0.0, 2.0]) == pytest.approx(math.tan(0.475 * math.pi),
                                                               rel=1e-12)  # sd sqrt(2), n 2
     assert math.isnan(confidence_half_width([1.0]))
+
+
+def test_nodes_sharing_a_host_against_closed_forms() -> None:
+    """Processor sharing (:class:`sim.engine.CpuShare`) against three closed forms:
+
+    - one node with 60 servers (nobody waits for one) on one core: the M/M/1
+      processor-sharing queue, whose mean sojourn time is 1 / (mu - lambda), as FCFS's
+      (Kleinrock 1967), at rho 0.7, the 95% interval within 5% (200,000 tasks);
+    - one node with one server on one core beside one always-busy outside process: the
+      request runs at half speed, an M/M/1 queue of rate mu / 2: 1 / (mu / 2 - lambda) at
+      rho 0.7, within 6% (80,000 tasks);
+    - one node with one server on a core of its own: exactly the simulation without sharing
+      (the same sample path, to 1e-12).
+
+    Catches a rate that ignores the number of running requests (the first would be the
+    infinite-server 1 / mu, a third of the truth) or the outside load (the second would be
+    that of rho 0.35 at full speed, a quarter of the truth)."""
+    from sim.engine import CpuShare
+
+    lam = 0.7
+    s = single_queue(rate_hz=lam, servers=60, tasks=50_000, warmup=1000)
+    r = simulate(s, seed=21, replications=4,
+                 cpu_share=CpuShare(frozenset({"server"}), 1.0)).report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mm1_sojourn(lam, 1.0), 0.05)
+    s = single_queue(rate_hz=lam / 2, tasks=20_000, warmup=1000)
+    r = simulate(s, seed=22, replications=4,
+                 cpu_share=CpuShare(frozenset({"server"}), 1.0, background=1.0)).report
+    assert_matches(r.mean_latency_s, r.ci95_half_width_s, mm1_sojourn(lam / 2, 0.5), 0.06)
+    s = single_queue(rate_hz=lam, tasks=20_000, warmup=100)
+    shared = simulate(s, seed=23, cpu_share=CpuShare(frozenset({"server"}), 1.0)).records[0]
+    alone = simulate(s, seed=23, engine="simpy").records[0]
+    np.testing.assert_allclose(shared.completion_s, alone.completion_s, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="engine fast cannot share"):
+        simulate(s, engine="fast", cpu_share=CpuShare(frozenset({"server"}), 1.0))
+    with pytest.raises(ValueError, match="cores must be > 0"):
+        CpuShare(frozenset({"server"}), 0.0)
