@@ -47,8 +47,8 @@ from sim.network import mean_rate_bps
 from .common import Context, Output, experiment_main, save, scenario_variant, write_csv
 
 TITLE = "The simulator against real execution"
-COLUMNS = ["design", "channel", "load", "rate_hz", "utilisation", "metric", "predicted_s",
-           "measured_s", "relative_error"]
+COLUMNS = ["design", "channel", "load", "rate_hz", "utilisation", "outside_cores", "metric",
+           "predicted_s", "measured_s", "relative_error"]
 STAGE_COLUMNS = ["design", "channel", "load", "stage", "part", "predicted_s", "measured_s"]
 METRICS = ("mean", "p50", "p95")
 
@@ -180,10 +180,12 @@ def run(ctx: Context) -> Output:
                 tasks = int(c["tasks"][load])
                 case = _cached(cases / f"{name}.json", functools.partial(
                     _measure, ctx, name, at_rate, routing, tasks, cal, seed))
+                first = cal.states[0] if isinstance(cal, PolicyCalibration) else cal
                 for metric in METRICS:
                     p, m = case["predicted"][metric], case["measured"][metric]
                     rows.append({"design": label, "channel": channel, "load": load,
                                  "rate_hz": rate, "utilisation": float(utilisation),
+                                 "outside_cores": round(first.outside_cores, 3),
                                  "metric": metric, "predicted_s": p, "measured_s": m,
                                  "relative_error": p / m - 1})
                 for sp, sm in zip(case["predicted"]["stages"], case["measured"]["stages"],
@@ -267,7 +269,19 @@ def _text(rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
             "and predicted by the simulator calibrated to this machine (relative error of the "
             "prediction, predicted / measured - 1):\n\n" + head + "\n".join(lines)
             + f"\n\nTargets: mean within 10% at low load in {ok_low} of {len(low)} cases; p95 "
-            f"within 20% at moderate load in {ok_mod} of {len(mod)} cases.")
+            f"within 20% at moderate load in {ok_mod} of {len(mod)} cases." + _busy(rows))
+
+
+def _busy(rows: list[dict[str, Any]]) -> str:
+    """A warning where other processes kept a quarter of a processor or more busy during a
+    case's calibration (a measurement for a quiet machine)."""
+    busy = max((float(r["outside_cores"]) for r in rows), default=0.0)
+    if busy < 0.25:
+        return ""
+    return (f" Other processes kept up to {busy:.2f} processors busy during the calibrations: "
+            "the prediction shares the processors with them (as if always runnable), but "
+            "the operating system's scheduling beside them is not simulated; on a quiet "
+            "machine the figures are steadier.")
 
 
 def main() -> int:

@@ -574,9 +574,12 @@ def test_three_hosts_return_the_whole_models_outputs_on_one_timeline(tmp_path: P
     """Three node servers, each in its own network namespace with its own address, their
     clocks set off by +3.5 s, -7.25 s (and 300 ppm fast) and +120 s: the outputs equal the
     whole model's, the offsets are recovered within 1 ms, and each stage's mean time matches
-    a run on one machine (the same seed: the same arrivals and channels) within 2 ms where
-    an unrecovered offset would move it by seconds. The mean latency is the sum of its stages'
-    means (to 1 us, in both runs: a stage left out or written twice fails), and within 6 ms of
+    a run on one machine (the same seed: the same arrivals and channels) within 2 ms (the
+    waiting within 8 ms: in a suite run beside two other tests the phone's requests once
+    waited 5.6 ms against 1.8 ms on one machine, while service and propagation held within
+    2 ms) where an unrecovered offset would move it by seconds. The mean latency is the sum
+    of its stages' means (to 1 us, in both runs: a stage left out or written twice fails), and
+    within 6 ms of
     the local run's: 3 ms, as before, was exceeded by 3.1 ms on a busy machine in one CI run
     while every stage held within 2 ms; an unrecovered offset moves it by seconds."""
     scenario = three_nodes()
@@ -608,7 +611,8 @@ def test_three_hosts_return_the_whole_models_outputs_on_one_timeline(tmp_path: P
         assert ours["label"] == theirs["label"]
         for key in ("waiting_s", "service_s", "propagation_s"):
             assert ours[key] >= 0
-            assert ours[key] == pytest.approx(theirs[key], abs=2e-3), (ours, theirs)
+            bound = 8e-3 if key == "waiting_s" else 2e-3
+            assert ours[key] == pytest.approx(theirs[key], abs=bound), (ours, theirs)
     for summary in (result.summary(), local.summary()):  # each request's latency is its stages'
         staged = sum(s[k] for s in summary["stages"] for k in ("waiting_s", "service_s",
                                                               "propagation_s"))
