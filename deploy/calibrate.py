@@ -97,6 +97,16 @@ class Calibration:
             return None
         return CpuShare(frozenset(scenario.nodes), self.host_cores, self.outside_cores)
 
+    @property
+    def speed(self) -> float:
+        """The share of a processor a segment got while it was timed, alone beside the
+        outside load (1 where that left it a processor, or where the machine is not known):
+        the measured times are divided back to full-speed work, which the prediction then
+        shares again."""
+        if self.host_cores <= 0:
+            return 1.0
+        return min(1.0, self.host_cores / (1.0 + self.outside_cores))
+
     def pipeline(self, design: Design, scenario: Scenario) -> tuple[Stage, ...]:
         route = used_route(design)
         timing = {t.node: t for t in self.compute}
@@ -105,7 +115,7 @@ class Calibration:
         for j, node in enumerate(route):
             if node in timing:
                 t = timing[node]
-                work = (t.mean_s + extra) * scenario.nodes[node].flops_per_s
+                work = (t.mean_s * self.speed + extra) * scenario.nodes[node].flops_per_s
                 extra = 0.0
                 stages.append(Compute(node, work, "lognormal", t.cv) if t.cv >= _MIN_CV
                               else Compute(node, work))
@@ -207,7 +217,8 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
     finally:
         for s in (sender, receiver, server):
             s.close()
-    # a trimmed mean (the largest and smallest 10% left out: one of ten samples here): the
+    # a trimmed mean (the largest and smallest tenth left out in whole samples: one each of
+    # the ten here, none of fewer than ten): the
     # simulator adds one constant per hop, and one stall of the shared machine (a 10 ms one
     # moves a mean of ten by 1 ms) would add to every request's hop
     samples = (np.array(started) - np.array(sent))[_WARMUP:]
@@ -245,33 +256,53 @@ def _calibrate_all(scenario: Scenario, designs: tuple[Design, ...], seed: int, n
                            rate).result()
 
 
-def _busy_cores_s() -> float | None:
-    """Processor-seconds this machine has spent busy since boot, every process's (user, nice,
-    system, interrupts; not idle, I/O wait or time stolen by a hypervisor); None without
-    ``/proc/stat``."""
+def _busy_cores_s(cpus: set[int] | None = None) -> float | None:
+    """Processor-seconds the processors ``cpus`` (default: those this process may run on)
+    have spent busy since boot, every process's (user, nice, system, interrupts; not idle, I/O
+    wait or time stolen by a hypervisor), from ``/proc/stat``'s per-processor lines; None
+    without them. A CPU quota (cgroup ``cpu.max``) is not seen: the processors count whole."""
+    cpus = _cpus() if cpus is None else cpus
+    total, seen = 0, False
     try:
         with open("/proc/stat", encoding="ascii") as fh:
-            fields = fh.readline().split()
-    except OSError:
+            for line in fh:
+                fields = line.split()
+                if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+                    continue
+                if int(fields[0][3:]) in cpus and len(fields) >= 8:
+                    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+                    total += user + nice + system + irq + softirq
+                    seen = True
+    except (OSError, ValueError):
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 8:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+
+def _cpus() -> set[int]:
+    """The processors this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def _outside_cores(busy_s: float, own_s: float, elapsed_s: float) -> float:
+    """Processors other processes kept busy on average: the machine's busy time over an
+    interval less this process's own CPU time in it, per second of the interval."""
+    return max(0.0, (busy_s - own_s) / elapsed_s) if elapsed_s > 0 else 0.0
 
 
 def _calibrate_here(scenario: Scenario, designs: tuple[Design, ...], seed: int, num_classes: int,
                     reps: int, rate: float | None) -> list[Calibration]:
     torch.set_num_threads(1)  # as in a node process
-    busy, own, start = _busy_cores_s(), time.process_time(), time.monotonic()
+    cpus = _cpus()
+    busy, own, start = _busy_cores_s(cpus), time.process_time(), time.monotonic()
     cals = [_calibrate_design(scenario, d, seed, num_classes, reps, rate) for d in designs]
-    end_busy, own, elapsed = _busy_cores_s(), time.process_time() - own, time.monotonic() - start
-    outside = 0.0
-    if busy is not None and end_busy is not None and elapsed > 0:
-        outside = max(0.0, (end_busy - busy - own) / elapsed)
-    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 0)
-    return [dataclasses.replace(c, host_cores=cores, outside_cores=outside) for c in cals]
+    end_busy, own, elapsed = (_busy_cores_s(cpus), time.process_time() - own,
+                              time.monotonic() - start)
+    outside = 0.0 if busy is None or end_busy is None else \
+        _outside_cores(end_busy - busy, own, elapsed)
+    return [dataclasses.replace(c, host_cores=float(len(cpus)), outside_cores=outside)
+            for c in cals]
 
 
 def _calibrate_design(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,

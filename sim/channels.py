@@ -332,7 +332,9 @@ class BlockFadingRate(_Segmented):
         return np.arange(first, first + durations.size, dtype=np.float64) * self.coherence_s
 
     def finish_time(self, start_s: float, size_bits: float) -> float:
-        """Walk the blocks from ``start_s`` (drawing only the blocks the transfer spans)."""
+        """Walk the blocks from ``start_s`` (drawing only the blocks the transfer spans): the
+        block the transfer starts in one by one, then whole chunks of blocks at a time once a
+        transfer outlasts its first chunk (a slow link's transfer can span millions)."""
         T = self.coherence_s
         k = int(start_s // T)
         if (k + 1) * T <= start_s:
@@ -341,7 +343,7 @@ class BlockFadingRate(_Segmented):
             k -= 1
         t = start_s
         remaining = size_bits
-        while True:
+        while k % CHUNK_BLOCKS or t != k * T:  # to the end of the current chunk, block by block
             r = self.block_rate(k)
             end = (k + 1) * T
             carried = r * (end - t)
@@ -350,6 +352,16 @@ class BlockFadingRate(_Segmented):
             remaining -= carried
             t = end
             k += 1
+        while True:  # whole chunks: k is a chunk's first block and t its start
+            rates = self._chunk(k // CHUNK_BLOCKS)
+            cumulative = np.cumsum(rates * T)
+            if cumulative[-1] < remaining:
+                remaining -= float(cumulative[-1])
+                k += CHUNK_BLOCKS
+                continue
+            j = int(np.searchsorted(cumulative, remaining))  # the block the transfer ends in
+            before = float(cumulative[j - 1]) if j else 0.0
+            return (k + j) * T + (remaining - before) / float(rates[j])
 
 
 class GilbertElliottRate(_Segmented):

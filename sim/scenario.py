@@ -316,7 +316,9 @@ _FLOAT_RE = re.compile(
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """SafeLoader that reads ``20e6`` as a float, as YAML 1.2 does; libyaml's parser where
     PyYAML has it (about ten times faster on a long trace or a list of thousands), the pure
-    Python one otherwise (the same documents, the same values)."""
+    Python one otherwise (the same values for every shipped scenario and the documents
+    ``tests/test_scenario.py`` compares; the two are known to differ on a few corner cases
+    of tabs and ``%YAML`` directives)."""
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -12,13 +12,13 @@ import numpy as np
 from .engine import CpuShare, RunRecord, run_simpy
 from .errors import FastEvaluatorError, ScenarioError
 from .fast import check_fast_applicable, run_fast
-from .network import Plan, compile_plan
+from .network import Plan, compile_plan, mean_rate_bps
 from .policy import OraclePolicy, Policy, SplitPolicy
 from .report import LatencyReport, summarise
-from .scenario import Scenario
+from .scenario import RayleighChannel, Scenario
 from .seeds import child, children
 from .stability import Load, offered_load, shared_load
-from .workload import Stage, pipeline_from_specs, sample_tasks, training_pipeline
+from .workload import Stage, Transfer, pipeline_from_specs, sample_tasks, training_pipeline
 
 __all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
 
@@ -81,6 +81,36 @@ def _policy_load(scenario: Scenario, policy: Policy, variant: np.ndarray,
     return shared_load(scenario, policy.pipelines, shares.tolist(), n)
 
 
+MAX_TRANSFER_S = 1e6
+"""The longest mean time one transfer may take (about 12 days): past it a link carries almost
+nothing, and simulating it would walk the channel for hours."""
+MAX_FADING_BLOCKS = 2e7
+"""The most fading blocks one transfer may span on average (a Rayleigh link walks them all)."""
+
+
+def _check_transfer_times(scenario: Scenario, pipelines: Sequence[Sequence[Stage]]) -> None:
+    """Refuse a transfer that would take longer than :data:`MAX_TRANSFER_S` at its link's
+    mean rate, or span more than :data:`MAX_FADING_BLOCKS` fading blocks, in one line naming
+    the link (a dead or nearly dead channel: the simulation would not end)."""
+    graph = scenario.graph()
+    for stages in pipelines:
+        for stage in stages:
+            if not isinstance(stage, Transfer):
+                continue
+            link = graph.edges[stage.src, stage.dst]["spec"]
+            mean = mean_rate_bps(link, scenario)
+            seconds = stage.size_bits / mean if mean > 0 else float("inf")
+            blocks = seconds / link.channel.coherence_s \
+                if isinstance(link.channel, RayleighChannel) else 0.0
+            if seconds > MAX_TRANSFER_S or blocks > MAX_FADING_BLOCKS:
+                raise ScenarioError(
+                    f"scenario {scenario.name}: link {stage.src}->{stage.dst}: a transfer of "
+                    f"{stage.size_bits:g} bits takes {seconds:.3g} s at the link's mean rate "
+                    f"({mean:.3g} bit/s)" + (f", {blocks:.3g} fading blocks" if blocks else "")
+                    + f": more than a simulation allows ({MAX_TRANSFER_S:g} s, "
+                    f"{MAX_FADING_BLOCKS:g} blocks); check the channel's settings")
+
+
 def simulate(
     scenario: Scenario,
     pipeline: Sequence[Stage] | Policy | None = None,
@@ -113,6 +143,8 @@ def simulate(
     applies). ``cpu_share``: nodes that share one host's processors
     (:class:`sim.engine.CpuShare`; the SimPy engine only, which ``auto`` then picks).
     """
+    if engine not in ("simpy", "fast", "auto"):
+        raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
     if cpu_share is not None:
         if engine == "fast":
             raise ValueError("engine fast cannot share a host's processors (cpu_share): use "
@@ -145,6 +177,7 @@ def simulate(
             loads = offered_load(scenario, stages, n)
         except ValueError as exc:
             raise ScenarioError(f"{scenario.name}: {exc}") from None
+    _check_transfer_times(scenario, policy.pipelines if policy is not None else [stages])
     bar = None
     if progress:
         from tqdm import tqdm

@@ -213,3 +213,54 @@ def test_transfer_ending_where_an_outage_starts_is_not_charged_the_outage() -> N
             t0 = start + f * (end - start)
             bits = 3e6 * (end - t0)
             assert ge.finish_time(t0, bits) == pytest.approx(end, abs=1e-9)
+
+
+def test_a_long_transfer_over_block_fading_ends_where_the_block_by_block_walk_does() -> None:
+    """``BlockFadingRate.finish_time`` walks whole chunks of blocks once a transfer outlasts
+    the chunk it starts in; the reference walks every block in turn (as the method once did).
+    Equal to 1e-12 relative for 60 transfers: inside one block, across a few, from a chunk's
+    first block exactly, across one chunk edge, and over up to 40 chunks."""
+    ch = BlockFadingRate(bandwidth_hz=1e3, snr_linear=0.5, coherence_s=0.01,
+                         seed=np.random.SeedSequence(5))
+    T = ch.coherence_s
+
+    def block_by_block(start: float, bits: float) -> float:
+        k = math.floor(start / T)
+        t, left = start, bits
+        while True:
+            r = ch.block_rate(k)
+            if r * ((k + 1) * T - t) >= left:
+                return t + left / r
+            left -= r * ((k + 1) * T - t)
+            t, k = (k + 1) * T, k + 1
+
+    rng = np.random.default_rng(3)
+    per_block = ch.block_rate(0) * T
+    starts = [0.0, CHUNK_BLOCKS * T, 2 * CHUNK_BLOCKS * T, *rng.uniform(0, 50 * CHUNK_BLOCKS * T,
+                                                                       57)]
+    sizes = [0.3 * per_block, 5 * per_block, 3 * CHUNK_BLOCKS * per_block,
+             *rng.choice([0.5, 10, 2000, 9000, 150_000], 57) * per_block]
+    for start, bits in zip(starts, sizes, strict=True):
+        assert ch.finish_time(start, bits) == pytest.approx(block_by_block(start, bits),
+                                                            rel=1e-12, abs=1e-12), (start, bits)
+
+
+def test_a_transfer_the_link_would_never_finish_is_refused_in_one_line() -> None:
+    """A Rayleigh uplink 100 dB below its budget (found by the fuzz tests: the simulation ran
+    for hours): simulate refuses it in one line naming the link, the transfer's time at the
+    link's mean rate and its fading blocks."""
+    from sim import ScenarioError, scenario_from_dict, simulate
+
+    from .conftest import three_tier
+
+    d = three_tier()
+    d["links"][0]["channel"] = {"model": "rayleigh", "bandwidth_hz": 20e6, "tx_power_dbm": 23,
+                                "distance_m": 100, "pathloss_exponent": 3.5,
+                                "noise_dbm_hz": -174, "noise_figure_db": 100,
+                                "coherence_s": 0.05}
+    with pytest.raises(ScenarioError, match=r"^scenario three-tier-test: link phone->edge: a "
+                       r"transfer of 200000 bits takes .* fading blocks: more than") as info:
+        simulate(scenario_from_dict(d), tasks=80)
+    assert "\n" not in str(info.value)
+    d["links"][0]["channel"]["noise_figure_db"] = 9  # the usual budget: it runs
+    assert simulate(scenario_from_dict(d), tasks=80).report.mean_latency_s > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -27,7 +28,7 @@ from deploy import (
     load_routing,
     request_input,
 )
-from deploy.calibrate import calibrate, predict
+from deploy.calibrate import Calibration, StageTiming, calibrate, predict
 from deploy.netns import TcLinks, netns_unavailable, setns
 from deploy.node import model_input
 from deploy.pacing import PacedLink, sleep_until
@@ -477,6 +478,52 @@ def test_the_machines_busy_time_counts_every_process() -> None:
     assert after - before >= spent - 2 / os.sysconf("SC_CLK_TCK")
 
 
+def test_the_outside_load_is_the_machines_busy_time_less_the_calibrations_own() -> None:
+    """By hand: 3 processor-seconds busy over 2 s, 1 of them the calibration's own, is one
+    processor kept busy by others (forgetting the own time would give 1.5). Then for real: a
+    child that spins while this process sleeps 1 s shows as at least 0.6 of a processor,
+    whatever else runs (others only add to it)."""
+    import deploy.calibrate as calibration
+
+    assert calibration._outside_cores(3.0, 1.0, 2.0) == pytest.approx(1.0)
+    assert calibration._outside_cores(0.5, 1.0, 2.0) == 0.0  # clock ticks: never negative
+    busy = calibration._busy_cores_s()
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the child is running
+        busy, own, start = calibration._busy_cores_s(), time.process_time(), time.monotonic()
+        time.sleep(1.0)
+        end = calibration._busy_cores_s()
+        assert busy is not None and end is not None
+        outside = calibration._outside_cores(end - busy, time.process_time() - own,
+                                             time.monotonic() - start)
+    finally:
+        child.kill()
+        child.wait()
+    assert outside >= 0.6
+
+
+def test_a_calibration_beside_a_busy_machine_is_divided_back_to_full_speed() -> None:
+    """One processor beside one always-busy outside process: a segment timed at 10 ms ran at
+    half speed, so the pipeline carries 5 ms of full-speed work, which the shared processor
+    slows to 10 ms again when it runs alone (counted once, not twice); with two processors it
+    had one to itself and stays 10 ms."""
+    scenario = two_node(tasks=30)
+    design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
+    timing = (StageTiming("phone", 0.010, 0.0, 5), StageTiming("edge", 0.002, 0.0, 5))
+    busy = Calibration(timing, (8e3,), (0.0,), 0.0, host_cores=1.0, outside_cores=1.0)
+    assert busy.speed == 0.5
+    assert busy.pipeline(design, scenario)[0].work_flops == pytest.approx(  # type: ignore[union-attr]
+        0.005 * 1e9)
+    report = predict(scenario, design, busy, tasks=30, seed=5)
+    assert report.stages[0].service_s == pytest.approx(0.010, rel=1e-9)
+    quiet = dataclasses.replace(busy, host_cores=2.0)
+    assert quiet.speed == 1.0 and predict(scenario, design, quiet, tasks=30,
+                                          seed=5).stages[0].service_s == pytest.approx(0.010)
+
+
 def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
     scenario = two_node(tasks=30)
     design = Design(ARCH, ("phone", "edge"), (Cut(3, 0.5, 8),))
@@ -494,7 +541,7 @@ def test_calibration_describes_the_deployed_pipeline(tmp_path: Path) -> None:
     pipeline = cal.pipeline(design, scenario)
     assert [s.label for s in pipeline] == result.labels
     assert pipeline[0].work_flops == pytest.approx(  # type: ignore[union-attr]
-        (cal.compute[0].mean_s + cal.dispatch_s) * 1e9)
+        (cal.compute[0].mean_s * cal.speed + cal.dispatch_s) * 1e9)
     link = cal.scenario(design, scenario).links[0]
     assert link.propagation_s == pytest.approx(0.002 + cal.overhead_s[0])
     report = predict(scenario, design, cal, tasks=30, seed=5)

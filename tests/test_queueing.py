@@ -121,7 +121,8 @@ def test_simpy_against_closed_form_full_size() -> None:
     and the fast engine on the same sample path to 1e-9: the fast engine meets every closed
     form of :data:`CASES` at full size (:func:`test_single_queue_against_closed_form`), and
     the two engines give the same path at this size too, so SimPy's M/M/1 at rho 0.5 and
-    M/D/1 at full size (19 s each) would check nothing more; both run at test size above."""
+    M/D/1 at rho 0.7 at full size (19 s each) would check nothing more (SimPy's M/M/1 and
+    M/D/1 at rho 0.5 run at test size above)."""
     s = single_queue(rate_hz=0.7, distribution="exponential", tasks=250_000, warmup=1000)
     r = simulate(s, seed=13, replications=8, engine="simpy").report
     assert_matches(r.mean_latency_s, r.ci95_half_width_s, mm1_sojourn(0.7, 1.0), 0.015)
