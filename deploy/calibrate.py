@@ -163,10 +163,10 @@ def _time_segment(segment: Segment, payloads: list[tuple[Tensor, ...]],
 def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64], *,
               from_deadline: bool = False) -> float:
     """Mean time (trimmed, see below) from the send of a frame's last chunk to a node worker
-    starting on it, beyond
-    ``propagation_s``, on a loopback TCP connection: kernel copy, the receiver waking up and
-    parsing, the queue hand-off to a worker, sleep overshoot. A paced frame's last chunk is at
-    most 64 KiB, so at most that much is sent here; ``gaps`` are the idle times before each.
+    starting on it, beyond ``propagation_s``, on a loopback TCP connection: kernel copy, the
+    receiver waking up and parsing, the queue hand-off to a worker, sleep overshoot. A paced
+    frame's last chunk is at most 64 KiB, so at most that much is sent here; ``gaps`` are the
+    idle times before each.
     ``from_deadline``: from the time the sender was due to send instead (as the client does),
     so that its own wake-up counts too.
 
@@ -218,9 +218,9 @@ def handoff_s(frame_bytes: int, propagation_s: float, gaps: NDArray[np.float64],
         for s in (sender, receiver, server):
             s.close()
     # a trimmed mean (the largest and smallest tenth left out in whole samples: one each of
-    # the ten here, none of fewer than ten): the
-    # simulator adds one constant per hop, and one stall of the shared machine (a 10 ms one
-    # moves a mean of ten by 1 ms) would add to every request's hop
+    # the ten here, none of fewer than ten): the simulator adds one constant per hop, and one
+    # stall of the shared machine (a 10 ms one moves a mean of ten by 1 ms) would be added to
+    # every request's hop
     samples = (np.array(started) - np.array(sent))[_WARMUP:]
     return float(stats.trim_mean(samples, 0.1)) - propagation_s
 

@@ -332,9 +332,9 @@ class BlockFadingRate(_Segmented):
         return np.arange(first, first + durations.size, dtype=np.float64) * self.coherence_s
 
     def finish_time(self, start_s: float, size_bits: float) -> float:
-        """Walk the blocks from ``start_s`` (drawing only the blocks the transfer spans): the
-        block the transfer starts in one by one, then whole chunks of blocks at a time once a
-        transfer outlasts its first chunk (a slow link's transfer can span millions)."""
+        """Walk the blocks from ``start_s`` (drawing only the blocks the transfer spans): one
+        by one to the end of the chunk the transfer starts in, then a whole chunk at a time (a
+        slow link's transfer can span millions of blocks)."""
         T = self.coherence_s
         k = int(start_s // T)
         if (k + 1) * T <= start_s:

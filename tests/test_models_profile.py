@@ -148,5 +148,4 @@ def test_a_compressed_profile_is_the_plain_one_with_its_codecs() -> None:
             assert composed == whole, (arch.name, cuts)
             compared += 1
     assert compared == 40
-    assert any(c.codecs for c in [profile_model(a, s, 10, cuts=[Cut(1, 0.25, 8)])
-                                  for a, s in archs[:1]])
+    assert profile_model(*archs[0], 10, cuts=[Cut(1, 0.25, 8)]).codecs  # a codec is there
