@@ -116,7 +116,7 @@ def bench_pacing() -> None:
         link = PacedLink(sender, ConstantRate(rate_bps))
         link.t0 = time.monotonic()
         cpu = time.thread_time()
-        start, end = link.send(bytes(nbytes))
+        start, end, _ = link.send(bytes(nbytes))
         cpu = time.thread_time() - cpu
         thread.join()
         for s in (server, sender, receiver):

@@ -340,9 +340,10 @@ class _Node:
                     return
                 continue
             request, frame = item
-            start, end = link.send(frame)
+            start, end, due = link.send(frame)
             rec = self.records[request]
-            rec["link_start"], rec["link_end"], rec["bytes"] = start, end, float(len(frame))
+            rec["link_start"], rec["link_end"], rec["link_due"] = start, end, due
+            rec["bytes"] = float(len(frame))
 
 
 def _ready(sock: socket.socket) -> socket.socket:

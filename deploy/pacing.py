@@ -75,19 +75,22 @@ class PacedLink:
         r = float(self.rate.rate_at(np.array([max(t_rel, 0.0)]))[0])
         return int(min(max(r * self.chunk_s / 8.0, _MIN_CHUNK), _MAX_CHUNK))
 
-    def send(self, frame: bytes) -> tuple[float, float]:
-        """Send ``frame``; return when its first chunk was released and when its last was
-        (``clock`` values), each taken as its hand-over starts: the receiver cannot have a
-        chunk before then, so the propagation a deployment measures from the last hand-over to
-        the receiver's stamp is never short (taken when ``sendall`` returned, a sender
-        preempted in between made a 4 ms propagation 1.9 ms on a busy machine). Unshaped
-        (``rate`` None: the kernel's ``tc`` shaper or none), the second is when ``sendall``
-        returned: there the hand-over itself takes the transmission time."""
+    def send(self, frame: bytes) -> tuple[float, float, float]:
+        """Send ``frame``; return when its first chunk was released, when its last was, and
+        when the last was due (``clock`` values; the second less the third is how late the
+        sender was, which only the scheduler decides). The first two are taken as each
+        hand-over starts: the receiver cannot have a chunk before then, so the propagation a
+        deployment measures from the last hand-over to the receiver's stamp is never short
+        (taken when ``sendall`` returned, a sender preempted in between made a 4 ms
+        propagation 1.9 ms on a busy machine). Unshaped (``rate`` None: the kernel's ``tc``
+        shaper or none), the second and third are when ``sendall`` returned: there the
+        hand-over itself takes the transmission time."""
         now = self.clock.now
         start = now()
         if self.rate is None:
             self.sock.sendall(frame)
-            return start, now()
+            end = now()
+            return start, end, end
         s_rel = start - self.t0
         if s_rel > self.horizon_s:
             raise RuntimeError(f"a transfer at {s_rel:.1f} s into the run, past the "
@@ -105,4 +108,4 @@ class PacedLink:
             last = now()
             self.sock.sendall(view[begin:end])
             begin = end
-        return start, last
+        return start, last, float(deadlines[-1])

@@ -124,6 +124,10 @@ class DeployResult:
     clock: dict[str, Any] | None = None
     """Across hosts: per node, its server's address and its clock's estimated offset, drift
     and error bound against the coordinator's (:class:`deploy.clock.ClockModel`)."""
+    late_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    """Per request and stage, how long after its due time a paced transfer's last chunk was
+    handed over (the sender's lateness, which the scheduler decides; 0 for compute stages and
+    unshaped links). Not given: zeros."""
     outputs: dict[int, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,6 +136,8 @@ class DeployResult:
             self.state = np.zeros(n, dtype=np.intp)
         if self.expected_state.size == 0:
             self.expected_state = self.state.copy()
+        if self.late_s.size == 0:
+            self.late_s = np.zeros_like(self.service_s)
         if not self.state.size == self.expected_state.size == n:
             raise ValueError(f"DeployResult: state and expected_state need one entry per "
                              f"request ({n})")
@@ -156,7 +162,8 @@ class DeployResult:
                 {"label": label,
                  "waiting_s": float(self.wait_s[self.measured, k].mean()),
                  "service_s": float(self.service_s[self.measured, k].mean()),
-                 "propagation_s": float(self.propagation_s[self.measured, k].mean())}
+                 "propagation_s": float(self.propagation_s[self.measured, k].mean()),
+                 "late_s": float(self.late_s[self.measured, k].mean())}
                 for k, label in enumerate(self.labels)
             ],
             "frame_bytes": self.frame_bytes,
@@ -177,7 +184,8 @@ class DeployResult:
         out.mkdir(parents=True, exist_ok=True)
         header = ["request", "measured", "state", "arrival_s", "completion_s", "latency_s"]
         for label in self.labels:
-            header += [f"{label} wait_s", f"{label} service_s", f"{label} propagation_s"]
+            header += [f"{label} wait_s", f"{label} service_s", f"{label} propagation_s",
+                       f"{label} late_s"]
         tmp = out / "requests.csv.tmp"
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -186,7 +194,8 @@ class DeployResult:
                 row: list[object] = [i, int(self.measured[i]), int(self.state[i]),
                                      self.arrival_s[i], self.completion_s[i], self.latency_s[i]]
                 for k in range(len(self.labels)):
-                    row += [self.wait_s[i, k], self.service_s[i, k], self.propagation_s[i, k]]
+                    row += [self.wait_s[i, k], self.service_s[i, k], self.propagation_s[i, k],
+                            self.late_s[i, k]]
                 w.writerow(row)
         os.replace(tmp, out / "requests.csv")
         tmp = out / "summary.json.tmp"
@@ -822,7 +831,7 @@ def _drive(run: _Run, setup: _Setup, client: socket.socket,
     return result
 
 
-_TIMES = ("received", "arrived", "start", "end", "link_start", "link_end")
+_TIMES = ("received", "arrived", "start", "end", "link_start", "link_end", "link_due")
 
 
 def _on_coordinator_clock(records: dict[str, dict[str, float]],
@@ -838,6 +847,7 @@ def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: 
     merged, positions = routing.stages
     n, k = arrivals.size, len(merged)
     wait_s, service_s, prop_s = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
+    late_s = np.zeros((n, k))
     completion = np.zeros(n)
     state = np.zeros(n, dtype=np.intp)
     sent: list[list[float]] = [[] for _ in range(k)]
@@ -862,6 +872,7 @@ def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: 
             if j < len(route) - 1:
                 wait_s[i, where[s]] = rec["link_start"] - ready
                 service_s[i, where[s]] = rec["link_end"] - rec["link_start"]
+                late_s[i, where[s]] = rec["link_end"] - rec["link_due"]
                 sent[where[s]].append(rec["bytes"])
                 ready = rec["link_end"]
                 s += 1
@@ -871,7 +882,7 @@ def _result(setup: _Setup, records: dict[str, dict[str, dict[str, float]]], t0: 
     return DeployResult(routing.labels, arrivals.copy(), completion, wait_s, service_s, prop_s,
                         np.arange(n) >= setup.scenario.workload.warmup_tasks, frame_bytes,
                         routing.count, state, setup.expected_state.copy(), _policy(routing),
-                        outputs=outputs)
+                        late_s=late_s, outputs=outputs)
 
 
 def _policy(routing: Routing) -> dict[str, Any] | None:

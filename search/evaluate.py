@@ -31,6 +31,7 @@ from models.space import get_space
 from models.spec import ArchSpec, Cut
 from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accuracy, seed_sd
 from sim import Scenario, simulate
+from sim.errors import UnfinishedTransferError
 from sim.policy import SplitPolicy, merge_pipelines
 from sim.stability import Load, offered_load, shared_load
 from sim.workload import Stage
@@ -195,8 +196,9 @@ def _init_worker() -> None:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A scored design. ``violation`` > 0 means infeasible: ``status`` ``infeasible`` (memory or
-    deadline), ``unstable`` (some resource offered a utilisation at or over 1; the violation is
+    """A scored design. ``violation`` > 0 means infeasible: ``status`` ``infeasible`` (memory,
+    deadline, a policy's crossing routes, or a transfer its link would not finish: violation 1),
+    ``unstable`` (some resource offered a utilisation at or over 1; the violation is
     that utilisation), ``failed`` (training, deterministically) or ``error`` (training, in a way
     that another run may not repeat: out of memory, say; not cached)."""
 
@@ -592,10 +594,16 @@ class Evaluator:
                               message=f"{busiest.describe()} (>= 1: its queue grows without "
                                       "bound)", utilisation=rho)
         assert trained is not None and pipeline is not None
-        report = simulate(self.scenario, pipeline,
-                          seed=self.config.eval_seed, replications=self.config.sim_replications,
-                          tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
-                          engine="auto", backward_included=True).report
+        try:
+            report = simulate(self.scenario, pipeline, seed=self.config.eval_seed,
+                              replications=self.config.sim_replications,
+                              tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
+                              engine="auto", backward_included=True).report
+        except UnfinishedTransferError as exc:  # a stable queue (requests a year apart, say)
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan,  # behind a dead
+                              mean_latency_s=nan, p95_latency_s=nan,  # link
+                              device_energy_j=nan, violation=1.0, status="infeasible",
+                              message=str(exc).split(": ", 1)[-1], utilisation=rho)
         latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
         violation, status, message = 0.0, "ok", ""
         if not trained.ok:  # a transient error is not cached: another run trains it again

@@ -125,6 +125,9 @@ class RunRecord:
 
     Stage sums are over measured tasks (warm-up excluded); ``busy_s`` is per resource over all
     tasks (for utilisation), ``measured_busy_s`` over measured tasks (for energy per task).
+    Under processor sharing (:class:`CpuShare`) the two differ in kind: a request holds its node
+    for the stretched time (``busy_s``) but uses a processor only for its work at full speed
+    (``measured_busy_s``), so sharing does not add energy.
     """
 
     arrival_s: NDArray[np.float64]
@@ -172,10 +175,17 @@ def run_simpy(
     Statistics are accumulated as tasks finish; per-stage timelines are kept only when asked
     (memory then grows with tasks x stages). ``cpu_share``: nodes that share a host's processors
     (module docstring); a stage's service time is then the time it took at the shared rate.
+    Raises ``ValueError`` where ``cpu_share`` names a node the plan does not have.
     """
     env = simpy.Environment()
     queues = [simpy.Resource(env, capacity=r.servers) for r in plan.resources]
     host = _SharedCpu(env, cpu_share) if cpu_share is not None else None
+    if cpu_share is not None:
+        names = {r.name for r in plan.resources if r.kind == "node"}
+        unknown = sorted(cpu_share.nodes - names)
+        if unknown:
+            raise ValueError(f"cpu_share: unknown node(s) {', '.join(unknown)} (nodes: "
+                             f"{', '.join(sorted(names))})")
     on_host = {j for j, r in enumerate(plan.resources)
                if cpu_share is not None and r.kind == "node" and r.name in cpu_share.nodes}
     n, k = tasks.n, len(plan.stages)
@@ -222,6 +232,7 @@ def run_simpy(
                     dur = channel.finish_time(start, base) - start
                 else:
                     dur = base * mult[s] if mult is not None else base
+                work = dur
                 if host is not None and r in on_host:
                     yield host.run(dur)
                     dur = env.now - start
@@ -231,7 +242,7 @@ def run_simpy(
             if meas:
                 wait[s] += start - queued
                 serv[s] += dur
-                mbusy[r] += dur
+                mbusy[r] += work
                 prop_sum[s] += prop
             if keep_timeline:
                 queued_t[i, s], start_t[i, s], end_t[i, s] = queued, start, env.now

@@ -81,7 +81,9 @@ class NodeSpec(_Spec):
     flops_per_s: PositiveFloat
     servers: Annotated[int, Field(ge=1)] = 1
     power_w: NonNegativeFloat = 0.0
-    """Power drawn by one busy server (W); energy = power_w x busy server-seconds."""
+    """Power drawn by one busy server (W); energy = power_w x busy server-seconds (where nodes
+    share a host's processors, :class:`sim.engine.CpuShare`: the work's seconds at full
+    speed)."""
     memory_bytes: PositiveFloat | None = None
 
 

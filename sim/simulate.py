@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .engine import CpuShare, RunRecord, run_simpy
-from .errors import FastEvaluatorError, ScenarioError
+from .errors import FastEvaluatorError, ScenarioError, UnfinishedTransferError
 from .fast import check_fast_applicable, run_fast
 from .network import Plan, compile_plan, mean_rate_bps
 from .policy import OraclePolicy, Policy, SplitPolicy
@@ -103,7 +103,7 @@ def _check_transfer_times(scenario: Scenario, pipelines: Sequence[Sequence[Stage
             blocks = seconds / link.channel.coherence_s \
                 if isinstance(link.channel, RayleighChannel) else 0.0
             if seconds > MAX_TRANSFER_S or blocks > MAX_FADING_BLOCKS:
-                raise ScenarioError(
+                raise UnfinishedTransferError(
                     f"scenario {scenario.name}: link {stage.src}->{stage.dst}: a transfer of "
                     f"{stage.size_bits:g} bits takes {seconds:.3g} s at the link's mean rate "
                     f"({mean:.3g} bit/s)" + (f", {blocks:.3g} fading blocks" if blocks else "")

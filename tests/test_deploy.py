@@ -146,7 +146,7 @@ def _check_pacing(rate: Any, nbytes: int) -> float:
     clock = _RecordingClock()
     link = PacedLink(sender, rate, clock=clock)
     link.t0 = time.monotonic()
-    start, last = link.send(bytes(nbytes))
+    start, last, due = link.send(bytes(nbytes))
     thread.join()
     for s in (sender, receiver, server):
         s.close()
@@ -161,6 +161,7 @@ def _check_pacing(rate: Any, nbytes: int) -> float:
     last_deadline, last_woke = clock.sleeps[-1]
     assert last_deadline <= got[0] <= last_woke + 0.25, (got[0] - last_woke)
     assert last_woke <= last <= got[0]  # the last chunk stamped as it was handed over
+    assert due == last_deadline  # and its due time returned: the sender's lateness is last - due
     return _finish_by_segments(rate, start - link.t0, 8.0 * nbytes) - (start - link.t0)
 
 
@@ -205,7 +206,7 @@ def test_a_sender_preempted_after_a_chunk_stamps_it_before_the_receiver() -> Non
     thread.start()
     link = PacedLink(SlowToReturn(), ConstantRate(20e6))  # type: ignore[arg-type]
     link.t0 = time.monotonic()
-    start, last = link.send(bytes(10_000))
+    start, last, _ = link.send(bytes(10_000))
     thread.join()
     for s in (sender, receiver, server):
         s.close()
@@ -243,6 +244,11 @@ def test_two_node_deployment_returns_the_whole_models_outputs(cut: Cut, tmp_path
     exact = 8 * hop_bytes / 50e6
     hop = result.service_s[result.measured][:, 1]
     assert hop.min() >= exact * (1 - 1e-9), (hop, exact)
+    # what the pacer decides, exactly: every last chunk was due the exact transmission time
+    # after the first was released (the service less the sender's lateness)
+    late = result.late_s[result.measured][:, 1]
+    assert late.min() >= 0 and result.late_s[:, [0, 2]].max() == 0, late
+    np.testing.assert_allclose(hop - late, exact, rtol=0, atol=1e-9)  # to a nanosecond
     assert np.median(hop) <= exact + 1e-3, (hop, exact)
     # The receiver holds a frame 2 ms from its last byte's receipt, and the sender stamps its
     # last chunk as it hands it over, so no request's propagation is under 2 ms (stamped when

@@ -262,8 +262,8 @@ def test_simultaneous_arrivals_at_a_shared_queue_are_ordered_alike(tmp_path: Any
 def _two_nodes_by_hand(tmp_path: Any) -> Any:
     """phone (1 s of work) -> a link of no delay -> edge (1 s of work); requests at 0 and 1 s."""
     d = three_tier()
-    d["nodes"] = {"phone": {"kind": "device", "flops_per_s": 1.0},
-                  "edge": {"kind": "edge", "flops_per_s": 1.0}}
+    d["nodes"] = {"phone": {"kind": "device", "flops_per_s": 1.0, "power_w": 2.0},
+                  "edge": {"kind": "edge", "flops_per_s": 1.0, "power_w": 3.0}}
     d["links"] = [{"src": "phone", "dst": "edge", "propagation_s": 0.0,
                    "channel": {"model": "constant", "rate_bps": 1e12}}]
     d["path"] = ["phone", "edge"]
@@ -296,9 +296,12 @@ def test_nodes_sharing_a_host_worked_by_hand(tmp_path: Any, cores: float, backgr
     - one core beside one outside process: request 0's phone work alone at half speed, 0-2;
       both together at a third, 2-5; request 1's edge work alone at half speed, 5-7.
 
+    Energy is each node's power x its work at full speed (1 s a request), however long the
+    sharing made it take, while its busy time is the time it took.
+
     Catches the host's rate left at its start value when a request starts or ends, work
-    counted at the wrong rate, and the service time reported as the work instead of the time
-    it took."""
+    counted at the wrong rate, the service time reported as the work instead of the time
+    it took, and energy charged for the stretched time."""
     from sim.engine import CpuShare
 
     s = _two_nodes_by_hand(tmp_path)
@@ -308,3 +311,9 @@ def test_nodes_sharing_a_host_worked_by_hand(tmp_path: Any, cores: float, backgr
     assert rec.timeline is not None
     np.testing.assert_allclose(rec.completion_s, completion, rtol=0, atol=1e-9)
     np.testing.assert_allclose(rec.timeline.service_s[:, [0, 2]], services, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match=r"unknown node\(s\) phnoe \(nodes: edge, phone\)"):
+        simulate(s, cpu_share=CpuShare(frozenset({"phone", "phnoe"}), cores, background))
+    stats = {r.name: r for r in result.report.resources}
+    for node, column, power in (("phone", 0, 2.0), ("edge", 1, 3.0)):
+        assert stats[node].energy_j_per_task == pytest.approx(power * 1.0)
+        assert stats[node].busy_s == pytest.approx(sum(row[column] for row in services))

@@ -565,10 +565,13 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     uplink is left out, to shorten the time the suite gives this experiment alone).
 
     What does not depend on CPU timing is held tightly: each hop's transmission time (pacing
-    along the same channel sample path) within 5% or 1 ms (the last chunk leaves late by an
-    absolute amount, 0.12-0.37 ms in standalone runs, 0.36 and 0.53 ms in two clean-clone CI runs
-    where the test process shares the cores; a 0.5 ms switch interval for the GIL did not change
-    it), its propagation within 1 ms. The latency
+    along the same channel sample path; the requests start at other times than in the
+    simulation, so a fading channel gives them other rates) within 5% or 1 ms, less the
+    sender's measured lateness (its last chunk handed over after its due time, by the
+    scheduler: 0.12-0.37 ms in standalone runs, 0.36 and 0.53 ms in two clean-clone CI runs;
+    beside a busy process 0.09-0.66 ms in one quick run, where another had left split 8's
+    moderate-load hop 1.13 ms over the prediction), and never negative; its propagation within
+    1 ms. The latency
     bounds are wider than the experiment's targets (mean within 10% at low load, p95 within 20%
     at moderate load): on this shared two-core machine one segment's time differs by up to 30%
     between processes and runs, and the quick run calibrates with 10 runs per segment and
@@ -580,7 +583,27 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     -49.9% for the compute-bound split, whose mean there was -19.3% and in seven full-size
     runs -20.2% to 0.0%; the split policy's p95 spread from -29% to +34% over its runs). The
     split policy's cases (two states, each with its own model, on a Gilbert-Elliott uplink)
-    are held to the same bounds."""
+    are held to the same bounds.
+
+    Those bounds hold where the calibration found the machine quiet (``outside_cores`` under
+    0.25, as in CI). Beside a CPU-bound process, one segment's time differs between the
+    calibration's process and the node's by up to 80% (ResNet-18's tail after block 4: 27.7 ms
+    with a coefficient of variation of 0.36 in one calibration, 15.5 ms deployed, 15.1 ms in
+    the next calibration), which no model of this machine predicts; five quick runs beside
+    ``python3 -c "while True: pass"`` had worst means of +20.8% (low load) and -30.9%
+    (moderate). There the mean is held within 40%.
+
+    What the wide bound gives up is held by the replayed prediction (the simulator given the
+    deployment's own mean work per node, so only the composition of the stages is tested):
+    its mean within 15% at low load in every condition, and at moderate load within 15% on a
+    quiet machine and 25% beside a busy one. Over ten quick runs, five beside a busy process:
+    -8.5% to +0.5% at low load; at moderate load -6.2% to -0.8% quiet and -16.9% to -2.7%
+    busy, the worst always split 8, whose measured waits were twice the replay's (9.6 against
+    3.2 ms at the phone, 16.1 against 7.5 ms at the edge): beside a busy process the nodes'
+    slow spells come together, and the replay draws each request's work independently. At low
+    load, 15% catches a stage left out or counted twice: the edge's compute (27-54% of the
+    mean in three runs), split 4's transfer (50-53%), split 8's phone compute or transfer
+    (19-26%)."""
     _, rows = read(quick_run / "fidelity" / "fidelity.csv")
     cases = {(r["design"], r["load"], r["channel"]) for r in rows}
     assert len(cases) == 6 and len(rows) == 18  # quick: the fading uplink and the policy's
@@ -588,10 +611,13 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     assert {c for c in cases if c[0].startswith("policy")} == {
         ("policy 8:0.5x8b|0", load, "gilbert-elliott") for load in ("low", "moderate")}
     for r in rows:
-        if (r["load"], r["metric"]) == ("low", "mean"):
-            assert abs(float(r["relative_error"])) <= 0.20, r
-        if (r["load"], r["metric"]) == ("moderate", "mean"):
-            assert abs(float(r["relative_error"])) <= 0.30, r
+        if r["metric"] != "mean":
+            continue
+        quiet = float(r["outside_cores"]) < 0.25
+        bound = (0.20 if r["load"] == "low" else 0.30) if quiet else 0.40
+        assert abs(float(r["relative_error"])) <= bound, r
+        replay = 0.15 if quiet or r["load"] == "low" else 0.25
+        assert abs(float(r["replay_error"])) <= replay, r
     for r in rows:  # processors other processes kept busy during the calibration
         assert 0 <= float(r["outside_cores"]) <= len(os.sched_getaffinity(0)) + 0.1, r
     rates = {(r["design"], r["load"]): float(r["rate_hz"]) for r in rows}
@@ -601,11 +627,51 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     assert {r["stage"] for r in stages} == {"compute@phone", "transfer phone->edge",
                                             "compute@edge"}
     for r in stages:
+        late = float(r["measured_late_s"])
+        assert late >= 0 and (late == 0 or r["stage"].startswith("transfer")), r
         if r["stage"].startswith("transfer") and r["part"] == "service":
-            assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]), rel=0.05,
-                                                            abs=1e-3), r
+            assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]) - late,
+                                                            rel=0.05, abs=1e-3), r
         if r["stage"].startswith("transfer") and r["part"] == "propagation":
             assert float(r["predicted_s"]) == pytest.approx(float(r["measured_s"]), abs=1e-3), r
+
+
+def test_a_replayed_case_takes_each_nodes_work_from_the_deployment() -> None:
+    """The replay's work per node, by hand: the mean and coefficient of variation of the
+    node's service over the measured requests of each state (the warm-up request left out),
+    the calibration's own timing where a state has fewer than two, processor sharing off,
+    and everything else the calibration's. Fails if the warm-up or the other state's requests
+    are counted, or a node's column is mixed up with another's."""
+    from deploy.calibrate import Calibration, PolicyCalibration, StageTiming
+    from experiments.fidelity import replayed_calibration
+
+    cal = Calibration((StageTiming("phone", 0.010, 0.1, 10), StageTiming("edge", 0.020, 0.2, 10)),
+                      (8e5,), (5e-4,), 6e-4, host_cores=2.0, outside_cores=1.0)
+    labels = ["compute@phone", "transfer phone->edge", "compute@edge"]
+    service = np.array([[9.0, 0.1, 9.0],  # warm-up
+                        [0.012, 0.1, 0.030],
+                        [0.014, 0.1, 0.034],
+                        [0.016, 0.1, 0.026],
+                        [0.0, 0.1, 0.050]])  # the other state: everything on the edge
+    measured = np.array([False, True, True, True, True])
+    static = replayed_calibration(cal, labels, service, np.zeros(5, dtype=np.intp), measured)
+    assert isinstance(static, Calibration)
+    phone, edge = static.compute
+    assert (phone.node, phone.samples, edge.node, edge.samples) == ("phone", 4, "edge", 4)
+    assert phone.mean_s == pytest.approx(0.0105) and edge.mean_s == pytest.approx(0.035)
+    assert phone.cv == pytest.approx(np.std([0.012, 0.014, 0.016, 0.0], ddof=1) / 0.0105)
+    assert (static.host_cores, static.outside_cores) == (0, 0)  # no sharing in the replay
+    assert (static.frame_bits, static.overhead_s, static.dispatch_s) == ((8e5,), (5e-4,), 6e-4)
+
+    other = Calibration((StageTiming("edge", 0.040, 0.05, 10),), (4e6,), (7e-4,), 5e-4, 2.0, 1.0)
+    state = np.array([1, 1, 1, 1, 0])  # the last request in the worst state, the rest best
+    policy = replayed_calibration(PolicyCalibration((other, cal)), labels, service, state,
+                                  measured)
+    assert isinstance(policy, PolicyCalibration)
+    worst, best = policy.states  # state 0 had one measured request: its timing is kept
+    assert worst.compute == other.compute and worst.host_cores == 0
+    assert [t.mean_s for t in best.compute] == pytest.approx([0.014, 0.030])
+    assert [t.samples for t in best.compute] == [3, 3]
 
 
 def test_the_proxy_study_measures_the_searchs_default_budget() -> None:

@@ -139,6 +139,33 @@ def test_simulate_reports_and_warns_about_an_overloaded_resource(
     assert "warning" not in err and "overloaded" not in out
 
 
+def test_search_marks_a_design_behind_a_dead_link_infeasible(tmp_path: Path) -> None:
+    """Requests about 300 years apart (1e-10 Hz) and an uplink whose noise figure is 100 dB
+    (0.034 bit/s at its mean): the raw image's transfer (1.2 Mbit) would take 3.6e7 s, which
+    ``simulate`` refuses, yet the uplink's offered utilisation is 0.0036, a stable queue.
+    Catches the refusal stopping the search (it did) instead of marking that design, and the
+    design that keeps everything on the phone marked with it."""
+    from sim.network import mean_rate_bps
+
+    d = shipped_three_tier(20e6)
+    d["links"][0]["channel"]["noise_figure_db"] = 100
+    d["workload"]["arrivals"] = {"process": "poisson", "rate_hz": 1e-10}
+    s = scenario_from_dict(d)
+    arch = resolve_architecture("tiny-110101101")
+    cfg = SearchConfig(architecture="tiny-110101101", dataset="mnist5k", executor="serial",
+                       noise_architectures=0, sim_tasks=20, compression=False,
+                       budget={"epochs": 1, "subset": 300, "batch_size": 64})  # type: ignore[arg-type]
+    raw = Design(arch, tuple(s.path), (Cut(0), Cut(arch.n_blocks)))  # all on the edge
+    local = Design(arch, tuple(s.path), (Cut(arch.n_blocks), Cut(arch.n_blocks)))
+    seconds = 3 * 224 * 224 * 8 / mean_rate_bps(s.links[0], s)  # 8-bit pixels
+    assert seconds > 1e6 and seconds * 1e-10 < 1  # refused by simulate, yet a stable queue
+    bad, good = Evaluator(s, cfg, str(tmp_path / "acc.sqlite")).evaluate_designs([raw, local])
+    assert bad.status == "infeasible" and bad.violation == 1.0 and not bad.feasible
+    assert bad.utilisation == pytest.approx(seconds * 1e-10, rel=0.01)
+    assert bad.message.startswith("link phone->edge: a transfer of"), bad.message
+    assert good.status == "ok" and math.isfinite(good.latency_s)
+
+
 def test_search_marks_overloaded_designs_unstable_and_trains_nothing_for_them(
         tmp_path: Path) -> None:
     """With the shipped three-tier uplink at a twentieth of its bandwidth (4.2 Mbit/s), sending
