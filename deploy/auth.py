@@ -71,7 +71,9 @@ MAX_PENDING_HANDSHAKES = 16
 _HANDSHAKE_BYTES = 4096
 _LEN = struct.Struct("!I")
 _BLOB_LEN = struct.Struct("!Q")
-_VERSION = 1
+_VERSION = 2
+"""Raised when what a node and its coordinator exchange changes (2: each record's
+``link_due``), so that mixed versions stop at the handshake, in one line."""
 _MIN_TOKEN_BYTES = 16
 
 

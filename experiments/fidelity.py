@@ -137,7 +137,8 @@ def replayed_calibration(cal: Calibration | PolicyCalibration, labels: list[str]
     state had at least two), and no processor sharing (the measured times already include
     it): the simulator given the deployment's own service times, so that what is left of the
     error is the simulator's composition (queueing, transfers, hand-offs, the policy), not
-    the calibration's estimate of the compute."""
+    the calibration's estimate of the compute. A node kept at its calibrated timing (a state
+    with fewer than two measured requests) then runs at its measured time, unshared."""
     def one(c: Calibration, s: int) -> Calibration:
         rows = measured & (state == s)
         compute = []

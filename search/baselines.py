@@ -222,9 +222,13 @@ class ArchitectureEvaluator(Evaluator):
     def busiest(self, pipeline: Sequence[Stage] | SplitPolicy) -> Load | None:
         return None  # no network yet: the split, in stage two, is checked
 
+    def dead_link(self, pipeline: Sequence[Stage] | SplitPolicy) -> str:
+        return ""  # as busiest
+
     def _score(self, design: AnyDesign, memory_violation: float,
                pipeline: Sequence[Stage] | SplitPolicy | None,
-               busiest: Load | None, trained: TrainResult | None) -> Evaluation:
+               busiest: Load | None, trained: TrainResult | None,
+               dead_link: str = "") -> Evaluation:
         assert trained is not None and isinstance(design, Design)
         t = self.profile(design).total_flops / self._device_flops
         failed = not trained.ok

@@ -33,6 +33,7 @@ from models.train import InitStateMismatch, TrainResult, device_tag, proxy_accur
 from sim import Scenario, simulate
 from sim.errors import UnfinishedTransferError
 from sim.policy import SplitPolicy, merge_pipelines
+from sim.simulate import check_transfer_times
 from sim.stability import Load, offered_load, shared_load
 from sim.workload import Stage
 
@@ -345,6 +346,16 @@ class Evaluator:
             loads = shared_load(self.scenario, pipeline.pipelines, pipeline.shares, tasks)
         return max(loads, key=lambda x: x.utilisation) if loads else None
 
+    def dead_link(self, pipeline: Sequence[Stage] | SplitPolicy) -> str:
+        """Why the simulator would refuse a transfer of ``pipeline`` (a dead or nearly dead
+        link: :func:`sim.simulate.check_transfer_times`), or "" if it would not."""
+        try:
+            check_transfer_times(self.scenario, pipeline.pipelines
+                                 if isinstance(pipeline, SplitPolicy) else [pipeline])
+        except UnfinishedTransferError as exc:
+            return str(exc).split(": ", 1)[-1]  # without the scenario's name
+        return ""
+
     def memory_violation(self, design: AnyDesign, profile: ModelProfile | None = None) -> float:
         """How far the design's segments overrun their nodes' ``memory_bytes`` (0: they fit).
         A policy design's node holds every block some state gives it, once per model (states
@@ -538,8 +549,10 @@ class Evaluator:
         crossing = [_crossing(pipe) for pipe in pipes]
         busiest = [None if pipe is None or cross else self.busiest(pipe)
                    for pipe, cross in zip(pipes, crossing, strict=True)]
-        scored = [m == 0.0 and (b is None or b.stable) and not cross
-                  for m, b, cross in zip(mem, busiest, crossing, strict=True)]
+        dead = ["" if pipe is None or cross else self.dead_link(pipe)
+                for pipe, cross in zip(pipes, crossing, strict=True)]
+        scored = [m == 0.0 and (b is None or b.stable) and not cross and not why
+                  for m, b, cross, why in zip(mem, busiest, crossing, dead, strict=True)]
         design_jobs = [self.train_jobs(d) if ok else None
                        for d, ok in zip(designs, scored, strict=True)]
         jobs: dict[TrainJob, TrainResult | None] = {}
@@ -559,16 +572,17 @@ class Evaluator:
             self._cache.put_noise(self._data_key, self._budget, self._noise_population(),
                                   self.accuracy_sd, measured, len(noise), "search")
         out = []
-        for d, m, pipe, b, weighted in zip(designs, mem, pipes, busiest, design_jobs,
-                                           strict=True):
+        for d, m, pipe, b, why, weighted in zip(designs, mem, pipes, busiest, dead, design_jobs,
+                                                strict=True):
             trained = None if weighted is None else _combined(
                 [(jobs[job], w) for job, w in weighted])
-            out.append(self._score(d, m, pipe, b, trained))
+            out.append(self._score(d, m, pipe, b, trained, why))
         return out
 
     def _score(self, design: AnyDesign, memory_violation: float,
                pipeline: Sequence[Stage] | SplitPolicy | None,
-               busiest: Load | None, trained: TrainResult | None) -> Evaluation:
+               busiest: Load | None, trained: TrainResult | None,
+               dead_link: str = "") -> Evaluation:
         nan = math.nan
         try:
             canon = self.layout.encode(design)
@@ -593,17 +607,16 @@ class Evaluator:
                               device_energy_j=nan, violation=rho, status="unstable",
                               message=f"{busiest.describe()} (>= 1: its queue grows without "
                                       "bound)", utilisation=rho)
+        if dead_link:  # a stable queue (requests a year apart, say) behind a dead link
+            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan,
+                              mean_latency_s=nan, p95_latency_s=nan, device_energy_j=nan,
+                              violation=1.0, status="infeasible", message=dead_link,
+                              utilisation=rho)
         assert trained is not None and pipeline is not None
-        try:
-            report = simulate(self.scenario, pipeline, seed=self.config.eval_seed,
-                              replications=self.config.sim_replications,
-                              tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
-                              engine="auto", backward_included=True).report
-        except UnfinishedTransferError as exc:  # a stable queue (requests a year apart, say)
-            return Evaluation(canon, desc, arch, accuracy=nan, latency_s=nan,  # behind a dead
-                              mean_latency_s=nan, p95_latency_s=nan,  # link
-                              device_energy_j=nan, violation=1.0, status="infeasible",
-                              message=str(exc).split(": ", 1)[-1], utilisation=rho)
+        report = simulate(self.scenario, pipeline,
+                          seed=self.config.eval_seed, replications=self.config.sim_replications,
+                          tasks=self.scenario.workload.warmup_tasks + self.config.sim_tasks,
+                          engine="auto", backward_included=True).report
         latency = report.mean_latency_s if self.config.latency == "mean" else report.p95_latency_s
         violation, status, message = 0.0, "ok", ""
         if not trained.ok:  # a transient error is not cached: another run trains it again

@@ -175,17 +175,10 @@ def run_simpy(
     Statistics are accumulated as tasks finish; per-stage timelines are kept only when asked
     (memory then grows with tasks x stages). ``cpu_share``: nodes that share a host's processors
     (module docstring); a stage's service time is then the time it took at the shared rate.
-    Raises ``ValueError`` where ``cpu_share`` names a node the plan does not have.
     """
     env = simpy.Environment()
     queues = [simpy.Resource(env, capacity=r.servers) for r in plan.resources]
     host = _SharedCpu(env, cpu_share) if cpu_share is not None else None
-    if cpu_share is not None:
-        names = {r.name for r in plan.resources if r.kind == "node"}
-        unknown = sorted(cpu_share.nodes - names)
-        if unknown:
-            raise ValueError(f"cpu_share: unknown node(s) {', '.join(unknown)} (nodes: "
-                             f"{', '.join(sorted(names))})")
     on_host = {j for j, r in enumerate(plan.resources)
                if cpu_share is not None and r.kind == "node" and r.name in cpu_share.nodes}
     n, k = tasks.n, len(plan.stages)

@@ -20,7 +20,7 @@ from .seeds import child, children
 from .stability import Load, offered_load, shared_load
 from .workload import Stage, Transfer, pipeline_from_specs, sample_tasks, training_pipeline
 
-__all__ = ["Engine", "SimulationResult", "replication_seeds", "simulate"]
+__all__ = ["Engine", "SimulationResult", "check_transfer_times", "replication_seeds", "simulate"]
 
 Engine = Literal["simpy", "fast", "auto"]
 
@@ -88,10 +88,11 @@ MAX_FADING_BLOCKS = 2e7
 """The most fading blocks one transfer may span on average (a Rayleigh link walks them all)."""
 
 
-def _check_transfer_times(scenario: Scenario, pipelines: Sequence[Sequence[Stage]]) -> None:
+def check_transfer_times(scenario: Scenario, pipelines: Sequence[Sequence[Stage]]) -> None:
     """Refuse a transfer that would take longer than :data:`MAX_TRANSFER_S` at its link's
     mean rate, or span more than :data:`MAX_FADING_BLOCKS` fading blocks, in one line naming
-    the link (a dead or nearly dead channel: the simulation would not end)."""
+    the link (a dead or nearly dead channel: the simulation would not end), as
+    :class:`~sim.errors.UnfinishedTransferError`."""
     graph = scenario.graph()
     for stages in pipelines:
         for stage in stages:
@@ -141,7 +142,8 @@ def simulate(
     ``engine``: ``simpy`` (the discrete-event simulation), ``fast`` (the exact recursion of
     :mod:`sim.fast`; refuses pipelines that visit a queue twice) or ``auto`` (fast where it
     applies). ``cpu_share``: nodes that share one host's processors
-    (:class:`sim.engine.CpuShare`; the SimPy engine only, which ``auto`` then picks).
+    (:class:`sim.engine.CpuShare`; the SimPy engine only, which ``auto`` then picks; every node
+    it names must be the scenario's, and a node that does no work is left out of the sharing).
     """
     if engine not in ("simpy", "fast", "auto"):
         raise ValueError(f"engine must be simpy, fast or auto, got {engine!r}")
@@ -149,6 +151,10 @@ def simulate(
         if engine == "fast":
             raise ValueError("engine fast cannot share a host's processors (cpu_share): use "
                              "simpy or auto")
+        unknown = sorted(cpu_share.nodes - set(scenario.nodes))
+        if unknown:
+            raise ValueError(f"cpu_share: unknown node(s) {', '.join(unknown)} (nodes: "
+                             f"{', '.join(sorted(scenario.nodes))})")
         engine = "simpy"
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
@@ -177,7 +183,7 @@ def simulate(
             loads = offered_load(scenario, stages, n)
         except ValueError as exc:
             raise ScenarioError(f"{scenario.name}: {exc}") from None
-    _check_transfer_times(scenario, policy.pipelines if policy is not None else [stages])
+    check_transfer_times(scenario, policy.pipelines if policy is not None else [stages])
     bar = None
     if progress:
         from tqdm import tqdm

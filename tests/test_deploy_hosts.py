@@ -170,7 +170,7 @@ def test_the_handshake_admits_the_token_and_refuses_anything_else() -> None:
         a, b = socket.socketpair()
 
         def impostor(a: socket.socket = a, mac: Any = mac) -> None:
-            send_json(a, {"hello": "jmsnas", "version": 1, "nonce": "ab" * 32})
+            send_json(a, {"hello": "jmsnas", "version": 2, "nonce": "ab" * 32})
             recv_json(a)
             send_json(a, {"ok": True, "mac": mac})
 

@@ -313,6 +313,13 @@ def test_nodes_sharing_a_host_worked_by_hand(tmp_path: Any, cores: float, backgr
     np.testing.assert_allclose(rec.timeline.service_s[:, [0, 2]], services, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match=r"unknown node\(s\) phnoe \(nodes: edge, phone\)"):
         simulate(s, cpu_share=CpuShare(frozenset({"phone", "phnoe"}), cores, background))
+    # a node of the scenario that does no work (a design that sends the raw input) is allowed:
+    # the edge then serves each request alone, at its share beside the outside load
+    raw = simulate(s, [Transfer("phone", "edge", 1.0), Compute("edge", 1.0)], seed=0,
+                   cpu_share=share).records[0]
+    alone = 1.0 / min(1.0, cores / (1 + background))
+    np.testing.assert_allclose(raw.completion_s - [0.0, 1.0], [alone, alone + max(0, alone - 1)],
+                               rtol=0, atol=1e-6)
     stats = {r.name: r for r in result.report.resources}
     for node, column, power in (("phone", 0, 2.0), ("edge", 1, 3.0)):
         assert stats[node].energy_j_per_task == pytest.approx(power * 1.0)

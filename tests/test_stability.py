@@ -143,8 +143,8 @@ def test_search_marks_a_design_behind_a_dead_link_infeasible(tmp_path: Path) -> 
     """Requests about 300 years apart (1e-10 Hz) and an uplink whose noise figure is 100 dB
     (0.034 bit/s at its mean): the raw image's transfer (1.2 Mbit) would take 3.6e7 s, which
     ``simulate`` refuses, yet the uplink's offered utilisation is 0.0036, a stable queue.
-    Catches the refusal stopping the search (it did) instead of marking that design, and the
-    design that keeps everything on the phone marked with it."""
+    Catches the refusal stopping the search (it did) instead of marking that design, training
+    spent on it, and the design that keeps everything on the phone marked with it."""
     from sim.network import mean_rate_bps
 
     d = shipped_three_tier(20e6)
@@ -159,11 +159,13 @@ def test_search_marks_a_design_behind_a_dead_link_infeasible(tmp_path: Path) -> 
     local = Design(arch, tuple(s.path), (Cut(arch.n_blocks), Cut(arch.n_blocks)))
     seconds = 3 * 224 * 224 * 8 / mean_rate_bps(s.links[0], s)  # 8-bit pixels
     assert seconds > 1e6 and seconds * 1e-10 < 1  # refused by simulate, yet a stable queue
-    bad, good = Evaluator(s, cfg, str(tmp_path / "acc.sqlite")).evaluate_designs([raw, local])
+    ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
+    bad, good = ev.evaluate_designs([raw, local])
     assert bad.status == "infeasible" and bad.violation == 1.0 and not bad.feasible
     assert bad.utilisation == pytest.approx(seconds * 1e-10, rel=0.01)
     assert bad.message.startswith("link phone->edge: a transfer of"), bad.message
     assert good.status == "ok" and math.isfinite(good.latency_s)
+    assert len(ev._cache) == 1  # the phone-only design's training; none for the refused one
 
 
 def test_search_marks_overloaded_designs_unstable_and_trains_nothing_for_them(
