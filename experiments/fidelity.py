@@ -259,8 +259,13 @@ def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any
         axes[0].scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"], color=colours[key],
                         marker=markers[r["metric"]], s=40,
                         label=key if r["metric"] == "mean" else None)
+        if r["metric"] == "mean":
+            axes[0].scatter(1e3 * r["measured_s"], 1e3 * r["replayed_s"], s=70,
+                            facecolors="none", edgecolors=colours[key], linewidths=1.2)
     for m, marker in markers.items():
         axes[0].scatter([], [], color="0.4", marker=marker, label=m)
+    axes[0].scatter([], [], s=70, facecolors="none", edgecolors="0.4", linewidths=1.2,
+                    label="mean, replayed (measured work per node)")
     parts = {"service": "o", "waiting": "x", "propagation": "+"}
     for r in stage_rows:
         if r["measured_s"] > 1e-4 or r["predicted_s"] > 1e-4:
