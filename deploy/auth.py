@@ -4,7 +4,7 @@ Every connection to a node (the coordinator's control connection, a data connect
 node before it on the route or from the client, a node's connection to the result sink) opens
 with a challenge-response on a secret that the coordinator and the nodes share (a token file):
 
-1. the listening side sends ``{"hello": "jmsnas", "version": 1, "nonce": N_s}`` (32 random bytes,
+1. the listening side sends ``{"hello": "jmsnas", "version": 2, "nonce": N_s}`` (32 random bytes,
    hex);
 2. the connecting side answers ``{"role", "from", "run", "nonce": N_c, "mac"}``, with ``mac`` =
    HMAC-SHA256(secret, "client" | role | from | run | N_s | N_c): it proves that it holds the

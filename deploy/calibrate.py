@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,8 +87,8 @@ class Calibration:
     processor sharing it is then shared like the work)."""
     host_cores: float = 0.0
     """Processors of this machine, which every node of the deployment shares: those this
-    process may run on, or its control group's CPU quota where that is less (0: not known;
-    the simulator then gives each node processors of its own)."""
+    process may run on (0: not known; the simulator then gives each node processors of its
+    own). A control group's CPU quota is not seen (see :func:`_busy_cores_s`)."""
     outside_cores: float = 0.0
     """Processors kept busy by other processes while the calibration ran, on average (from
     ``/proc/stat`` less the calibration's own CPU time; 0 where there is no ``/proc/stat``)."""
@@ -266,8 +264,11 @@ def _busy_cores_s(cpus: set[int] | None = None) -> float | None:
     """Processor-seconds the processors ``cpus`` (default: those this process may run on)
     have spent busy since boot, every process's (user, nice, system, interrupts; not idle, I/O
     wait or time stolen by a hypervisor), from ``/proc/stat``'s per-processor lines; None
-    without them. Under a CPU quota (:func:`_quota_cores`) the processors still count whole
-    here: the outside load is what other processes took of them."""
+    without them. A CPU quota (cgroup ``cpu.max``) is not seen: the processors count whole.
+    Capping them by the quota would be wrong twice over: the quota limits the average use per
+    period, not how many requests run at once, and the outside load here counts processes
+    outside the control group, which do not spend its quota (that needs the group's own
+    usage, ``cpu.stat``)."""
     cpus = _cpus() if cpus is None else cpus
     total, seen = 0, False
     try:
@@ -292,49 +293,6 @@ def _cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
-def _quota_cores(cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
-    """Processors' worth of time this process's control group may use: its CPU quota, the
-    least along its path to the root (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us``); None without one or without cgroups."""
-    try:
-        lines = Path(cgroup).read_text(encoding="ascii").splitlines()
-    except OSError:
-        return None
-    least = math.inf
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers and "cpu" not in controllers.split(","):
-            continue
-        base = Path(root) if not controllers else next(
-            (Path(root) / name for name in (controllers, "cpu") if (Path(root) / name).is_dir()),
-            Path(root) / "cpu")
-        folder = base / path.strip().lstrip("/")
-        while True:
-            least = min(least, _cgroup_limit(folder, v2=not controllers))
-            if folder == base or base not in folder.parents:
-                break
-            folder = folder.parent
-    return None if math.isinf(least) else least
-
-
-def _cgroup_limit(folder: Path, *, v2: bool) -> float:
-    """One control group's CPU quota in processors (infinite: none, or not readable)."""
-    try:
-        if v2:
-            quota, period = (folder / "cpu.max").read_text(encoding="ascii").split()[:2]
-        else:
-            quota = (folder / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
-            period = (folder / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
-        if quota in ("max", "-1"):
-            return math.inf
-        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else math.inf
-    except (OSError, ValueError):
-        return math.inf
-
-
 def _outside_cores(busy_s: float, own_s: float, elapsed_s: float) -> float:
     """Processors other processes kept busy on average: the machine's busy time over an
     interval less this process's own CPU time in it, per second of the interval."""
@@ -351,9 +309,8 @@ def _calibrate_here(scenario: Scenario, designs: tuple[Design, ...], seed: int, 
                               time.monotonic() - start)
     outside = 0.0 if busy is None or end_busy is None else \
         _outside_cores(end_busy - busy, own, elapsed)
-    quota = _quota_cores()
-    cores = float(len(cpus)) if quota is None else min(float(len(cpus)), quota)
-    return [dataclasses.replace(c, host_cores=cores, outside_cores=outside) for c in cals]
+    return [dataclasses.replace(c, host_cores=float(len(cpus)), outside_cores=outside)
+            for c in cals]
 
 
 def _calibrate_design(scenario: Scenario, design: Design, seed: int, num_classes: int, reps: int,

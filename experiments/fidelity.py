@@ -250,7 +250,7 @@ _PLAIN = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "125" else "")
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any]]) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.5))
     markers = {"mean": "o", "p50": "s", "p95": "^"}
     colours: dict[str, str] = {}
     for r in rows:
@@ -290,7 +290,10 @@ def _plot(path: Path, rows: list[dict[str, Any]], stage_rows: list[dict[str, Any
         ax.set_ylabel("predicted by the calibrated simulator (ms)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        if ax is axes[0]:  # below the panel: inside, it hid cases
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+        else:
+            ax.legend(fontsize=7, loc="upper left")
     save(fig, path)
 
 

@@ -463,39 +463,6 @@ def test_one_stalled_handoff_does_not_move_the_calibrated_cost(
     assert calls[0] == 13
 
 
-def test_a_cpu_quota_is_read_from_the_control_groups(tmp_path: Path) -> None:
-    """The control group's CPU quota in processors, from fake cgroup trees: the least along
-    the path to the root (a parent's 1.5 below the group's own 3), in v2's ``cpu.max`` and
-    v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (under ``cpu,cpuacct``); none where
-    every level says ``max`` or -1, where the files are missing, or where one is garbled
-    (ignored, not fatal). Catches a quota read from the root alone, the period and quota
-    swapped, and v1's -1 taken for a quota."""
-    import deploy.calibrate as calibration
-
-    def tree(files: dict[str, str], cgroup: str) -> float | None:
-        root = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
-        root.mkdir()
-        for name, text in files.items():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_text(text)
-        (root / "self.cgroup").write_text(cgroup)
-        return calibration._quota_cores(str(root / "self.cgroup"), str(root))
-
-    v2 = {"cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n",
-          "a/b/cpu.max": "300000 100000\n"}
-    assert tree(v2, "0::/a/b\n") == 1.5
-    assert tree(v2, "0::/\n") is None
-    assert tree({"a/cpu.max": "50000 200000\n"}, "0::/a\n") == 0.25
-    v1 = {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-          "cpu,cpuacct/x/cpu.cfs_quota_us": "250000\n",
-          "cpu,cpuacct/x/cpu.cfs_period_us": "100000\n"}
-    assert tree(v1, "4:memory:/x\n3:cpu,cpuacct:/x\n") == 2.5
-    assert tree(v1, "3:cpu,cpuacct:/\n") is None
-    assert tree({"a/cpu.max": "lots 100000\n"}, "0::/a\n") is None
-    assert tree({}, "0::/a/b\n") is None
-    assert calibration._quota_cores(str(tmp_path / "no such file")) is None
-
-
 def test_the_machines_busy_time_counts_every_process() -> None:
     """The calibration's outside load is the machine's busy time (``/proc/stat``) less its own
     CPU time: a child that spins for 0.5 s must show in the machine's busy time (at least its

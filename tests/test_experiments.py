@@ -589,14 +589,14 @@ def test_fidelity_predictions_follow_the_deployments(quick_run: Path) -> None:
     0.25, as in CI). Beside a CPU-bound process, one segment's time differs between the
     calibration's process and the node's by up to 80% (ResNet-18's tail after block 4: 27.7 ms
     with a coefficient of variation of 0.36 in one calibration, 15.5 ms deployed, 15.1 ms in
-    the next calibration), which no model of this machine predicts; six quick runs beside
+    the next calibration), which no model of this machine predicts; seven quick runs beside
     ``python3 -c "while True: pass"`` had worst means of +20.8% (low load) and -30.9%
     (moderate). There the mean is held within 40%.
 
     What the wide bound gives up is held by the replayed prediction (the simulator given the
     deployment's own mean work per node, so only the composition of the stages is tested):
     its mean within 15% at low load in every condition, and at moderate load within 15% on a
-    quiet machine and 25% beside a busy one. Over twelve quick runs, six beside a busy process:
+    quiet machine and 25% beside a busy one. Over thirteen quick runs, seven beside a busy process:
     -10.5% to +0.5% at low load; at moderate load -6.2% to -0.8% quiet and -16.9% to -2.7%
     busy, the worst always split 8, whose measured waits were two to three times the replay's
     (9.6 against 3.2 ms at the phone, 16.1 against 7.5 ms at the edge): beside a busy process

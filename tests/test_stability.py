@@ -139,6 +139,19 @@ def test_simulate_reports_and_warns_about_an_overloaded_resource(
     assert "warning" not in err and "overloaded" not in out
 
 
+def _spy_on_training(ev: Evaluator) -> list[Any]:
+    """The designs whose trainings ``ev`` asks for, in order, from now on."""
+    asked: list[Any] = []
+    real = ev.train_jobs
+
+    def spy(design: Any) -> Any:
+        asked.append(design)
+        return real(design)
+
+    ev.train_jobs = spy  # type: ignore[method-assign]
+    return asked
+
+
 def test_search_marks_a_design_behind_a_dead_link_infeasible(tmp_path: Path) -> None:
     """Requests about 300 years apart (1e-10 Hz) and an uplink whose noise figure is 100 dB
     (0.034 bit/s at its mean): the raw image's transfer (1.2 Mbit) would take 3.6e7 s, which
@@ -160,12 +173,13 @@ def test_search_marks_a_design_behind_a_dead_link_infeasible(tmp_path: Path) -> 
     seconds = 3 * 224 * 224 * 8 / mean_rate_bps(s.links[0], s)  # 8-bit pixels
     assert seconds > 1e6 and seconds * 1e-10 < 1  # refused by simulate, yet a stable queue
     ev = Evaluator(s, cfg, str(tmp_path / "acc.sqlite"))
+    trained = _spy_on_training(ev)
     bad, good = ev.evaluate_designs([raw, local])
     assert bad.status == "infeasible" and bad.violation == 1.0 and not bad.feasible
     assert bad.utilisation == pytest.approx(seconds * 1e-10, rel=0.01)
     assert bad.message.startswith("link phone->edge: a transfer of"), bad.message
     assert good.status == "ok" and math.isfinite(good.latency_s)
-    assert len(ev._cache) == 1  # the phone-only design's training; none for the refused one
+    assert trained == [local]  # the two share a training: the cache alone would not tell
 
 
 def test_search_marks_overloaded_designs_unstable_and_trains_nothing_for_them(
@@ -187,9 +201,10 @@ def test_search_marks_overloaded_designs_unstable_and_trains_nothing_for_them(
     local = Design(arch, tuple(s.path), (Cut(arch.n_blocks), Cut(arch.n_blocks)))
     rho = 5 * 3 * 224 * 224 * 8 / uplink
     assert rho > 1
+    trained = _spy_on_training(ev)
     bad, good = ev.evaluate_designs([raw, local])
     assert bad.status == "unstable" and not bad.feasible and math.isnan(bad.latency_s)
     assert bad.violation == pytest.approx(rho, rel=1e-9)
     assert f"link phone->edge at utilisation {rho:.3g}" in bad.message
     assert good.status == "ok" and math.isfinite(good.latency_s)
-    assert len(ev._cache) == 1  # the phone-only design's training; none for the unstable one
+    assert trained == [local]  # the two share a training: the cache alone would not tell
